@@ -1,0 +1,46 @@
+"""BRIDGE for the Hugging Face ecosystem.
+
+Importing the package registers BRIDGE with the Auto classes (config, model, processor and the zero-shot
+image-classification mapping), so `AutoModel.from_pretrained(dir)` and
+`pipeline("zero-shot-image-classification", model=dir)` work without `trust_remote_code`.
+"""
+
+from transformers import AutoConfig, AutoModel, AutoModelForZeroShotImageClassification, AutoProcessor
+
+from .configuration_bridge import BridgeConfig
+from .modeling_bridge import (
+    BridgeCrossAttention,
+    BridgeInteractionLayer,
+    BridgeInteractionOutput,
+    BridgeModel,
+    BridgeOutput,
+    BridgePreTrainedModel,
+)
+from .pipelines import BridgeZeroShotImageClassificationPipeline, register_zero_shot_pipeline
+from .processing_bridge import BridgeProcessor
+
+__version__ = "0.1.0"
+
+AutoConfig.register(BridgeConfig.model_type, BridgeConfig, exist_ok=True)
+AutoModel.register(BridgeConfig, BridgeModel, exist_ok=True)
+AutoModelForZeroShotImageClassification.register(BridgeConfig, BridgeModel, exist_ok=True)
+AutoProcessor.register(BridgeConfig, BridgeProcessor, exist_ok=True)
+
+register_zero_shot_pipeline()
+
+# Saving then writes the Hub code files and `auto_map`, for loading with trust_remote_code=True.
+BridgeConfig.register_for_auto_class()
+BridgeModel.register_for_auto_class("AutoModel")
+BridgeProcessor.register_for_auto_class("AutoProcessor")
+
+__all__ = [
+    "BridgeConfig",
+    "BridgeCrossAttention",
+    "BridgeInteractionLayer",
+    "BridgeInteractionOutput",
+    "BridgeModel",
+    "BridgeOutput",
+    "BridgePreTrainedModel",
+    "BridgeProcessor",
+    "BridgeZeroShotImageClassificationPipeline",
+]

@@ -1,0 +1,164 @@
+"""BRIDGE configuration.
+
+Hub code: imports only the standard library, torch and transformers, so that it can be saved next to the weights
+and loaded with ``trust_remote_code=True`` where this package is not installed.
+"""
+
+from transformers import AutoConfig, PreTrainedConfig
+from transformers.configuration_utils import SubConfigSpec
+
+POOLING_TYPES = ("mean", "cls", "max")
+SCORE_MODES = ("unimodal", "fused", "itm")
+CROSS_EMBED_SOURCES = ("output", "layer_input")
+
+# Text towers whose position ids start after the padding index, so that `padding_idx + 1` positions are unusable.
+_OFFSET_POSITION_TEXT_TOWERS = {
+    "roberta",
+    "xlm-roberta",
+    "xlm-roberta-xl",
+    "camembert",
+    "roberta-prelayernorm",
+    "data2vec-text",
+}
+
+
+def text_tower_max_length(text_config) -> int | None:
+    """Longest text, in tokens, that the text tower's own position embeddings accept (None when unbounded)."""
+    n = getattr(text_config, "max_position_embeddings", None)
+    if n is None:
+        return None
+    if getattr(text_config, "model_type", "") in _OFFSET_POSITION_TEXT_TOWERS:
+        n -= (getattr(text_config, "pad_token_id", None) or 0) + 1
+    return n
+
+
+def _pair(value):
+    return tuple(value) if isinstance(value, (list, tuple)) else (value, value)
+
+
+def infer_num_vision_positions(vision_config) -> int:
+    """Number of tokens the vision tower emits for an image of its configured size (patches, CLS, registers)."""
+    image_size = getattr(vision_config, "image_size", None)
+    patch_size = getattr(vision_config, "patch_size", None)
+    if image_size is None or patch_size is None:
+        raise ValueError(
+            f"num_vision_positions: cannot infer the vision tower's token count from a "
+            f"{getattr(vision_config, 'model_type', '?')!r} config (no image_size/patch_size); "
+            "set `num_vision_positions` in BridgeConfig explicitly."
+        )
+    (h, w), (ph, pw) = _pair(image_size), _pair(patch_size)
+    n = (h // ph) * (w // pw)
+    if "siglip" not in getattr(vision_config, "model_type", ""):  # SigLIP has no CLS token
+        n += 1
+    return n + int(getattr(vision_config, "num_register_tokens", 0) or 0)
+
+
+class BridgeConfig(PreTrainedConfig):
+    r"""
+    Configuration of a BRIDGE model: a vision tower and a text tower (any transformers model types, given as config
+    objects or dicts carrying `model_type`) joined by `num_interaction_layers` cross-only, bidirectional attention
+    layers.
+
+    Args:
+        vision_config (`dict` or `PreTrainedConfig`): config of the vision tower (default: ViT).
+        text_config (`dict` or `PreTrainedConfig`): config of the text tower (default: BERT).
+        num_interaction_layers (`int`, defaults to 6): number of interaction layers L.
+        shared_dim (`int`, defaults to 768): width `ds` of the shared space the two streams attend in.
+        num_interaction_heads (`int`, defaults to 12): heads of each cross-attention; must divide `shared_dim`.
+        interaction_dropout (`float`, defaults to 0.1): dropout on the attention outputs.
+        attention_dropout (`float`, defaults to 0.1): dropout on the attention probabilities.
+        use_positional_bias (`bool`, defaults to True): learned (text position x vision position) bias, shared
+            across heads.
+        max_text_positions (`int`, *optional*): rows of the positional-bias table, i.e. the longest text the model
+            accepts. Defaults to the text tower's limit (at most 512).
+        num_vision_positions (`int`, *optional*): tokens per image (patches + CLS + registers); inferred from the
+            vision config when not given.
+        init_temperature (`float`, defaults to 1.0): initial attention temperature tau = softplus(theta).
+        init_gate_bias (`float`, defaults to -2.2): initial gate logit, sigmoid(-2.2) ~ 0.1.
+        pooling (`str`, defaults to `"mean"`): `"mean"`, `"cls"` or `"max"`; text pooling is always masked.
+        projection_dim (`int`, defaults to 256): size of the unimodal and cross embeddings.
+        logit_scale_init_value (`float`, defaults to 2.6592): initial log of the contrastive logit scale (1/0.07).
+        itc_alpha_init_value (`float`, defaults to 0.5): initial logit alpha; sigmoid(alpha) weights the cross ITC
+            against the unimodal ITC (the original's initialisation).
+        itm_dropout (`float`, defaults to 0.1): dropout inside the ITM head.
+        default_score (`str`, defaults to `"fused"`): scoring mode of `forward` when `score=None`:
+            `"unimodal"`, `"fused"` or `"itm"`.
+        pair_chunk_size (`int`, defaults to 256): image-text pairs sent through the interaction stack at once.
+        cross_embed_source (`str`, defaults to `"output"`): where the cross embeddings are pooled from:
+            `"output"` (the final states, projected by the last layer's norm and projection) or `"layer_input"`
+            (the last layer's input projection, as the original code does).
+        initializer_range (`float`, defaults to 0.02): std of the normal init of new linear layers.
+    """
+
+    model_type = "bridge"
+    sub_configs_defaults = {
+        "vision_config": SubConfigSpec(config_class=AutoConfig, model_type="vit"),
+        "text_config": SubConfigSpec(config_class=AutoConfig, model_type="bert"),
+    }
+
+    vision_config: PreTrainedConfig | dict | None = None
+    text_config: PreTrainedConfig | dict | None = None
+    num_interaction_layers: int = 6
+    shared_dim: int = 768
+    num_interaction_heads: int = 12
+    interaction_dropout: float = 0.1
+    attention_dropout: float = 0.1
+    use_positional_bias: bool = True
+    max_text_positions: int | None = None
+    num_vision_positions: int | None = None
+    init_temperature: float = 1.0
+    init_gate_bias: float = -2.2
+    pooling: str = "mean"
+    projection_dim: int = 256
+    logit_scale_init_value: float = 2.6592
+    itc_alpha_init_value: float = 0.5
+    itm_dropout: float = 0.1
+    default_score: str = "fused"
+    pair_chunk_size: int = 256
+    cross_embed_source: str = "output"
+    initializer_range: float = 0.02
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        tower_limit = text_tower_max_length(self.text_config)
+        if self.max_text_positions is None:
+            self.max_text_positions = min(tower_limit or 512, 512)
+        if self.num_vision_positions is None:
+            self.num_vision_positions = infer_num_vision_positions(self.vision_config)
+        self._validate_bridge_fields(tower_limit)
+
+    def _validate_bridge_fields(self, tower_limit):
+        def check(ok, field, message):
+            if not ok:
+                raise ValueError(f"BridgeConfig.{field}={getattr(self, field)!r}: {message}")
+
+        for field in ("num_interaction_layers", "shared_dim", "num_interaction_heads", "projection_dim",
+                      "pair_chunk_size", "max_text_positions", "num_vision_positions"):
+            value = getattr(self, field)
+            check(isinstance(value, int) and not isinstance(value, bool) and value >= 1, field,
+                  "must be a positive integer")
+        check(self.shared_dim % self.num_interaction_heads == 0, "shared_dim",
+              f"must be divisible by num_interaction_heads={self.num_interaction_heads}")
+        for field in ("interaction_dropout", "attention_dropout", "itm_dropout"):
+            check(0.0 <= getattr(self, field) < 1.0, field, "must be a probability in [0, 1)")
+        check(self.init_temperature > 0, "init_temperature", "must be > 0 (tau = softplus(theta) is positive)")
+        check(self.pooling in POOLING_TYPES, "pooling", f"must be one of {POOLING_TYPES}")
+        check(self.default_score in SCORE_MODES, "default_score", f"must be one of {SCORE_MODES}")
+        check(self.cross_embed_source in CROSS_EMBED_SOURCES, "cross_embed_source",
+              f"must be one of {CROSS_EMBED_SOURCES}")
+        check(tower_limit is None or self.max_text_positions <= tower_limit, "max_text_positions",
+              f"exceeds the {tower_limit} positions of the text tower ({self.text_config.model_type}); "
+              f"use at most {tower_limit}")
+        for name in ("vision_config", "text_config"):
+            tower = getattr(self, name)
+            if getattr(tower, "hidden_size", None) is None:
+                raise ValueError(f"BridgeConfig.{name}: a {tower.model_type!r} config has no `hidden_size`; "
+                                 "pass the config of an encoder tower (e.g. the vision part of CLIP).")
+
+    @classmethod
+    def from_vision_text_configs(cls, vision_config: PreTrainedConfig, text_config: PreTrainedConfig, **kwargs):
+        """Build a BridgeConfig from the configs of a vision tower and a text tower, plus interaction fields."""
+        return cls(vision_config=vision_config.to_dict(), text_config=text_config.to_dict(), **kwargs)
+
+
+__all__ = ["BridgeConfig"]

@@ -1,0 +1,90 @@
+"""Tiny BRIDGE models built from configs in code: no downloads."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers import (
+    BertConfig,
+    BertTokenizer,
+    CLIPVisionConfig,
+    Dinov2Config,
+    RobertaConfig,
+    SiglipVisionConfig,
+    ViTConfig,
+    ViTImageProcessor,
+)
+
+from modeling_bridge import BridgeConfig, BridgeModel, BridgeProcessor
+
+IMAGE_SIZE = 32
+VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "photo", "of", "this", "is", "red", "green", "blue",
+         "circle", "square", "triangle", "left", "right", "big", "small", "."]
+
+_TOWER = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
+
+VISION_CONFIGS = {
+    "vit": lambda: ViTConfig(**_TOWER, image_size=IMAGE_SIZE, patch_size=8),
+    "clip_vision_model": lambda: CLIPVisionConfig(**_TOWER, image_size=IMAGE_SIZE, patch_size=8),
+    "siglip_vision_model": lambda: SiglipVisionConfig(**_TOWER, image_size=IMAGE_SIZE, patch_size=8),
+    "dinov2": lambda: Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, mlp_ratio=2,
+                                   image_size=IMAGE_SIZE, patch_size=8),
+}
+TEXT_CONFIGS = {
+    "bert": lambda: BertConfig(vocab_size=len(VOCAB), hidden_size=24, num_hidden_layers=2, num_attention_heads=4,
+                               intermediate_size=48, max_position_embeddings=64),
+    "roberta": lambda: RobertaConfig(vocab_size=len(VOCAB), hidden_size=24, num_hidden_layers=2,
+                                     num_attention_heads=4, intermediate_size=48, max_position_embeddings=66,
+                                     pad_token_id=1),
+}
+
+
+def make_config(vision="vit", text="bert", **overrides) -> BridgeConfig:
+    fields = dict(num_interaction_layers=2, shared_dim=16, num_interaction_heads=2, projection_dim=8,
+                  max_text_positions=16, pair_chunk_size=3, interaction_dropout=0.0, attention_dropout=0.0)
+    fields.update(overrides)
+    return BridgeConfig.from_vision_text_configs(VISION_CONFIGS[vision](), TEXT_CONFIGS[text](), **fields)
+
+
+def make_model(seed=0, randomize=True, **overrides) -> BridgeModel:
+    """A tiny model in eval mode. `randomize` perturbs the zero/constant-initialised parameters (biases, positional
+    tables, gates) so that every parameter influences the scores in the tests."""
+    torch.manual_seed(seed)
+    model = BridgeModel(make_config(**overrides))
+    if randomize:
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if not name.startswith(("vision_model.", "text_model.")):
+                    param.add_(torch.randn_like(param) * 0.1)
+    return model.eval()
+
+
+@pytest.fixture
+def model():
+    return make_model()
+
+
+@pytest.fixture
+def processor():
+    tokenizer = BertTokenizer(vocab={w: i for i, w in enumerate(VOCAB)})
+    image_processor = ViTImageProcessor(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
+    return BridgeProcessor(image_processor=image_processor, tokenizer=tokenizer)
+
+
+def random_images(n, mode="RGB", seed=0):
+    rng = np.random.default_rng(seed)
+    channels = {"RGB": 3, "RGBA": 4, "L": None}[mode]
+    shape = (40, 48) if channels is None else (40, 48, channels)
+    return [Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode) for _ in range(n)]
+
+
+def random_inputs(n_images=4, n_texts=5, length=7, seed=0, pad_rows=(1, 3)):
+    """pixel_values (n_images, 3, 32, 32), input_ids / attention_mask (n_texts, length) with some padded rows."""
+    g = torch.Generator().manual_seed(seed)
+    pixel_values = torch.randn(n_images, 3, IMAGE_SIZE, IMAGE_SIZE, generator=g)
+    input_ids = torch.randint(5, len(VOCAB), (n_texts, length), generator=g)
+    attention_mask = torch.ones(n_texts, length, dtype=torch.long)
+    for k, row in enumerate(r for r in pad_rows if r < n_texts):
+        attention_mask[row, length - 2 - k:] = 0
+        input_ids[row, length - 2 - k:] = 0
+    return pixel_values, input_ids, attention_mask

@@ -1,0 +1,170 @@
+"""Saving, reloading (installed and as Hub remote code), the processor and the zero-shot pipeline."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import AutoModel, AutoModelForZeroShotImageClassification, AutoProcessor, pipeline
+
+from conftest import IMAGE_SIZE, random_images, random_inputs
+from modeling_bridge import BridgeModel, BridgeProcessor
+
+LABELS = ["a red circle", "a blue square", "a green triangle"]
+
+
+@pytest.fixture
+def saved(tmp_path, model, processor):
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    return tmp_path
+
+
+def test_save_writes_weights_code_files_and_auto_map(saved):
+    files = set(os.listdir(saved))
+    assert {"config.json", "model.safetensors", "configuration_bridge.py", "modeling_bridge.py",
+            "processing_bridge.py", "processor_config.json"} <= files
+    auto_map = json.loads((saved / "config.json").read_text())["auto_map"]
+    assert auto_map == {
+        "AutoConfig": "configuration_bridge.BridgeConfig",
+        "AutoModel": "modeling_bridge.BridgeModel",
+        "AutoModelForZeroShotImageClassification": "modeling_bridge.BridgeModel",
+    }
+    assert json.loads((saved / "processor_config.json").read_text())["auto_map"] == {
+        "AutoProcessor": "processing_bridge.BridgeProcessor"}
+    # Hub code imports nothing but torch, transformers and its siblings
+    for name in ("configuration_bridge.py", "modeling_bridge.py", "processing_bridge.py"):
+        source = (saved / name).read_text()
+        assert "import modeling_bridge" not in source and "from modeling_bridge" not in source
+
+
+@pytest.mark.parametrize("auto_class", [AutoModel, AutoModelForZeroShotImageClassification])
+def test_round_trip_gives_bit_identical_logits(saved, model, auto_class):
+    pixel_values, input_ids, attention_mask = random_inputs(3, 4)
+    reloaded = auto_class.from_pretrained(saved).eval()
+    assert type(reloaded) is BridgeModel
+    with torch.no_grad():
+        for score in ("unimodal", "fused", "itm"):
+            a = model(input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask, score=score)
+            b = reloaded(input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask, score=score)
+            assert torch.equal(a.logits_per_image, b.logits_per_image), score
+
+
+def test_processor_round_trip_and_image_modes(saved, processor):
+    loaded = AutoProcessor.from_pretrained(saved)
+    assert isinstance(loaded, BridgeProcessor)
+    for mode in ("RGB", "L", "RGBA"):
+        batch = loaded(images=random_images(2, mode), text=["a red circle", "a blue square left of a circle"],
+                       return_tensors="pt")
+        assert batch["pixel_values"].shape == (2, 3, IMAGE_SIZE, IMAGE_SIZE)
+        assert batch["input_ids"].shape[0] == 2 and batch["attention_mask"][0].sum() < batch["input_ids"].shape[1]
+    original = processor(images=random_images(1), text=LABELS, return_tensors="pt")
+    again = loaded(images=random_images(1), text=LABELS, return_tensors="pt")
+    for key in original:
+        assert torch.equal(original[key], again[key]), key
+    with pytest.raises(ValueError, match="needs images, text, or both"):
+        loaded()
+    with pytest.raises(ValueError, match="empty list of texts"):
+        loaded(text=[])
+
+
+def test_zero_shot_pipeline_returns_sorted_probabilities(saved):
+    classifier = pipeline("zero-shot-image-classification", model=str(saved))
+    for image in random_images(2, "RGB") + random_images(1, "L") + random_images(1, "RGBA"):
+        result = classifier(image, candidate_labels=LABELS)
+        assert sorted(r["label"] for r in result) == sorted(LABELS)
+        scores = [r["score"] for r in result]
+        assert scores == sorted(scores, reverse=True)
+        assert sum(scores) == pytest.approx(1.0, abs=1e-5)
+    with pytest.raises(ValueError, match="no candidate_labels"):
+        classifier(random_images(1)[0], candidate_labels=[])
+
+
+def test_pipeline_scores_equal_the_models_softmax(saved, model, processor):
+    image = random_images(1, seed=3)[0]
+    result = pipeline("zero-shot-image-classification", model=str(saved))(image, candidate_labels=LABELS)
+    inputs = processor(images=image, text=[f"This is a photo of {label}." for label in LABELS], return_tensors="pt")
+    with torch.no_grad():
+        probs = model(**inputs).logits_per_image.softmax(-1)[0]
+    assert {r["label"]: r["score"] for r in result} == pytest.approx(dict(zip(LABELS, probs.tolist())), abs=1e-6)
+
+
+REMOTE_SCRIPT = textwrap.dedent(
+    """
+    import importlib.abc, json, sys
+    class NoPackage(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path, target=None):
+            if name.split(".")[0] == "modeling_bridge":
+                raise ImportError("modeling_bridge is not importable in this process")
+    sys.meta_path.insert(0, NoPackage())
+    import torch
+    from PIL import Image
+    from transformers import AutoModel, AutoProcessor, AutoImageProcessor, AutoTokenizer, pipeline
+    saved, inputs_path, out_path = sys.argv[1:4]
+    try:
+        import modeling_bridge
+        raise SystemExit("the package should not be importable here")
+    except ImportError:
+        pass
+    model = AutoModel.from_pretrained(saved, trust_remote_code=True).eval()
+    processor = AutoProcessor.from_pretrained(saved, trust_remote_code=True)
+    AutoImageProcessor.from_pretrained(saved)
+    AutoTokenizer.from_pretrained(saved)
+    inputs = torch.load(inputs_path, weights_only=True)
+    with torch.no_grad():
+        logits = {s: model(**inputs, score=s).logits_per_image.tolist() for s in ("unimodal", "fused", "itm")}
+    image = Image.new("RGB", (40, 40), (200, 30, 30))
+    batch = processor(images=[image, image.convert("L")], text=["a red circle", "a blue square"], return_tensors="pt")
+    classifier = pipeline("zero-shot-image-classification", model=saved, trust_remote_code=True)
+    result = classifier(image.convert("RGBA"), candidate_labels=["a red circle", "a blue square", "a green triangle"])
+    json.dump({"class": type(model).__module__ + "." + type(model).__name__, "logits": logits,
+               "processor": type(processor).__name__, "pixel_shape": list(batch["pixel_values"].shape),
+               "pipeline": result}, open(out_path, "w"))
+    """
+)
+
+
+def test_remote_code_loads_without_the_package(saved, model, tmp_path):
+    pixel_values, input_ids, attention_mask = random_inputs(3, 4)
+    inputs = {"pixel_values": pixel_values, "input_ids": input_ids, "attention_mask": attention_mask}
+    torch.save(inputs, tmp_path / "inputs.pt")
+    script = tmp_path / "remote.py"
+    script.write_text(REMOTE_SCRIPT)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    done = subprocess.run([sys.executable, str(script), str(saved), str(tmp_path / "inputs.pt"),
+                           str(tmp_path / "out.json")], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          stdin=subprocess.DEVNULL, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads((tmp_path / "out.json").read_text())
+    assert out["class"].startswith("transformers_modules.") and out["class"].endswith("modeling_bridge.BridgeModel")
+    assert out["processor"] == "BridgeProcessor" and out["pixel_shape"] == [2, 3, IMAGE_SIZE, IMAGE_SIZE]
+    with torch.no_grad():
+        for score, remote in out["logits"].items():
+            local = model(**inputs, score=score).logits_per_image
+            assert torch.equal(torch.tensor(remote), local), score
+    assert sum(r["score"] for r in out["pipeline"]) == pytest.approx(1.0, abs=1e-5)
+
+
+def _edit_weights(saved, edit):
+    weights = load_file(saved / "model.safetensors")
+    edit(weights)
+    save_file(weights, saved / "model.safetensors", metadata={"format": "pt"})
+
+
+def test_missing_interaction_keys_are_reported_by_name(saved):
+    _edit_weights(saved, lambda w: w.pop("interaction_layers.1.text_attention.q_proj.weight"))
+    with pytest.raises(ValueError, match=r"Missing keys: \['interaction_layers\.1\.text_attention\.q_proj\.weight'\]"):
+        BridgeModel.from_pretrained(saved)
+
+
+def test_unexpected_interaction_keys_are_reported_by_name(saved):
+    def add_layer(weights):
+        for key in [k for k in weights if k.startswith("interaction_layers.1.")]:
+            weights[key.replace("interaction_layers.1.", "interaction_layers.2.")] = weights[key].clone()
+    _edit_weights(saved, add_layer)
+    with pytest.raises(ValueError, match=r"Unexpected keys: \[.*'interaction_layers\.2\.text_gate\.value'"):
+        AutoModel.from_pretrained(saved)
