@@ -688,18 +688,13 @@ class BridgeModel(BridgePreTrainedModel):
             text_outputs = self._encode_text(
                 input_ids, attention_mask, token_type_ids, position_ids, output_attentions, output_hidden_states
             )
-        gates, temperatures = self.interaction_statistics()
-        output = BridgeOutput(
-            image_embeds=None if vision_outputs is None else vision_outputs.pooler_output,
-            text_embeds=None if text_outputs is None else text_outputs.pooler_output,
-            vision_model_output=vision_outputs,
-            text_model_output=text_outputs,
-            gate_values=gates,
-            temperatures=temperatures,
-        )
+        image_embeds = None if vision_outputs is None else vision_outputs.pooler_output
+        text_embeds = None if text_outputs is None else text_outputs.pooler_output
+        logits_per_image = loss = None
+        pairs = {}
         if vision_outputs is not None and text_outputs is not None:
             if score == "unimodal":
-                logits_per_image = self.logit_scale().exp() * output.image_embeds @ output.text_embeds.t()
+                logits_per_image = self.logit_scale().exp() * image_embeds @ text_embeds.t()
             else:
                 pairs = self.pairwise_interaction(
                     vision_outputs.last_hidden_state,
@@ -709,17 +704,28 @@ class BridgeModel(BridgePreTrainedModel):
                     output_hidden_states=output_hidden_states,
                 )
                 logits_per_image = pairs["fused_logits"] if score == "fused" else pairs["itm_logits"][..., 1]
-                output.itm_logits = pairs["itm_logits"]
-                output.cross_image_embeds = pairs.get("cross_image_embeds")
-                output.cross_text_embeds = pairs.get("cross_text_embeds")
-                output.interaction_vision_hidden_states = pairs.get("vision_hidden_states")
-                output.interaction_text_hidden_states = pairs.get("text_hidden_states")
-                output.interaction_text_attentions = pairs.get("text_attentions")
-                output.interaction_vision_attentions = pairs.get("vision_attentions")
-            output.logits_per_image = logits_per_image
-            output.logits_per_text = logits_per_image.t()
             if return_loss:
-                output.loss = contrastive_loss(logits_per_image)
+                loss = contrastive_loss(logits_per_image)
+        gates, temperatures = self.interaction_statistics()
+        # Built in one call: ModelOutput's tuple order is the order in which fields are first set.
+        output = BridgeOutput(
+            loss=loss,
+            logits_per_image=logits_per_image,
+            logits_per_text=None if logits_per_image is None else logits_per_image.t(),
+            itm_logits=pairs.get("itm_logits"),
+            image_embeds=image_embeds,
+            text_embeds=text_embeds,
+            cross_image_embeds=pairs.get("cross_image_embeds"),
+            cross_text_embeds=pairs.get("cross_text_embeds"),
+            vision_model_output=vision_outputs,
+            text_model_output=text_outputs,
+            interaction_vision_hidden_states=pairs.get("vision_hidden_states"),
+            interaction_text_hidden_states=pairs.get("text_hidden_states"),
+            interaction_text_attentions=pairs.get("text_attentions"),
+            interaction_vision_attentions=pairs.get("vision_attentions"),
+            gate_values=gates,
+            temperatures=temperatures,
+        )
         return output if return_dict else output.to_tuple()
 
 

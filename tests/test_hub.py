@@ -54,6 +54,16 @@ def test_round_trip_gives_bit_identical_logits(saved, model, auto_class):
             assert torch.equal(a.logits_per_image, b.logits_per_image), score
 
 
+def test_reload_with_another_attention_implementation(saved, model):
+    pixel_values, input_ids, attention_mask = random_inputs(2, 3)
+    eager = BridgeModel.from_pretrained(saved, attn_implementation="eager").eval()
+    assert eager.config._attn_implementation == "eager"
+    with torch.no_grad():
+        a = model(input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask).logits_per_image
+        b = eager(input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask).logits_per_image
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
 def test_processor_round_trip_and_image_modes(saved, processor):
     loaded = AutoProcessor.from_pretrained(saved)
     assert isinstance(loaded, BridgeProcessor)

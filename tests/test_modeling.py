@@ -305,3 +305,26 @@ def test_text_longer_than_the_text_tower_is_refused_by_the_config():
         make_config(max_text_positions=80)
     with pytest.raises(ValueError, match=r"exceeds the 64 positions of the text tower \(roberta\)"):
         make_config(text="roberta", max_text_positions=65)
+
+
+def test_interaction_stack_never_synchronises_with_the_host():
+    """Meta tensors have no data: any `.item()` / `.tolist()` / data-dependent branch in the pairwise path raises."""
+    model = make_model().to("meta")
+    vision = torch.empty(3, 17, 32, device="meta")
+    text = torch.empty(4, 7, 24, device="meta")
+    mask = torch.ones(4, 7, dtype=torch.long, device="meta")
+    out = model.pairwise_interaction(vision, text, mask, output_attentions=True, output_hidden_states=True)
+    assert out["fused_logits"].shape == (3, 4) and out["itm_logits"].shape == (3, 4, 2)
+    assert out["vision_attentions"][1].shape == (3, 4, 2, 17, 7)
+    gates, temperatures = model.interaction_statistics()
+    assert gates.device.type == "meta" and temperatures.shape == (2, 2)
+
+
+@torch.no_grad()
+def test_tuple_outputs(model):
+    pixel_values, input_ids, attention_mask = random_inputs(2, 3)
+    as_dict = model(input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask)
+    as_tuple = model(input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask, return_dict=False)
+    assert isinstance(as_tuple, tuple)
+    torch.testing.assert_close(as_tuple[0], as_dict.logits_per_image)
+    assert isinstance(as_tuple[list(as_dict.keys()).index("vision_model_output")], tuple)
