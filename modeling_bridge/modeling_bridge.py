@@ -228,23 +228,23 @@ class BridgeInteractionLayer(GradientCheckpointingLayer):
     def project_text(self, text_hidden_state: torch.Tensor) -> torch.Tensor:
         return self.text_to_shared(self.text_norm(text_hidden_state))
 
-    def prepare_vision(self, vision_hidden_state: torch.Tensor) -> BridgeModalityStates:
-        shared = self.project_vision(vision_hidden_state)
+    @staticmethod
+    def _modality_states(shared, own: BridgeCrossAttention, partner: BridgeCrossAttention) -> BridgeModalityStates:
+        """`own` is the attention in which this stream queries, `partner` the one it serves keys and values to."""
         return BridgeModalityStates(
             shared,
-            F.normalize(self.vision_attention.split_heads(self.vision_attention.q_proj(shared)), dim=-1, eps=1e-8),
-            F.normalize(self.text_attention.split_heads(self.text_attention.k_proj(shared)), dim=-1, eps=1e-8),
-            self.text_attention.split_heads(self.text_attention.v_proj(shared)),
+            F.normalize(own.split_heads(own.q_proj(shared)), dim=-1, eps=1e-8),
+            F.normalize(partner.split_heads(partner.k_proj(shared)), dim=-1, eps=1e-8),
+            partner.split_heads(partner.v_proj(shared)),
+        )
+
+    def prepare_vision(self, vision_hidden_state: torch.Tensor) -> BridgeModalityStates:
+        return self._modality_states(
+            self.project_vision(vision_hidden_state), self.vision_attention, self.text_attention
         )
 
     def prepare_text(self, text_hidden_state: torch.Tensor) -> BridgeModalityStates:
-        shared = self.project_text(text_hidden_state)
-        return BridgeModalityStates(
-            shared,
-            F.normalize(self.text_attention.split_heads(self.text_attention.q_proj(shared)), dim=-1, eps=1e-8),
-            F.normalize(self.vision_attention.split_heads(self.vision_attention.k_proj(shared)), dim=-1, eps=1e-8),
-            self.vision_attention.split_heads(self.vision_attention.v_proj(shared)),
-        )
+        return self._modality_states(self.project_text(text_hidden_state), self.text_attention, self.vision_attention)
 
     def gates(self) -> torch.Tensor:
         return torch.stack([torch.sigmoid(self.text_gate()), torch.sigmoid(self.vision_gate())])
@@ -469,7 +469,20 @@ class BridgeModel(BridgePreTrainedModel):
 
     # ---------------------------------------------------------------- unimodal encoders
 
-    def _encode_image(self, pixel_values, output_attentions=None, output_hidden_states=None):
+    def _unimodal_output(self, tower_outputs, projection: nn.Linear, mask=None) -> BaseModelOutputWithPooling:
+        pooled = pool_tokens(tower_outputs.last_hidden_state, self.config.pooling, mask)
+        return BaseModelOutputWithPooling(
+            last_hidden_state=tower_outputs.last_hidden_state,
+            pooler_output=F.normalize(projection(pooled), dim=-1),
+            hidden_states=tower_outputs.get("hidden_states"),
+            attentions=tower_outputs.get("attentions"),
+        )
+
+    def get_image_features(
+        self, pixel_values: torch.Tensor, output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None, **kwargs,
+    ) -> BaseModelOutputWithPooling:
+        """Vision tower states, with the normalised unimodal image embedding as `pooler_output`."""
         self._check_pixel_values(pixel_values)
         outputs = self.vision_model(
             pixel_values=pixel_values.to(self.vision_model.dtype),
@@ -477,20 +490,16 @@ class BridgeModel(BridgePreTrainedModel):
             output_hidden_states=output_hidden_states,
             return_dict=True,
         )
-        pooled = pool_tokens(outputs.last_hidden_state, self.config.pooling)
-        embeds = F.normalize(self.vision_unimodal_projection(pooled), dim=-1)
-        return BaseModelOutputWithPooling(
-            last_hidden_state=outputs.last_hidden_state,
-            pooler_output=embeds,
-            hidden_states=outputs.get("hidden_states"),
-            attentions=outputs.get("attentions"),
-        )
+        return self._unimodal_output(outputs, self.vision_unimodal_projection)
 
-    def _encode_text(
-        self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
-        output_attentions=None, output_hidden_states=None,
-    ):
+    def get_text_features(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
+        output_attentions: bool | None = None, output_hidden_states: bool | None = None, **kwargs,
+    ) -> BaseModelOutputWithPooling:
+        """Text tower states, with the normalised unimodal text embedding as `pooler_output`."""
         self._check_text(input_ids, attention_mask, token_type_ids)
+        # Only what was given: not every text tower takes token_type_ids (DistilBERT does not).
         extra = {k: v for k, v in (("token_type_ids", token_type_ids), ("position_ids", position_ids)) if v is not None}
         outputs = self.text_model(
             input_ids=input_ids,
@@ -500,31 +509,7 @@ class BridgeModel(BridgePreTrainedModel):
             return_dict=True,
             **extra,
         )
-        pooled = pool_tokens(outputs.last_hidden_state, self.config.pooling, attention_mask)
-        embeds = F.normalize(self.text_unimodal_projection(pooled), dim=-1)
-        return BaseModelOutputWithPooling(
-            last_hidden_state=outputs.last_hidden_state,
-            pooler_output=embeds,
-            hidden_states=outputs.get("hidden_states"),
-            attentions=outputs.get("attentions"),
-        )
-
-    def get_image_features(
-        self, pixel_values: torch.Tensor, output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None, **kwargs,
-    ) -> BaseModelOutputWithPooling:
-        """Vision tower states, with the normalised unimodal image embedding as `pooler_output`."""
-        return self._encode_image(pixel_values, output_attentions, output_hidden_states)
-
-    def get_text_features(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-        token_type_ids: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
-        output_attentions: bool | None = None, output_hidden_states: bool | None = None, **kwargs,
-    ) -> BaseModelOutputWithPooling:
-        """Text tower states, with the normalised unimodal text embedding as `pooler_output`."""
-        return self._encode_text(
-            input_ids, attention_mask, token_type_ids, position_ids, output_attentions, output_hidden_states
-        )
+        return self._unimodal_output(outputs, self.text_unimodal_projection, attention_mask)
 
     # ---------------------------------------------------------------- interaction
 
@@ -683,9 +668,9 @@ class BridgeModel(BridgePreTrainedModel):
 
         vision_outputs = text_outputs = None
         if pixel_values is not None:
-            vision_outputs = self._encode_image(pixel_values, output_attentions, output_hidden_states)
+            vision_outputs = self.get_image_features(pixel_values, output_attentions, output_hidden_states)
         if input_ids is not None:
-            text_outputs = self._encode_text(
+            text_outputs = self.get_text_features(
                 input_ids, attention_mask, token_type_ids, position_ids, output_attentions, output_hidden_states
             )
         image_embeds = None if vision_outputs is None else vision_outputs.pooler_output
