@@ -480,7 +480,7 @@ class BridgeModel(BridgePreTrainedModel):
 
     def get_image_features(
         self, pixel_values: torch.Tensor, output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None, **kwargs,
+        output_hidden_states: bool | None = None,
     ) -> BaseModelOutputWithPooling:
         """Vision tower states, with the normalised unimodal image embedding as `pooler_output`."""
         self._check_pixel_values(pixel_values)
@@ -495,7 +495,7 @@ class BridgeModel(BridgePreTrainedModel):
     def get_text_features(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
-        output_attentions: bool | None = None, output_hidden_states: bool | None = None, **kwargs,
+        output_attentions: bool | None = None, output_hidden_states: bool | None = None,
     ) -> BaseModelOutputWithPooling:
         """Text tower states, with the normalised unimodal text embedding as `pooler_output`."""
         self._check_text(input_ids, attention_mask, token_type_ids)
@@ -538,16 +538,19 @@ class BridgeModel(BridgePreTrainedModel):
         """
         padding_bias = self.text_padding_bias(attention_mask, text_hidden_state.dtype)
         use_eager = self._use_eager_attention(output_attentions)
+        # Per-layer states are kept only when asked for: holding them all would multiply the memory of each chunk.
         all_vision, all_text = [vision_hidden_state], [text_hidden_state]
         text_attentions, vision_attentions = [], []
         for layer in self.interaction_layers:
             vision_hidden_state, text_hidden_state, vision_states, text_states, text_probs, vision_probs = layer(
                 vision_hidden_state, text_hidden_state, padding_bias, vision_states, text_states, use_eager
             )
-            all_vision.append(vision_hidden_state)
-            all_text.append(text_hidden_state)
-            text_attentions.append(text_probs)
-            vision_attentions.append(vision_probs)
+            if output_hidden_states:
+                all_vision.append(vision_hidden_state)
+                all_text.append(text_hidden_state)
+            if output_attentions:
+                text_attentions.append(text_probs)
+                vision_attentions.append(vision_probs)
             last_vision_shared, last_text_shared = vision_states.shared, text_states.shared
             vision_states = text_states = None
         if self.config.cross_embed_source == "output":
