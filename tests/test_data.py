@@ -185,8 +185,11 @@ def test_caption_parsing_rejects_foreign_captions():
 
 
 def test_shapes_rejects_bad_arguments():
-    with pytest.raises(ValueError, match="image_size"):
-        load_bridge_shapes(num_train=2, image_size=16)
+    with pytest.raises(ValueError, match="image_size must be at least 32"):
+        load_bridge_shapes(num_train=2, image_size=31)
+    small = load_bridge_shapes(num_train=7, image_size=32, single_fraction=0.0)
+    # An odd count cannot be all twin pairs: one single shape makes up the difference.
+    assert small["train"].num_rows == 7 and small["train"]["twin"].count(-1) == 1
     with pytest.raises(ValueError, match="held_out_fraction"):
         load_bridge_shapes(num_train=2, held_out_fraction=1.0)
 
@@ -233,7 +236,7 @@ def test_karpathy_json_one_row_per_caption(karpathy):
 
 def test_karpathy_missing_file_names_it_or_is_skipped_and_counted(karpathy):
     entries = json.loads((karpathy / "test.json").read_text())
-    entries.append({"image": "gone.png", "caption": ["lost 1", "lost 2"]})
+    entries.insert(1, {"image": "gone.png", "caption": ["lost 1", "lost 2"]})
     (karpathy / "broken.png").write_bytes(b"not a png")
     entries.append({"image": "../broken.png", "caption": "broken"})
     entries.append({"image": "a.png", "caption": "  "})
@@ -247,6 +250,7 @@ def test_karpathy_missing_file_names_it_or_is_skipped_and_counted(karpathy):
     with pytest.warns(UserWarning, match=r"skipped 4 of 8 rows.*gone\.png"):
         clean = load_image_text_dataset(karpathy / "bad.json", image_root=karpathy / "images", skip_invalid=True)
     assert clean["caption"] == ["blue one", "blue two", "blue three", "red one"]
+    assert clean["image_id"] == [0, 0, 0, 1]  # contiguous again after dropping gone.png's captions
     assert [row["image"].size for row in clean] == [(20, 16)] * 4
 
 
@@ -315,8 +319,7 @@ def _rows(captions, mode="RGB"):
 
 def test_collator_shapes_and_dtypes(shapes, shapes_processor):
     collator = BridgeDataCollator(shapes_processor)
-    rows = shapes["train"].select(range(5)).to_list()
-    rows = [dict(row, image=shapes["train"][i]["image"]) for i, row in enumerate(rows)]
+    rows = [shapes["train"][i] for i in range(5)]  # real dataset rows, extra columns included
     batch = collator(rows)
     assert set(batch) == {"pixel_values", "input_ids", "attention_mask", "token_type_ids"}
     assert batch["pixel_values"].shape == (5, 3, 16, 16) and batch["pixel_values"].dtype == torch.float32

@@ -61,6 +61,8 @@ def load_image_text_dataset(
                    skip_invalid=skip_invalid, verify_images=verify_images, num_workers=num_workers)
     if isinstance(source, Mapping) and not isinstance(source, DatasetDict):
         if split is not None:
+            if split not in source:
+                raise ValueError(f"split {split!r} not found; the mapping has splits {list(source)}.")
             return load_image_text_dataset(source[split], **options)
         return DatasetDict({name: load_image_text_dataset(path, **options) for name, path in source.items()})
     if isinstance(source, (str, os.PathLike)):
@@ -160,7 +162,9 @@ def _standardise(dataset: Dataset, image_column, text_column, image_root, skip_i
         keep = [i for i in range(len(captions)) if i not in problems]
         warnings.warn(f"load_image_text_dataset: skipped {len(problems)} of {len(captions)} rows of the "
                       f"{source_name}: {summary}.", UserWarning, stacklevel=3)
-        images, captions, image_ids = images.select(keep), [captions[i] for i in keep], [image_ids[i] for i in keep]
+        images, captions = images.select(keep), [captions[i] for i in keep]
+        renumber = {}  # keep image_id contiguous (0..n-1) after dropping every caption of an image
+        image_ids = [renumber.setdefault(image_ids[i], len(renumber)) for i in keep]
 
     result = images.add_column("caption", captions).add_column("image_id", image_ids)
     return result.cast(_OUTPUT_FEATURES)

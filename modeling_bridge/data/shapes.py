@@ -157,8 +157,8 @@ class _Geometry:
     """
 
     def __init__(self, size: int):
-        if size < 24:
-            raise ValueError(f"image_size must be at least 24 pixels to draw two separable shapes, got {size}.")
+        if size < 32:
+            raise ValueError(f"image_size must be at least 32 pixels to draw two separable shapes, got {size}.")
         self.size = size
         self.margin = max(1, size // 32)
         self.r_min, self.r_max = round(0.13 * size), round(0.19 * size)
@@ -264,7 +264,7 @@ def load_bridge_shapes(
     Args:
         num_train: rows in the train split. About `single_fraction` of them are single shapes; the rest are
             twin pairs, so the count of single shapes is adjusted by one when needed to make the rest even.
-        image_size: side of the square RGB images, in pixels (>= 24).
+        image_size: side of the square RGB images, in pixels (>= 32).
         seed: seeds the train split's sampling (families, relations, jitter, row order).
         split_seed: seeds which families are held out and the test split's jitter; the test split depends on
             `split_seed`, `held_out_fraction` and `image_size` only.
