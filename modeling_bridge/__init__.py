@@ -5,11 +5,19 @@ image-classification mapping), so `AutoModel.from_pretrained(dir)` and
 `pipeline("zero-shot-image-classification", model=dir)` work without `trust_remote_code`.
 """
 
-from transformers import AutoConfig, AutoModel, AutoModelForZeroShotImageClassification, AutoProcessor
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForPreTraining,
+    AutoModelForZeroShotImageClassification,
+    AutoProcessor,
+)
 
 from .configuration_bridge import BridgeConfig
 from .modeling_bridge import (
     BridgeCrossAttention,
+    BridgeForPreTraining,
+    BridgeForPreTrainingOutput,
     BridgeInteractionLayer,
     BridgeInteractionOutput,
     BridgeModel,
@@ -24,6 +32,7 @@ __version__ = "0.1.0"
 AutoConfig.register(BridgeConfig.model_type, BridgeConfig, exist_ok=True)
 AutoModel.register(BridgeConfig, BridgeModel, exist_ok=True)
 AutoModelForZeroShotImageClassification.register(BridgeConfig, BridgeModel, exist_ok=True)
+AutoModelForPreTraining.register(BridgeConfig, BridgeForPreTraining, exist_ok=True)
 AutoProcessor.register(BridgeConfig, BridgeProcessor, exist_ok=True)
 
 register_zero_shot_pipeline()
@@ -31,11 +40,14 @@ register_zero_shot_pipeline()
 # Saving then writes the Hub code files and `auto_map`, for loading with trust_remote_code=True.
 BridgeConfig.register_for_auto_class()
 BridgeModel.register_for_auto_class("AutoModel")
+BridgeForPreTraining.register_for_auto_class("AutoModelForPreTraining")
 BridgeProcessor.register_for_auto_class("AutoProcessor")
 
 __all__ = [
     "BridgeConfig",
     "BridgeCrossAttention",
+    "BridgeForPreTraining",
+    "BridgeForPreTrainingOutput",
     "BridgeInteractionLayer",
     "BridgeInteractionOutput",
     "BridgeModel",

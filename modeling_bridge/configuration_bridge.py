@@ -10,6 +10,8 @@ from transformers.configuration_utils import SubConfigSpec
 POOLING_TYPES = ("mean", "cls", "max")
 SCORE_MODES = ("unimodal", "fused", "itm")
 CROSS_EMBED_SOURCES = ("output", "layer_input")
+FUSED_OBJECTIVES = ("pairwise", "aligned")
+LOSS_WEIGHT_FIELDS = ("itc_loss_weight", "itm_loss_weight", "mlm_loss_weight", "mim_loss_weight", "cycle_loss_weight")
 
 # Text towers whose position ids start after the padding index, so that `padding_idx + 1` positions are unusable.
 _OFFSET_POSITION_TEXT_TOWERS = {
@@ -88,6 +90,16 @@ class BridgeConfig(PreTrainedConfig):
             `"output"` (the final states, projected by the last layer's norm and projection) or `"layer_input"`
             (the last layer's input projection, as the original code does).
         initializer_range (`float`, defaults to 0.02): std of the normal init of new linear layers.
+        fused_objective (`str`, defaults to `"pairwise"`): how `BridgeForPreTraining` trains the fused score and ITM.
+            `"pairwise"`: mine `num_hard_negatives` negatives per anchor from the unimodal similarities, run the
+            interaction on those real (image, text) pairs, and apply ITM and a listwise softmax over the positive and
+            its negatives. `"aligned"`: the original's, contrasting the fused embeddings of aligned pairs only.
+        num_hard_negatives (`int`, defaults to 3): negatives mined per anchor (per image and per text in
+            `"pairwise"`, per text in `"aligned"`).
+        itm_margin_min / itm_margin_max (`float`, defaults to 0.2 / 0.5): semi-hard band for negative j of anchor i,
+            `S_ii - max < S_ij < S_ii - min` on the unimodal cosine similarities; the hardest others fill up.
+        itc_loss_weight, itm_loss_weight, mlm_loss_weight, mim_loss_weight, cycle_loss_weight (`float`): weights of
+            the pre-training loss components (0 disables one); defaults 1, 1, 0, 0, 0 (stage A of the recipe).
     """
 
     model_type = "bridge"
@@ -117,6 +129,15 @@ class BridgeConfig(PreTrainedConfig):
     pair_chunk_size: int = 256
     cross_embed_source: str = "output"
     initializer_range: float = 0.02
+    fused_objective: str = "pairwise"
+    num_hard_negatives: int = 3
+    itm_margin_min: float = 0.2
+    itm_margin_max: float = 0.5
+    itc_loss_weight: float = 1.0
+    itm_loss_weight: float = 1.0
+    mlm_loss_weight: float = 0.0
+    mim_loss_weight: float = 0.0
+    cycle_loss_weight: float = 0.0
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
@@ -133,7 +154,7 @@ class BridgeConfig(PreTrainedConfig):
                 raise ValueError(f"BridgeConfig.{field}={getattr(self, field)!r}: {message}")
 
         for field in ("num_interaction_layers", "shared_dim", "num_interaction_heads", "projection_dim",
-                      "pair_chunk_size", "max_text_positions", "num_vision_positions"):
+                      "pair_chunk_size", "max_text_positions", "num_vision_positions", "num_hard_negatives"):
             value = getattr(self, field)
             check(isinstance(value, int) and not isinstance(value, bool) and value >= 1, field,
                   "must be a positive integer")
@@ -146,6 +167,11 @@ class BridgeConfig(PreTrainedConfig):
         check(self.default_score in SCORE_MODES, "default_score", f"must be one of {SCORE_MODES}")
         check(self.cross_embed_source in CROSS_EMBED_SOURCES, "cross_embed_source",
               f"must be one of {CROSS_EMBED_SOURCES}")
+        check(self.fused_objective in FUSED_OBJECTIVES, "fused_objective", f"must be one of {FUSED_OBJECTIVES}")
+        check(0.0 <= self.itm_margin_min <= self.itm_margin_max, "itm_margin_min",
+              f"must satisfy 0 <= itm_margin_min <= itm_margin_max (={self.itm_margin_max})")
+        for field in LOSS_WEIGHT_FIELDS:
+            check(getattr(self, field) >= 0, field, "must be >= 0 (0 disables the component)")
         check(tower_limit is None or self.max_text_positions <= tower_limit, "max_text_positions",
               f"exceeds the {tower_limit} positions of the text tower ({self.text_config.model_type}); "
               f"use at most {tower_limit}")

@@ -11,7 +11,7 @@ from typing import Any, NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoModel, PreTrainedModel
+from transformers import AutoConfig, AutoModel, PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPooling
@@ -25,6 +25,7 @@ BRIDGE_AUTO_MAP = {
     "AutoConfig": "configuration_bridge.BridgeConfig",
     "AutoModel": "modeling_bridge.BridgeModel",
     "AutoModelForZeroShotImageClassification": "modeling_bridge.BridgeModel",
+    "AutoModelForPreTraining": "modeling_bridge.BridgeForPreTraining",
 }
 
 
@@ -347,6 +348,8 @@ class BridgePreTrainedModel(PreTrainedModel):
     _no_split_modules = ["BridgeInteractionLayer"]
     _supports_sdpa = True
     _supports_attention_backend = False
+    # The Auto class whose `auto_map` entry names this class in saved Hub code.
+    _default_auto_class = "AutoModel"
 
     def _init_weights(self, module):
         std = self.config.initializer_range
@@ -367,7 +370,7 @@ class BridgePreTrainedModel(PreTrainedModel):
         # `register_for_auto_class` keeps one class only; the zero-shot pipeline needs all three mappings.
         self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **BRIDGE_AUTO_MAP}
         if type(self)._auto_class is None:
-            type(self).register_for_auto_class("AutoModel")
+            type(self).register_for_auto_class(self._default_auto_class)
         return super().save_pretrained(save_directory, *args, **kwargs)
 
     @classmethod
@@ -717,6 +720,418 @@ class BridgeModel(BridgePreTrainedModel):
         return output if return_dict else output.to_tuple()
 
 
+# --------------------------------------------------------------------------------------------------------------------
+# Pre-training objectives
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class BridgeForPreTrainingOutput(ModelOutput):
+    r"""
+    loss (`torch.FloatTensor`): weighted sum of the enabled components (weights from the config).
+    itc_loss (`torch.FloatTensor`): dual contrastive loss `s * cross_itc_loss + (1 - s) * unimodal_itc_loss`,
+        `s = sigmoid(itc_alpha)`.
+    unimodal_itc_loss / cross_itc_loss (`torch.FloatTensor`): its two parts. With `fused_objective="pairwise"` the
+        cross part is the listwise softmax over each anchor's positive and mined negatives, both directions.
+    itm_loss, mlm_loss, mim_loss, cycle_loss (`torch.FloatTensor`): the other components, when enabled.
+    logits_per_image / logits_per_text (`torch.FloatTensor` of shape `(batch, global_batch)`): unimodal scores of the
+        local images (texts) against the texts (images) of every rank.
+    image_embeds / text_embeds (`torch.FloatTensor` of shape `(batch, projection_dim)`): unimodal embeddings.
+    cross_image_embeds / cross_text_embeds (`torch.FloatTensor` of shape `(batch, projection_dim)`): fused embeddings
+        of the aligned (positive) pairs.
+    itm_logits (`torch.FloatTensor` of shape `(num_pairs, 2)`) and itm_labels (`torch.LongTensor` of shape
+        `(num_pairs,)`): every pair the ITM loss scored, 1 = match, 0 = mined negative, -100 = no valid negative.
+    mlm_logits (`torch.FloatTensor` of shape `(batch, Nt, vocab_size)`), mim_logits (`torch.FloatTensor` of shape
+        `(batch, num_patches, dv)`): predictions of the masked pass, when MLM / MIM are enabled.
+    """
+
+    loss: torch.FloatTensor | None = None
+    itc_loss: torch.FloatTensor | None = None
+    unimodal_itc_loss: torch.FloatTensor | None = None
+    cross_itc_loss: torch.FloatTensor | None = None
+    itm_loss: torch.FloatTensor | None = None
+    mlm_loss: torch.FloatTensor | None = None
+    mim_loss: torch.FloatTensor | None = None
+    cycle_loss: torch.FloatTensor | None = None
+    logits_per_image: torch.FloatTensor | None = None
+    logits_per_text: torch.FloatTensor | None = None
+    image_embeds: torch.FloatTensor | None = None
+    text_embeds: torch.FloatTensor | None = None
+    cross_image_embeds: torch.FloatTensor | None = None
+    cross_text_embeds: torch.FloatTensor | None = None
+    itm_logits: torch.FloatTensor | None = None
+    itm_labels: torch.LongTensor | None = None
+    mlm_logits: torch.FloatTensor | None = None
+    mim_logits: torch.FloatTensor | None = None
+
+
+def distributed_rank_and_world() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def gather_across_ranks(tensor: torch.Tensor, with_grad: bool = True) -> torch.Tensor:
+    """Concatenate `tensor` from every rank along dim 0 (rank order); identity without torch.distributed.
+
+    With `with_grad`, gradients flow back to the rank that produced each part, so contrastive negatives from other
+    ranks train those ranks' encoders too (DDP's gradient averaging then equals one process over the global batch).
+    """
+    _, world = distributed_rank_and_world()
+    if world == 1:
+        return tensor
+    if with_grad:
+        from torch.distributed.nn.functional import all_gather
+
+        return torch.cat(all_gather(tensor), dim=0)
+    parts = [torch.empty_like(tensor) for _ in range(world)]
+    torch.distributed.all_gather(parts, tensor.contiguous())
+    return torch.cat(parts, dim=0)
+
+
+def _pad_sequence_dim(tensor: torch.Tensor, length: int, value=0) -> torch.Tensor:
+    """Right-pad dim 1 of (B, N, ...) to `length`."""
+    extra = length - tensor.shape[1]
+    return tensor if extra == 0 else F.pad(tensor, [0, 0] * (tensor.dim() - 2) + [0, extra], value=value)
+
+
+def mine_hard_negatives(
+    similarity: torch.Tensor,
+    positive_index: torch.Tensor,
+    num_negatives: int,
+    margin_min: float,
+    margin_max: float,
+    exclude: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pick `num_negatives` negatives per anchor (row), vectorised.
+
+    similarity (A, C): cosine similarity of each anchor to each candidate; positive_index (A,): each anchor's positive
+    column; exclude (A, C) bool: candidates that must not serve as negatives (e.g. an identical caption).
+    Candidates in the semi-hard band `S_ii - margin_max < S_ij < S_ii - margin_min` come first, in random order; the
+    most similar remaining candidates fill the rest ("fallback hardest"). Returns indices (A, k) and a validity mask
+    (A, k) that is False where fewer than k candidates were allowed; k = min(num_negatives, C - 1).
+    """
+    with torch.no_grad():
+        similarity = similarity.detach().float()
+        positive = similarity.gather(1, positive_index[:, None])
+        band = (similarity > positive - margin_max) & (similarity < positive - margin_min)
+        # Cosines are <= 1, so keys in [2, 3) put every in-band candidate ahead of the rest.
+        noise = torch.rand(similarity.shape, device=similarity.device)
+        key = torch.where(band, 2.0 + noise, similarity)
+        invalid = F.one_hot(positive_index, similarity.shape[1]).bool()
+        if exclude is not None:
+            invalid = invalid | exclude
+        key = key.masked_fill(invalid, float("-inf"))
+        values, indices = key.topk(min(num_negatives, similarity.shape[1] - 1), dim=1)
+        return indices, values > float("-inf")
+
+
+def match_loss(positive_logits: torch.Tensor, negative_logits: torch.Tensor, negative_valid=None) -> torch.Tensor:
+    """ITM objective on the match logit: (mean -log sigmoid(r_pos) + mean -log(1 - sigmoid(r_neg))) / 2."""
+    negative_terms = F.softplus(negative_logits)
+    if negative_valid is None:
+        negative = negative_terms.mean()
+    else:
+        weights = negative_valid.to(negative_terms.dtype)
+        negative = (negative_terms * weights).sum() / weights.sum().clamp(min=1.0)
+    return (F.softplus(-positive_logits).mean() + negative) / 2
+
+
+def listwise_loss(positive_logits: torch.Tensor, negative_logits: torch.Tensor, negative_valid=None) -> torch.Tensor:
+    """Cross-entropy of each positive (A,) against its own negatives (A, k): a softmax over {positive} u negatives."""
+    if negative_valid is not None:
+        negative_logits = negative_logits.masked_fill(~negative_valid, float("-inf"))
+    logits = torch.cat([positive_logits[:, None], negative_logits], dim=1)
+    return F.cross_entropy(logits, torch.zeros_like(positive_logits, dtype=torch.long))
+
+
+def cycle_consistency_loss(
+    text_attentions: tuple[torch.Tensor, ...],
+    vision_attentions: tuple[torch.Tensor, ...],
+    attention_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Mean over layers of -log diag(P_t<-v P_v<-t) and -log diag(P_v<-t P_t<-v) (head-averaged maps), the two
+    directions averaged; padded text positions are left out of the text term. Only the diagonals are computed."""
+    total = 0.0
+    for text_probs, vision_probs in zip(text_attentions, vision_attentions):
+        text_from_vision, vision_from_text = text_probs.mean(1), vision_probs.mean(1)  # (B, Nt, Nv), (B, Nv, Nt)
+        text_diagonal = torch.einsum("btv,bvt->bt", text_from_vision, vision_from_text)
+        vision_diagonal = torch.einsum("bvt,btv->bv", vision_from_text, text_from_vision)
+        text_terms = -text_diagonal.clamp(1e-8, 1.0).log()
+        if attention_mask is None:
+            text_term = text_terms.mean()
+        else:
+            weights = attention_mask.to(text_terms.dtype)
+            text_term = (text_terms * weights).sum() / weights.sum().clamp(min=1.0)
+        total = total + (text_term + (-vision_diagonal.clamp(1e-8, 1.0).log()).mean()) / 2
+    return total / len(text_attentions)
+
+
+def masked_patch_loss(predictions: torch.Tensor, targets: torch.Tensor, mim_mask: torch.Tensor) -> torch.Tensor:
+    """Mean squared error over the features of the masked patches only; predictions/targets (B, P, d), mask (B, P)."""
+    weights = mim_mask.to(predictions.dtype)[..., None]
+    squared = (predictions - targets).pow(2) * weights
+    return squared.sum() / (weights.sum() * predictions.shape[-1]).clamp(min=1.0)
+
+
+def masked_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy over the tokens whose label is not -100 (0 when none is masked, instead of NaN)."""
+    total = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100, reduction="sum")
+    return total / (labels != -100).sum().clamp(min=1)
+
+
+def mask_image_patches(pixel_values: torch.Tensor, mim_mask: torch.Tensor, patch_size) -> torch.Tensor:
+    """Zero (the normalised mean colour) the pixels of every masked patch; mim_mask is (B, patches) in raster order."""
+    ph, pw = (tuple(patch_size) if isinstance(patch_size, (list, tuple)) else (patch_size, patch_size))
+    batch, _, height, width = pixel_values.shape
+    grid = (height // ph, width // pw)
+    if tuple(mim_mask.shape) != (batch, grid[0] * grid[1]):
+        raise ValueError(
+            f"mim_mask has shape {tuple(mim_mask.shape)} but {height}x{width} images with {ph}x{pw} patches need "
+            f"({batch}, {grid[0] * grid[1]}); build it with BridgeDataCollator(num_patches={grid[0] * grid[1]})."
+        )
+    pixel_mask = mim_mask.bool().view(batch, *grid).repeat_interleave(ph, 1).repeat_interleave(pw, 2)
+    return pixel_values.masked_fill(pixel_mask[:, None], 0.0)
+
+
+class BridgeForPreTraining(BridgePreTrainedModel):
+    """BRIDGE with its pre-training objectives (DESIGN section 3): dual ITC, ITM on mined hard negatives, MLM, MIM
+    and attention cycle-consistency, weighted by the config's `*_loss_weight` fields (0 disables one).
+
+    Inputs are aligned pairs: image i is described by text i. Under torch.distributed the contrastive terms and the
+    negative mining use the global batch (embeddings and tower states gathered with gradient); every rank needs the
+    same local batch size, as Trainer's distributed sampler provides.
+    """
+
+    _default_auto_class = "AutoModelForPreTraining"
+    # forward takes no `num_items_in_batch`: the Trainer must not rescale its loss.
+    accepts_loss_kwargs = False
+
+    def __init__(
+        self,
+        config: BridgeConfig | None = None,
+        vision_model: PreTrainedModel | None = None,
+        text_model: PreTrainedModel | None = None,
+    ):
+        bridge = BridgeModel(config, vision_model=vision_model, text_model=text_model)
+        super().__init__(bridge.config)
+        self.bridge = bridge
+        self.post_init()
+
+    def get_image_features(self, *args, **kwargs) -> BaseModelOutputWithPooling:
+        return self.bridge.get_image_features(*args, **kwargs)
+
+    def get_text_features(self, *args, **kwargs) -> BaseModelOutputWithPooling:
+        return self.bridge.get_text_features(*args, **kwargs)
+
+    def _duplicate_texts(self, input_ids, attention_mask, all_input_ids, all_attention_mask) -> torch.Tensor:
+        """(B, G) True where global text j is token-for-token the same caption as local text i: a pair that must
+        never be used as a negative (common in small or synthetic caption sets)."""
+        local = input_ids.masked_fill(attention_mask == 0, -1)
+        every = all_input_ids.masked_fill(all_attention_mask == 0, -1)
+        return (local[:, None, :] == every[None, :, :]).all(-1)
+
+    def _fused_objective(self, vision, text, input_ids, attention_mask, targets, scale, output_attentions):
+        """Cross ITC and ITM. Returns (cross_itc, itm, itm_logits, itm_labels, the positives' interaction output,
+        the text mask matching that output's attention maps)."""
+        config, bridge = self.config, self.bridge
+        batch, k = input_ids.shape[0], config.num_hard_negatives
+        _, world = distributed_rank_and_world()
+        length = input_ids.shape[1]
+        if world > 1:  # texts are padded per rank; gather them at one common length
+            length_tensor = torch.tensor([length], device=input_ids.device)
+            torch.distributed.all_reduce(length_tensor, op=torch.distributed.ReduceOp.MAX)
+            length = int(length_tensor.item())
+        input_ids, attention_mask = _pad_sequence_dim(input_ids, length), _pad_sequence_dim(attention_mask, length)
+        all_input_ids = gather_across_ranks(input_ids, with_grad=False)
+        all_attention_mask = gather_across_ranks(attention_mask, with_grad=False)
+        duplicates = self._duplicate_texts(input_ids, attention_mask, all_input_ids, all_attention_mask)
+        all_image_embeds = gather_across_ranks(vision.pooler_output)
+        text_to_image = text.pooler_output @ all_image_embeds.t()
+        negative_images, valid_images = mine_hard_negatives(
+            text_to_image, targets, k, config.itm_margin_min, config.itm_margin_max, duplicates
+        )
+        k = negative_images.shape[1]
+
+        if config.fused_objective == "aligned":
+            # The original's: interact aligned pairs only, contrast their fused embeddings across the batch, and
+            # score ITM negatives by combining fused embeddings of two different aligned pairs.
+            attention_mask = attention_mask[:, : text.last_hidden_state.shape[1]]  # local length again
+            out = bridge.interact(
+                vision.last_hidden_state, text.last_hidden_state, attention_mask, output_attentions=output_attentions
+            )
+            all_cross_image = gather_across_ranks(out.cross_image_embeds)
+            all_cross_text = gather_across_ranks(out.cross_text_embeds)
+            cross_itc = (
+                F.cross_entropy(scale * out.cross_image_embeds @ all_cross_text.t(), targets)
+                + F.cross_entropy(scale * out.cross_text_embeds @ all_cross_image.t(), targets)
+            ) / 2
+            itm_logits = torch.cat([
+                bridge.itm_head(out.cross_image_embeds, out.cross_text_embeds),
+                bridge.itm_head(
+                    all_cross_image[negative_images.flatten()], out.cross_text_embeds.repeat_interleave(k, 0)
+                ),
+            ])
+            negatives_valid = valid_images.flatten()
+            itm = match_loss(itm_logits[:batch, 1], itm_logits[batch:, 1], negatives_valid)
+        else:
+            all_text_embeds = gather_across_ranks(text.pooler_output)
+            image_to_text = vision.pooler_output @ all_text_embeds.t()
+            negative_texts, valid_texts = mine_hard_negatives(
+                image_to_text, targets, k, config.itm_margin_min, config.itm_margin_max, duplicates
+            )
+            # Every pair is run through the interaction stack for real: positives, (negative image, text anchor),
+            # then (image anchor, negative text).
+            anchors = targets.repeat_interleave(k)
+            image_index = torch.cat([targets, negative_images.flatten(), anchors])
+            text_index = torch.cat([targets, anchors, negative_texts.flatten()])
+            all_vision_states = gather_across_ranks(vision.last_hidden_state)
+            all_text_states = gather_across_ranks(_pad_sequence_dim(text.last_hidden_state, length))
+            out = bridge.interact(
+                all_vision_states.index_select(0, image_index),
+                all_text_states.index_select(0, text_index),
+                all_attention_mask.index_select(0, text_index),
+                output_attentions=output_attentions,
+            )
+            fused = bridge.fused_logits(out.cross_image_embeds, out.cross_text_embeds)
+            itm_logits = bridge.itm_head(out.cross_image_embeds, out.cross_text_embeds)
+            text_anchored = slice(batch, batch + batch * k)
+            image_anchored = slice(batch + batch * k, None)
+            cross_itc = (
+                listwise_loss(fused[:batch], fused[image_anchored].view(batch, k), valid_texts)
+                + listwise_loss(fused[:batch], fused[text_anchored].view(batch, k), valid_images)
+            ) / 2
+            negatives_valid = torch.cat([valid_images.flatten(), valid_texts.flatten()])
+            itm = match_loss(itm_logits[:batch, 1], itm_logits[batch:, 1], negatives_valid)
+            out = BridgeInteractionOutput(
+                cross_image_embeds=out.cross_image_embeds[:batch],
+                cross_text_embeds=out.cross_text_embeds[:batch],
+                text_attentions=None if out.text_attentions is None else tuple(a[:batch] for a in out.text_attentions),
+                vision_attentions=(
+                    None if out.vision_attentions is None else tuple(a[:batch] for a in out.vision_attentions)
+                ),
+            )
+        itm_labels = torch.cat([
+            torch.ones(batch, dtype=torch.long, device=itm_logits.device),
+            torch.where(negatives_valid, 0, -100),
+        ])
+        return cross_itc, itm, itm_logits, itm_labels, out, attention_mask
+
+    def _masked_objective(self, vision, text, pixel_values, attention_mask, token_type_ids, position_ids,
+                          mlm_input_ids, mlm_labels, mim_mask):
+        """One interaction pass on the masked inputs (masked text and/or masked image): MLM and MIM predictions."""
+        config, bridge = self.config, self.bridge
+        use_mlm, use_mim = config.mlm_loss_weight > 0, config.mim_loss_weight > 0
+        if use_mlm and (mlm_input_ids is None or mlm_labels is None):
+            raise ValueError("mlm_loss_weight > 0 needs `mlm_input_ids` and `mlm_labels`: build batches with "
+                             "BridgeDataCollator(mlm_probability=...) or set mlm_loss_weight=0.")
+        if use_mim and mim_mask is None:
+            raise ValueError("mim_loss_weight > 0 needs `mim_mask`: build batches with "
+                             "BridgeDataCollator(mim_probability=..., num_patches=...) or set mim_loss_weight=0.")
+        text_states = text.last_hidden_state
+        if use_mlm:
+            text_states = bridge.get_text_features(
+                mlm_input_ids, attention_mask, token_type_ids, position_ids
+            ).last_hidden_state
+        vision_states = vision.last_hidden_state
+        if use_mim:
+            masked_pixels = mask_image_patches(pixel_values, mim_mask, config.vision_config.patch_size)
+            vision_states = bridge.get_image_features(masked_pixels).last_hidden_state
+        out = bridge.interact(vision_states, text_states, attention_mask)
+        mlm_loss = mim_loss = mlm_logits = mim_logits = None
+        if use_mlm:
+            mlm_logits = bridge.mlm_head(out.text_last_hidden_state)
+            mlm_loss = masked_token_loss(mlm_logits, mlm_labels)
+        if use_mim:
+            first_patch = config.num_vision_positions - mim_mask.shape[1]  # CLS / register tokens come first
+            mim_logits = bridge.mim_head(out.vision_last_hidden_state[:, first_patch:])
+            targets = vision.last_hidden_state[:, first_patch:].detach()
+            mim_loss = masked_patch_loss(mim_logits, targets, mim_mask)
+        return mlm_loss, mim_loss, mlm_logits, mim_logits
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.LongTensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        mlm_input_ids: torch.LongTensor | None = None,
+        mlm_labels: torch.LongTensor | None = None,
+        mim_mask: torch.BoolTensor | None = None,
+        return_loss: bool | None = True,
+        return_dict: bool | None = None,
+    ) -> BridgeForPreTrainingOutput | tuple:
+        r"""
+        mlm_input_ids (`torch.LongTensor` of shape `(batch, Nt)`): the texts with masked tokens (MLM input).
+        mlm_labels (`torch.LongTensor` of shape `(batch, Nt)`): original ids at masked positions, -100 elsewhere.
+        mim_mask (`torch.BoolTensor` of shape `(batch, num_patches)`): patches hidden from the MIM pass.
+        return_loss (`bool`, defaults to True): compute the objectives (True by default so that Trainer's
+            evaluation reports `eval_loss`).
+        """
+        if input_ids is None or pixel_values is None:
+            raise ValueError("BridgeForPreTraining needs both pixel_values and input_ids: aligned pairs, image i "
+                             "described by text i.")
+        if pixel_values.shape[0] != input_ids.shape[0]:
+            raise ValueError(f"Got {pixel_values.shape[0]} images and {input_ids.shape[0]} texts; pre-training "
+                             "takes aligned pairs (image i described by text i), so the counts must match.")
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        config, bridge = self.config, self.bridge
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        vision = bridge.get_image_features(pixel_values)
+        text = bridge.get_text_features(input_ids, attention_mask, token_type_ids, position_ids)
+        rank, _ = distributed_rank_and_world()
+        batch = input_ids.shape[0]
+        targets = torch.arange(batch, device=input_ids.device) + rank * batch
+        scale = bridge.logit_scale().exp()
+        all_image_embeds = gather_across_ranks(vision.pooler_output)
+        all_text_embeds = gather_across_ranks(text.pooler_output)
+        logits_per_image = scale * vision.pooler_output @ all_text_embeds.t()
+        logits_per_text = scale * text.pooler_output @ all_image_embeds.t()
+
+        fields = dict(
+            logits_per_image=logits_per_image, logits_per_text=logits_per_text,
+            image_embeds=vision.pooler_output, text_embeds=text.pooler_output,
+        )
+        if return_loss:
+            losses = {}
+            if config.itc_loss_weight > 0 or config.itm_loss_weight > 0 or config.cycle_loss_weight > 0:
+                cross_itc, itm, itm_logits, itm_labels, positives, padded_mask = self._fused_objective(
+                    vision, text, input_ids, attention_mask, targets, scale, config.cycle_loss_weight > 0
+                )
+                unimodal_itc = (F.cross_entropy(logits_per_image, targets)
+                                + F.cross_entropy(logits_per_text, targets)) / 2
+                share = torch.sigmoid(bridge.itc_alpha())
+                losses["itc"] = share * cross_itc + (1 - share) * unimodal_itc
+                losses["itm"] = itm
+                fields.update(
+                    unimodal_itc_loss=unimodal_itc, cross_itc_loss=cross_itc, itm_logits=itm_logits,
+                    itm_labels=itm_labels, cross_image_embeds=positives.cross_image_embeds,
+                    cross_text_embeds=positives.cross_text_embeds,
+                )
+                if config.cycle_loss_weight > 0:
+                    losses["cycle"] = cycle_consistency_loss(
+                        positives.text_attentions, positives.vision_attentions, padded_mask
+                    )
+            if config.mlm_loss_weight > 0 or config.mim_loss_weight > 0:
+                mlm_loss, mim_loss, mlm_logits, mim_logits = self._masked_objective(
+                    vision, text, pixel_values, attention_mask, token_type_ids, position_ids,
+                    mlm_input_ids, mlm_labels, mim_mask,
+                )
+                losses.update(mlm=mlm_loss, mim=mim_loss)
+                fields.update(mlm_logits=mlm_logits, mim_logits=mim_logits)
+            weights = dict(itc=config.itc_loss_weight, itm=config.itm_loss_weight, mlm=config.mlm_loss_weight,
+                           mim=config.mim_loss_weight, cycle=config.cycle_loss_weight)
+            enabled = [weights[name] * value for name, value in losses.items() if value is not None and weights[name]]
+            if not enabled:
+                raise ValueError("Every *_loss_weight in the config is 0: enable at least one objective.")
+            fields["loss"] = torch.stack(enabled).sum()
+            fields.update({f"{name}_loss": value for name, value in losses.items() if weights[name]})
+        output = BridgeForPreTrainingOutput(**{k: v for k, v in fields.items() if v is not None})
+        return output if return_dict else output.to_tuple()
+
+
 def _tower_from_config(tower_config) -> PreTrainedModel:
     """Build a tower from its config. Pooling layers are left out where the model allows it: BRIDGE pools on its
     own, and parameters that never get a gradient break DDP and gradient checks."""
@@ -728,6 +1143,8 @@ def _tower_from_config(tower_config) -> PreTrainedModel:
 
 __all__ = [
     "BridgeCrossAttention",
+    "BridgeForPreTraining",
+    "BridgeForPreTrainingOutput",
     "BridgeInteractionLayer",
     "BridgeInteractionOutput",
     "BridgeModel",

@@ -1,0 +1,21 @@
+"""Training utilities (not Hub code): the staged curriculum, the Trainer subclass, crash-safe saving."""
+
+from .stages import (
+    TrainingStage,
+    apply_training_stage,
+    load_training_stage,
+    set_tower_trainable_blocks,
+    transformer_blocks,
+)
+from .trainer import BridgeTrainer, replace_directory, save_pretrained_atomically
+
+__all__ = [
+    "BridgeTrainer",
+    "TrainingStage",
+    "apply_training_stage",
+    "load_training_stage",
+    "replace_directory",
+    "save_pretrained_atomically",
+    "set_tower_trainable_blocks",
+    "transformer_blocks",
+]

@@ -1,0 +1,139 @@
+"""The staged curriculum (DESIGN section 3): which tower blocks train, with which loss weights and learning rate.
+
+Stage presets live in `configuration/stage_{a,b,c}.json`; `apply_training_stage` applies one to any BRIDGE model
+(BridgeModel, BridgeForPreTraining, or a PEFT wrapper around either) whatever its tower types.
+"""
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from torch import nn
+
+from ..configuration_bridge import LOSS_WEIGHT_FIELDS
+
+PRESET_DIR = Path(__file__).resolve().parents[2] / "configuration"
+STAGE_NAMES = ("a", "b", "c")
+_LOSS_NAMES = tuple(name[: -len("_loss_weight")] for name in LOSS_WEIGHT_FIELDS)  # itc, itm, mlm, mim, cycle
+
+
+@dataclass
+class TrainingStage:
+    """One stage of the recipe.
+
+    `*_trainable_blocks`: 0 freezes the tower, k > 0 trains its top k transformer blocks (and the norms after them),
+    -1 trains all of it. `loss_weights` maps itc/itm/mlm/mim/cycle to the config's `*_loss_weight` fields.
+    """
+
+    stage: str
+    vision_trainable_blocks: int = 0
+    text_trainable_blocks: int = 0
+    loss_weights: dict[str, float] = field(default_factory=dict)
+    learning_rate: float = 1e-4
+    weight_decay: float = 0.05
+    warmup_ratio: float = 0.0
+    max_grad_norm: float = 1.0
+    description: str = ""
+
+    def __post_init__(self):
+        for name in ("vision_trainable_blocks", "text_trainable_blocks"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < -1:
+                raise ValueError(f"Stage {self.stage!r}: {name}={value!r} must be -1 (all), 0 (frozen) or k > 0.")
+        unknown = sorted(set(self.loss_weights) - set(_LOSS_NAMES))
+        if unknown:
+            raise ValueError(f"Stage {self.stage!r}: unknown loss weights {unknown}; use {list(_LOSS_NAMES)}.")
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike) -> "TrainingStage":
+        with open(path, encoding="utf-8") as f:
+            try:
+                return cls(**json.load(f))
+            except TypeError as error:  # an unknown key in the file
+                raise ValueError(f"{path}: {error}. Known keys: {sorted(cls.__dataclass_fields__)}.") from None
+
+
+def load_training_stage(name_or_path: str | os.PathLike) -> TrainingStage:
+    """A preset by name ("a", "b", "c", or "stage_a") or a JSON file with the same keys."""
+    key = str(name_or_path).lower().removeprefix("stage_")
+    if key in STAGE_NAMES:
+        return TrainingStage.from_file(PRESET_DIR / f"stage_{key}.json")
+    if not os.path.isfile(name_or_path):
+        raise FileNotFoundError(
+            f"No training stage {name_or_path!r}: give one of {STAGE_NAMES} or the path of a stage JSON file."
+        )
+    return TrainingStage.from_file(name_or_path)
+
+
+def transformer_blocks(tower: nn.Module) -> tuple[str, nn.ModuleList]:
+    """The tower's stack of repeated blocks: the longest `nn.ModuleList` whose children all share one class.
+
+    Found by structure, not by name, so it works for `encoder.layer` (BERT, ViT, DINOv2), `encoder.layers`
+    (CLIP, SigLIP) or any other layout.
+    """
+    best_name, best = None, None
+    for name, module in tower.named_modules():
+        if isinstance(module, nn.ModuleList) and len(module) > 0:
+            if len({type(child) for child in module}) == 1 and (best is None or len(module) > len(best)):
+                best_name, best = name, module
+    if best is None:
+        raise ValueError(f"{type(tower).__name__} has no stack of repeated blocks (nn.ModuleList) to unfreeze.")
+    return best_name, best
+
+
+def set_tower_trainable_blocks(tower: nn.Module, num_blocks: int) -> None:
+    """Freeze `tower`, then unfreeze its top `num_blocks` blocks and every parameter registered after the block stack
+    (final norms); -1 unfreezes everything, 0 nothing."""
+    if num_blocks == -1:
+        tower.requires_grad_(True)
+        return
+    tower.requires_grad_(False)
+    if num_blocks == 0:
+        return
+    name, blocks = transformer_blocks(tower)
+    if num_blocks > len(blocks):
+        raise ValueError(f"Cannot unfreeze the top {num_blocks} blocks of {type(tower).__name__}: it has "
+                         f"{len(blocks)}. Use -1 to train the whole tower.")
+    for block in list(blocks)[-num_blocks:]:
+        block.requires_grad_(True)
+    names = [n for n, _ in tower.named_parameters()]
+    prefix = f"{name}."
+    last_block_param = max(i for i, n in enumerate(names) if n.startswith(prefix))
+    parameters = dict(tower.named_parameters())
+    for n in names[last_block_param + 1:]:
+        parameters[n].requires_grad_(True)
+
+
+def _bridge_of(model: nn.Module) -> nn.Module:
+    """The BridgeModel inside a BridgeForPreTraining / PEFT wrapper (found by its towers and interaction stack)."""
+    for module in model.modules():
+        if all(hasattr(module, a) for a in ("vision_model", "text_model", "interaction_layers")):
+            return module
+    raise ValueError(f"{type(model).__name__} contains no BridgeModel (vision_model, text_model, "
+                     "interaction_layers).")
+
+
+def apply_training_stage(model: nn.Module, stage: TrainingStage | str | os.PathLike) -> TrainingStage:
+    """Set `requires_grad` and the config's loss weights for `stage`; returns the stage (for its optimiser
+    settings). Everything BRIDGE adds (interaction layers, projections, heads, scalars) stays trainable."""
+    if not isinstance(stage, TrainingStage):
+        stage = load_training_stage(stage)
+    bridge = _bridge_of(model)
+    for name, module in bridge.named_children():
+        if name not in ("vision_model", "text_model"):
+            module.requires_grad_(True)
+    set_tower_trainable_blocks(bridge.vision_model, stage.vision_trainable_blocks)
+    set_tower_trainable_blocks(bridge.text_model, stage.text_trainable_blocks)
+    for name, weight in stage.loss_weights.items():
+        setattr(bridge.config, f"{name}_loss_weight", float(weight))
+    return stage
+
+
+__all__ = [
+    "TrainingStage",
+    "apply_training_stage",
+    "load_training_stage",
+    "set_tower_trainable_blocks",
+    "transformer_blocks",
+]

@@ -1,0 +1,246 @@
+"""BridgeForPreTraining: every loss component against a hand-computed value or an independent path."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import make_config, random_inputs
+
+from modeling_bridge import BridgeForPreTraining, BridgeModel
+from modeling_bridge.modeling_bridge import (
+    contrastive_loss,
+    cycle_consistency_loss,
+    listwise_loss,
+    mask_image_patches,
+    masked_patch_loss,
+    masked_token_loss,
+    match_loss,
+    mine_hard_negatives,
+)
+
+# ---------------------------------------------------------------------------------------------- loss functions
+
+
+def test_match_loss_hand_computed():
+    # (mean(-log s(0), -log s(2)) + -log(1 - s(1))) / 2 = ((ln 2 + ln(1 + e^-2)) / 2 + ln(1 + e)) / 2
+    value = match_loss(torch.tensor([0.0, 2.0]), torch.tensor([1.0]))
+    assert value.item() == pytest.approx(((0.693147 + 0.126928) / 2 + 1.313262) / 2, abs=1e-5)
+    # an invalid negative is left out of the negative mean
+    value = match_loss(torch.tensor([0.0]), torch.tensor([1.0, 50.0]), torch.tensor([True, False]))
+    assert value.item() == pytest.approx((0.693147 + 1.313262) / 2, abs=1e-5)
+
+
+def test_listwise_loss_hand_computed():
+    # -log(e^2 / (e^2 + e^1 + e^0)) = ln(1 + e^-1 + e^-2)
+    value = listwise_loss(torch.tensor([2.0]), torch.tensor([[1.0, 0.0]]))
+    assert value.item() == pytest.approx(math.log(1 + math.exp(-1) + math.exp(-2)), abs=1e-6)
+    value = listwise_loss(torch.tensor([2.0]), torch.tensor([[1.0, 0.0]]), torch.tensor([[True, False]]))
+    assert value.item() == pytest.approx(math.log(1 + math.exp(-1)), abs=1e-6)
+
+
+def test_cycle_loss_hand_computed():
+    nt, nv = 4, 9
+    text = torch.full((1, 2, nt, nv), 1 / nv)  # every text token spreads evenly over the image
+    vision = torch.full((1, 2, nv, nt), 1 / nt)
+    # diag(P_tv P_vt) = 1/nt, diag(P_vt P_tv) = 1/nv  ->  (ln nt + ln nv) / 2
+    assert cycle_consistency_loss((text,), (vision,)).item() == pytest.approx(math.log(6.0), abs=1e-6)
+    # two real text tokens of four: the vision side attends only to them; padded rows leave the text term
+    mask = torch.tensor([[1, 1, 0, 0]])
+    vision_masked = torch.zeros(1, 2, nv, nt)
+    vision_masked[..., :2] = 0.5
+    value = cycle_consistency_loss((text,), (vision_masked,), mask)
+    assert value.item() == pytest.approx((math.log(2) + math.log(nv)) / 2, abs=1e-6)
+    # a perfect cycle costs nothing; the loss averages over layers
+    eye = torch.eye(3)[None, None]
+    assert cycle_consistency_loss((eye, eye), (eye, eye)).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_masked_patch_and_token_losses_hand_computed():
+    predictions = torch.zeros(1, 3, 2)
+    targets = torch.tensor([[[1.0, 1.0], [5.0, 5.0], [3.0, 1.0]]])
+    mask = torch.tensor([[True, False, True]])
+    # masked features: (1, 1) and (3, 1) -> squared errors 1, 1, 9, 1 -> mean 3; the unmasked patch is ignored
+    assert masked_patch_loss(predictions, targets, mask).item() == pytest.approx(3.0)
+    logits = torch.zeros(1, 3, 7)  # uniform over 7 tokens
+    labels = torch.tensor([[-100, 4, 2]])
+    assert masked_token_loss(logits, labels).item() == pytest.approx(math.log(7), abs=1e-6)
+    assert masked_token_loss(logits, torch.full((1, 3), -100)).item() == 0.0  # nothing masked: 0, not NaN
+
+
+def test_mask_image_patches_zeroes_exactly_the_masked_patches():
+    pixels = torch.randn(2, 3, 32, 32)
+    mask = torch.zeros(2, 16, dtype=torch.bool)
+    mask[0, 0] = mask[1, 5] = True  # patch 5 = row 1, column 1 of the 4x4 grid
+    out = mask_image_patches(pixels, mask, 8)
+    assert (out[0, :, :8, :8] == 0).all() and (out[1, :, 8:16, 8:16] == 0).all()
+    changed = (out != pixels).any(1)
+    assert changed.sum() == 2 * 64
+    with pytest.raises(ValueError, match=r"mim_mask has shape \(2, 15\).*\(2, 16\)"):
+        mask_image_patches(pixels, mask[:, :15], 8)
+
+
+def test_mining_prefers_the_semi_hard_band_then_the_hardest():
+    sim = torch.tensor([
+        [0.9, 0.8, 0.6, 0.5, -0.2],   # positive 0.9: band (0.4, 0.7) = {2, 3}; next hardest is 1
+        [0.1, 1.0, 0.2, 0.3, 0.9],    # positive 1.0: band (0.5, 0.8) empty -> hardest 4, 3
+    ])
+    torch.manual_seed(0)
+    index, valid = mine_hard_negatives(sim, torch.tensor([0, 1]), 3, margin_min=0.2, margin_max=0.5)
+    assert set(index[0, :2].tolist()) == {2, 3} and index[0, 2] == 1
+    assert index[1].tolist() == [4, 3, 2]
+    assert valid.all()
+    # excluded candidates (e.g. identical captions) are never picked; slots without a candidate are invalid
+    exclude = torch.tensor([[False, True, True, True, False], [False] * 5])
+    index, valid = mine_hard_negatives(sim, torch.tensor([0, 1]), 2, 0.2, 0.5, exclude)
+    assert valid[0].tolist() == [True, False] and index[0, 0] == 4
+    assert index[1].tolist() == [4, 3]
+
+
+# ---------------------------------------------------------------------------------------------- the model
+
+
+def _pretraining_model(seed=0, **overrides):
+    torch.manual_seed(seed)
+    model = BridgeForPreTraining(make_config(itm_dropout=0.0, **overrides))
+    with torch.no_grad():  # perturb the zero-initialised biases/tables so that every parameter matters
+        for name, param in model.named_parameters():
+            if not name.startswith(("bridge.vision_model.", "bridge.text_model.")):
+                param.add_(torch.randn_like(param) * 0.1)
+    return model.eval()
+
+
+def _scoring_model(pretraining: BridgeForPreTraining) -> BridgeModel:
+    """The same weights as a BridgeModel: an independent path to the scores."""
+    model = BridgeModel(pretraining.config)
+    model.load_state_dict(pretraining.bridge.state_dict())
+    return model.eval()
+
+
+def test_pairwise_objective_with_every_negative_equals_the_full_score_matrix_losses():
+    """With k = B - 1 every other image/text is a negative, so the listwise softmax is the contrastive loss of the
+    full fused matrix and ITM scores every pair: both can be recomputed from BridgeModel's pairwise scores."""
+    batch = 4
+    model = _pretraining_model(num_hard_negatives=batch - 1)
+    pixel_values, input_ids, attention_mask = random_inputs(batch, batch)
+    out = model(input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask)
+    reference = _scoring_model(model)
+    fused = reference(input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask, score="fused")
+    unimodal = reference(input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask,
+                         score="unimodal", return_loss=True)
+    assert out.unimodal_itc_loss.item() == pytest.approx(unimodal.loss.item(), abs=1e-5)
+    assert out.cross_itc_loss.item() == pytest.approx(contrastive_loss(fused.logits_per_image).item(), abs=1e-5)
+    match = fused.itm_logits[..., 1]
+    off_diagonal = match[~torch.eye(batch, dtype=torch.bool)]
+    # each off-diagonal pair is mined twice (once per anchor direction); the mean is unchanged
+    assert out.itm_loss.item() == pytest.approx(match_loss(match.diagonal(), off_diagonal).item(), abs=1e-5)
+    share = torch.sigmoid(model.bridge.itc_alpha.value)
+    expected_itc = share * out.cross_itc_loss + (1 - share) * out.unimodal_itc_loss
+    assert out.itc_loss.item() == pytest.approx(expected_itc.item(), abs=1e-6)
+    assert out.loss.item() == pytest.approx((out.itc_loss + out.itm_loss).item(), abs=1e-6)
+    assert out.itm_labels.tolist() == [1] * batch + [0] * (2 * batch * (batch - 1))
+
+
+def test_aligned_objective_matches_the_original_recipe():
+    """Cross ITC contrasts fused embeddings of aligned pairs; ITM negatives pair fused embeddings of two different
+    aligned pairs, never interacted together."""
+    batch = 3
+    model = _pretraining_model(fused_objective="aligned", num_hard_negatives=batch - 1)
+    pixel_values, input_ids, attention_mask = random_inputs(batch, batch)
+    out = model(input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask)
+    reference = _scoring_model(model)
+    full = reference(input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask,
+                     output_hidden_states=True)
+    index = torch.arange(batch)
+    cross_image = full.cross_image_embeds[index, index]  # fused embeddings of the aligned pairs
+    cross_text = full.cross_text_embeds[index, index]
+    torch.testing.assert_close(out.cross_image_embeds, cross_image, atol=1e-5, rtol=0)
+    scale = reference.logit_scale.value.exp()
+    assert out.cross_itc_loss.item() == pytest.approx(
+        contrastive_loss(scale * cross_image @ cross_text.t()).item(), abs=1e-5)
+    positives = reference.itm_head(cross_image, cross_text)[:, 1]
+    negatives = torch.stack([reference.itm_head(cross_image[j], cross_text[i])[1]
+                             for i in range(batch) for j in range(batch) if j != i])
+    assert out.itm_loss.item() == pytest.approx(match_loss(positives, negatives).item(), abs=1e-5)
+
+
+def test_mlm_mim_and_cycle_components_and_their_weights():
+    model = _pretraining_model(mlm_loss_weight=0.5, mim_loss_weight=0.25, cycle_loss_weight=0.1)
+    pixel_values, input_ids, attention_mask = random_inputs(3, 3)
+    mlm_input_ids, mlm_labels = input_ids.clone(), torch.full_like(input_ids, -100)
+    mlm_input_ids[:, 1], mlm_labels[:, 1] = 4, input_ids[:, 1]
+    mim_mask = torch.zeros(3, 16, dtype=torch.bool)
+    mim_mask[:, ::3] = True
+    out = model(input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask,
+                mlm_input_ids=mlm_input_ids, mlm_labels=mlm_labels, mim_mask=mim_mask)
+    assert out.mlm_loss.item() == pytest.approx(
+        F.cross_entropy(out.mlm_logits[:, 1], input_ids[:, 1]).item(), abs=1e-5)
+    bridge = model.bridge
+    targets = bridge.get_image_features(pixel_values).last_hidden_state[:, 1:]  # the clean tower's patch features
+    assert out.mim_loss.item() == pytest.approx(
+        F.mse_loss(out.mim_logits[mim_mask], targets[mim_mask]).item(), abs=1e-5)
+    # the cycle term: recomputed from the positives' attention maps of an independent interaction run
+    text = bridge.get_text_features(input_ids, attention_mask)
+    aligned = bridge.interact(bridge.get_image_features(pixel_values).last_hidden_state, text.last_hidden_state,
+                              attention_mask, output_attentions=True)
+    expected_cycle = cycle_consistency_loss(aligned.text_attentions, aligned.vision_attentions, attention_mask)
+    assert out.cycle_loss.item() == pytest.approx(expected_cycle.item(), abs=1e-5)
+    expected = out.itc_loss + out.itm_loss + 0.5 * out.mlm_loss + 0.25 * out.mim_loss + 0.1 * out.cycle_loss
+    assert out.loss.item() == pytest.approx(expected.item(), abs=1e-5)
+
+
+def test_identical_captions_are_never_mined_as_negatives():
+    model = _pretraining_model(num_hard_negatives=2)
+    pixel_values, input_ids, attention_mask = random_inputs(3, 3, pad_rows=())
+    input_ids[1] = input_ids[0]  # texts 0 and 1 are the same caption
+    out = model(input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask)
+    labels = out.itm_labels.tolist()
+    # anchors 0 and 1 each have one usable negative per direction (item 2), anchor 2 has two
+    assert labels[:3] == [1, 1, 1]
+    assert labels.count(-100) == 4 and labels.count(0) == 8
+
+
+def test_every_trainable_parameter_gets_a_gradient_with_all_objectives():
+    model = _pretraining_model(mlm_loss_weight=1.0, mim_loss_weight=1.0, cycle_loss_weight=1.0).train()
+    pixel_values, input_ids, attention_mask = random_inputs(3, 3)
+    mlm_labels = torch.full_like(input_ids, -100)
+    mlm_labels[:, 0] = input_ids[:, 0]
+    mim_mask = torch.zeros(3, 16, dtype=torch.bool)
+    mim_mask[:, :4] = True
+    model(input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask, mlm_input_ids=input_ids,
+          mlm_labels=mlm_labels, mim_mask=mim_mask).loss.backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None]
+    assert missing == []
+
+
+def test_pretraining_errors_name_the_problem():
+    model = _pretraining_model(mlm_loss_weight=1.0)
+    pixel_values, input_ids, attention_mask = random_inputs(2, 3)
+    with pytest.raises(ValueError, match="2 images and 3 texts"):
+        model(input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask)
+    with pytest.raises(ValueError, match="needs both pixel_values and input_ids"):
+        model(input_ids=input_ids)
+    with pytest.raises(ValueError, match="mlm_loss_weight > 0 needs `mlm_input_ids`"):
+        model(input_ids=input_ids[:2], pixel_values=pixel_values, attention_mask=attention_mask[:2])
+    off = _pretraining_model(itc_loss_weight=0.0, itm_loss_weight=0.0)
+    with pytest.raises(ValueError, match="Every \\*_loss_weight in the config is 0"):
+        off(input_ids=input_ids[:2], pixel_values=pixel_values, attention_mask=attention_mask[:2])
+    with pytest.raises(ValueError, match="fused_objective"):
+        make_config(fused_objective="global")
+
+
+def test_pretraining_checkpoint_loads_as_bridge_model_and_back(tmp_path):
+    from transformers import AutoModel, AutoModelForPreTraining
+
+    model = _pretraining_model()
+    model.save_pretrained(tmp_path)
+    pixel_values, input_ids, attention_mask = random_inputs(2, 3)
+    scoring = AutoModel.from_pretrained(tmp_path).eval()
+    assert type(scoring) is BridgeModel
+    expected = _scoring_model(model)(input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask)
+    got = scoring(input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask)
+    torch.testing.assert_close(got.logits_per_image, expected.logits_per_image, atol=0, rtol=0)
+    reloaded = AutoModelForPreTraining.from_pretrained(tmp_path)
+    assert type(reloaded) is BridgeForPreTraining
+    for (name, a), (_, b) in zip(model.state_dict().items(), reloaded.state_dict().items()):
+        assert torch.equal(a, b), name
