@@ -434,6 +434,50 @@ class BridgeModel(BridgePreTrainedModel):
         self.mim_head = BridgePredictionHead(dv, dv)
         self.post_init()
 
+    @classmethod
+    def from_vision_text_pretrained(
+        cls,
+        vision_model_name_or_path: str,
+        text_model_name_or_path: str,
+        dtype: torch.dtype | None = None,
+        **config_kwargs,
+    ) -> "BridgeModel":
+        r"""
+        Build BRIDGE around two pretrained towers: the towers keep their weights bit for bit, the interaction layers
+        and heads are new.
+
+        vision_model_name_or_path (`str`): a vision encoder (ViT, CLIP-vision, SigLIP-vision, DINOv2, ...), or a full
+            dual-encoder checkpoint (`clip`, `siglip`, ...) whose vision part is taken.
+        text_model_name_or_path (`str`): a text encoder (BERT, RoBERTa, MiniLM, ...).
+        dtype (`torch.dtype`, *optional*): dtype of the whole model. The towers are read in float32, the dtype of
+            the new layers, unless this is given.
+        config_kwargs: `BridgeConfig` fields (`num_interaction_layers`, `shared_dim`, ...).
+        """
+        vision_model = cls._load_pretrained_tower(vision_model_name_or_path, "vision_config")
+        text_model = cls._load_pretrained_tower(text_model_name_or_path, "text_config")
+        config = BridgeConfig.from_vision_text_configs(vision_model.config, text_model.config, **config_kwargs)
+        model = cls(config, vision_model=vision_model, text_model=text_model)
+        return model if dtype is None else model.to(dtype)
+
+    @staticmethod
+    def _load_pretrained_tower(name_or_path: str, part: str) -> PreTrainedModel:
+        """The encoder at `name_or_path`; for a dual-encoder checkpoint (no `hidden_size` of its own, e.g. `clip`), the
+        tower described by its `part` (`"vision_config"` / `"text_config"`), read from the same weights file."""
+        config = AutoConfig.from_pretrained(name_or_path)
+        if getattr(config, "hidden_size", None) is None and getattr(config, part, None) is not None:
+            config = getattr(config, part)
+        kwargs = {"config": config, "dtype": torch.float32, "output_loading_info": True}
+        try:  # BRIDGE pools on its own; towers that have a pooling layer are loaded without it (as in __init__)
+            tower, info = AutoModel.from_pretrained(name_or_path, add_pooling_layer=False, **kwargs)
+        except TypeError:
+            tower, info = AutoModel.from_pretrained(name_or_path, **kwargs)
+        if info.get("missing_keys"):
+            raise ValueError(
+                f"{name_or_path} lacks weights of its {config.model_type!r} tower: {sorted(info['missing_keys'])}; "
+                "point to a folder or repo that holds the pretrained encoder."
+            )
+        return tower
+
     # ---------------------------------------------------------------- input checks (shapes only: no host sync)
 
     def _check_pixel_values(self, pixel_values: torch.Tensor):

@@ -3,7 +3,7 @@
 Hub code: imports only the standard library and transformers.
 """
 
-from transformers import ProcessorMixin
+from transformers import AutoImageProcessor, AutoTokenizer, ProcessorMixin
 
 
 def _to_rgb(images):
@@ -31,6 +31,14 @@ class BridgeProcessor(ProcessorMixin):
         if image_processor is not None and getattr(image_processor, "do_convert_rgb", True) is None:
             image_processor.do_convert_rgb = True
         super().__init__(image_processor, tokenizer, **kwargs)
+
+    @classmethod
+    def from_vision_text_pretrained(cls, vision_model_name_or_path: str, text_model_name_or_path: str, **kwargs):
+        """The image processor of the vision tower and the tokenizer of the text tower (the pairing of
+        `BridgeModel.from_vision_text_pretrained`); `kwargs` go to both `from_pretrained` calls."""
+        image_processor = AutoImageProcessor.from_pretrained(vision_model_name_or_path, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(text_model_name_or_path, **kwargs)
+        return cls(image_processor=image_processor, tokenizer=tokenizer)
 
     def __call__(self, images=None, text=None, **kwargs):
         if images is None and text is None:

@@ -1,0 +1,47 @@
+#!/usr/bin/env python
+"""Publish a saved BRIDGE model (e.g. a training output) to the Hub: rewrite it as a Hub-ready folder (sharded
+safetensors, config with auto_map, the three code files, processor files, model card) and upload it in one commit.
+
+    python conversion/push_to_hub.py --model_dir outputs/stage-c --output_dir hub/bridge-coco --push_to_hub user/bridge-coco
+    python conversion/push_to_hub.py --model_dir outputs/stage-c --output_dir hub/bridge-coco --local_dir_only
+
+--base_model names the towers' Hub ids for the card's metadata.
+"""
+
+import argparse
+import sys
+
+from modeling_bridge.hub_utils import add_hub_arguments, publish, run_command
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model_dir", required=True, help="folder written by BridgeModel.save_pretrained")
+    parser.add_argument("--processor_dir", help="folder of the BridgeProcessor (default: --model_dir)")
+    parser.add_argument("--output_dir", required=True, help="where to write the Hub-ready folder")
+    parser.add_argument("--base_model", action="append", default=[], help="Hub id of a tower (repeatable)")
+    parser.add_argument("--description", help="first paragraph of the model card")
+    add_hub_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    from pathlib import Path
+
+    from modeling_bridge import BridgeModel, BridgeProcessor
+
+    args = parse_args(argv)
+    model_dir = Path(args.model_dir)
+    if not (model_dir / "config.json").is_file():
+        raise FileNotFoundError(f"{model_dir} holds no config.json; pass the folder of a saved BRIDGE model.")
+    if Path(args.output_dir).resolve() == model_dir.resolve():
+        raise ValueError("--output_dir must differ from --model_dir (the folder is rewritten, not edited in place).")
+    model = BridgeModel.from_pretrained(model_dir)
+    processor_dir = Path(args.processor_dir or model_dir)
+    processor = BridgeProcessor.from_pretrained(processor_dir) if (processor_dir / "processor_config.json").is_file() \
+        else None
+    publish(model, processor, args, base_models=args.base_model, description=args.description)
+
+
+if __name__ == "__main__":
+    sys.exit(run_command(main))
