@@ -15,7 +15,7 @@ import json
 import sys
 
 from modeling_bridge import BridgeModel, BridgeProcessor
-from modeling_bridge.hub_utils import add_hub_arguments, publish, run_command
+from modeling_bridge.hub_utils import add_hub_arguments, check_upload_possible, publish, run_command
 
 
 def parse_args(argv=None):
@@ -38,6 +38,7 @@ def main(argv=None):
     import torch
 
     args = parse_args(argv)
+    check_upload_possible(args)
     fields = {k: getattr(args, k) for k in ("num_interaction_layers", "shared_dim", "num_interaction_heads",
                                              "projection_dim") if getattr(args, k) is not None}
     fields.update(args.config_overrides)

@@ -13,7 +13,7 @@ weight comes from the checkpoint. Unknown or missing keys stop the conversion wi
 import argparse
 import sys
 
-from modeling_bridge.hub_utils import add_hub_arguments, publish, run_command
+from modeling_bridge.hub_utils import add_hub_arguments, check_upload_possible, publish, run_command
 from modeling_bridge.original_checkpoint import convert_original_checkpoint
 
 
@@ -30,6 +30,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    check_upload_possible(args)
     model, processor, parsed = convert_original_checkpoint(args.checkpoint, args.config, args.vision_model,
                                                             args.text_model)
     description = (

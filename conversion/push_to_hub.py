@@ -11,7 +11,7 @@ safetensors, config with auto_map, the three code files, processor files, model 
 import argparse
 import sys
 
-from modeling_bridge.hub_utils import add_hub_arguments, publish, run_command
+from modeling_bridge.hub_utils import add_hub_arguments, check_upload_possible, publish, run_command
 
 
 def parse_args(argv=None):
@@ -31,6 +31,7 @@ def main(argv=None):
     from modeling_bridge import BridgeModel, BridgeProcessor
 
     args = parse_args(argv)
+    check_upload_possible(args)
     model_dir = Path(args.model_dir)
     if not (model_dir / "config.json").is_file():
         raise FileNotFoundError(f"{model_dir} holds no config.json; pass the folder of a saved BRIDGE model.")

@@ -143,6 +143,23 @@ def save_hub_folder(
     return target
 
 
+def resolve_token(token: str | None = None) -> str:
+    """`token`, else HF_TOKEN / the stored login; HubUploadError when there is none."""
+    token = token or get_token()
+    if not token:
+        raise HubUploadError(
+            "no Hugging Face token: run `hf auth login`, set HF_TOKEN, or pass --token (use --local_dir_only to "
+            "only write the folder)."
+        )
+    return token
+
+
+def check_upload_possible(args) -> None:
+    """Called by the commands before any heavy work: a push without a token fails at once, not after converting."""
+    if args.push_to_hub and not args.local_dir_only:
+        args.token = resolve_token(args.token)
+
+
 def upload_hub_folder(
     folder: str | os.PathLike,
     repo_id: str,
@@ -159,12 +176,7 @@ def upload_hub_folder(
     folder = Path(folder)
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(f"{folder} holds no config.json; write it with save_hub_folder first.")
-    token = token or get_token()
-    if not token:
-        raise HubUploadError(
-            "no Hugging Face token: run `hf auth login`, set HF_TOKEN, or pass --token (use --local_dir_only to "
-            "only write the folder)."
-        )
+    token = resolve_token(token)
     api = HfApi(endpoint=endpoint, token=token)
     try:
         api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
@@ -224,7 +236,9 @@ __all__ = [
     "HubUploadError",
     "add_hub_arguments",
     "build_model_card",
+    "check_upload_possible",
     "publish",
+    "resolve_token",
     "run_command",
     "save_hub_folder",
     "upload_hub_folder",
