@@ -1,5 +1,6 @@
 """Training utilities (not Hub code): the staged curriculum, the Trainer subclass, crash-safe saving."""
 
+from .lora import default_lora_target_modules, make_lora_model
 from .stages import (
     TrainingStage,
     apply_training_stage,
@@ -13,7 +14,9 @@ __all__ = [
     "BridgeTrainer",
     "TrainingStage",
     "apply_training_stage",
+    "default_lora_target_modules",
     "load_training_stage",
+    "make_lora_model",
     "replace_directory",
     "save_pretrained_atomically",
     "set_tower_trainable_blocks",
