@@ -1,0 +1,258 @@
+"""LoRA finetuning of a pretrained BRIDGE with PEFT: adapters on the interaction layers' q/k/v/o projections and on
+the towers' attention q/k/v (found per tower type), plus the learned scalars (logit scale, ITC mix, gates,
+temperatures) trained in full. Everything else stays frozen.
+
+The adapter and the processor are written atomically (temporary folder, then rename) to `--adapter_dir`
+(default `<output_dir>/adapter`, so Trainer checkpoints in `output_dir` are never touched). The run ends by
+checking the saved adapter: base + adapter reloaded with `PeftModel.from_pretrained`, and that reload merged with
+`merge_and_unload()`, must give the scores the trained model gave before saving (unimodal and fused); the maximum
+differences are printed and the run fails if they exceed `--verify_tolerance`. `--activation_checkpointing`
+works with the frozen towers (transformers v5 checkpoints non-reentrantly by default).
+
+    python examples/run_lora_finetuning.py --model_name_or_path outputs/demo/bridge \\
+        --dataset bridge-shapes --output_dir outputs/lora --max_steps 200 --per_device_train_batch_size 32
+
+Reload the result:
+
+    base = BridgeForPreTraining.from_pretrained("outputs/demo/bridge")
+    # (Hub code: AutoModelForPreTraining.from_pretrained(repo, trust_remote_code=True); AutoPeftModel refuses it)
+    model = PeftModel.from_pretrained(base, "outputs/lora/adapter")
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from peft import PeftModel
+from transformers import AutoModelForPreTraining, AutoProcessor, HfArgumentParser, TrainingArguments, set_seed
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone without installing
+
+import modeling_bridge  # noqa: E402,F401  (registers BRIDGE with the Auto classes)
+from modeling_bridge import BridgeForPreTraining, BridgeProcessor  # noqa: E402
+from modeling_bridge.data import BridgeDataCollator, load_bridge_shapes, load_image_text_dataset  # noqa: E402
+from modeling_bridge.training import BridgeTrainer, make_lora_model, save_pretrained_atomically  # noqa: E402
+from modeling_bridge.training.lora import DEFAULT_MODULES_TO_SAVE  # noqa: E402
+
+logger = logging.getLogger("run_lora_finetuning")
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str = field(
+        metadata={"help": "A saved BRIDGE folder (model + processor), or a Hub repo with --trust_remote_code."}
+    )
+    processor_name_or_path: str | None = field(
+        default=None, metadata={"help": "Where the processor is, if not next to the model."}
+    )
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "Load model and processor through the Auto classes as Hub code."}
+    )
+    lora_r: int = field(default=8, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha (scaling = alpha / r)."})
+    lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA branch."})
+    lora_target_modules: list[str] | None = field(
+        default=None,
+        metadata={"help": "Module names (suffixes) to adapt. Default: the interaction q/k/v/o projections and the "
+                          "towers' attention q/k/v, found by inspecting the towers."},
+    )
+    lora_modules_to_save: list[str] = field(
+        default_factory=lambda: list(DEFAULT_MODULES_TO_SAVE),
+        metadata={"help": "Modules trained in full and saved with the adapter (give 'none' for none)."},
+    )
+    adapter_dir: str | None = field(
+        default=None, metadata={"help": "Where the final adapter + processor go. Default: <output_dir>/adapter."}
+    )
+    merged_dir: str | None = field(
+        default=None,
+        metadata={"help": "Also save the merged model (adapter folded into the weights) + processor here: a plain "
+                          "BRIDGE folder that AutoModel and the zero-shot pipeline load without PEFT."},
+    )
+    verify_tolerance: float = field(
+        default=1e-4, metadata={"help": "Largest score difference accepted by the reload / merge check."}
+    )
+
+
+@dataclass
+class DataArguments:
+    dataset: str = field(
+        default="bridge-shapes",
+        metadata={"help": "'bridge-shapes' (built in, offline), a saved `datasets` folder, a folder "
+                          "`datasets.load_dataset` reads, or a COCO/Flickr Karpathy JSON (with --image_root)."},
+    )
+    image_root: str | None = field(default=None, metadata={"help": "Image folder of a Karpathy JSON."})
+    image_column: str = field(default="image", metadata={"help": "Image column (or JSON key) of the source."})
+    text_column: str = field(default="caption", metadata={"help": "Caption column (or JSON key) of the source."})
+    train_split: str = field(default="train", metadata={"help": "Split to train on."})
+    eval_split: str | None = field(default=None, metadata={"help": "Split to evaluate on with --do_eval."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Keep the first N training rows."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Keep the first N evaluation rows."})
+    skip_invalid: bool = field(default=False, metadata={"help": "Drop (and count) rows with bad images/captions."})
+    shapes_num_train: int = field(default=4000, metadata={"help": "bridge-shapes: rows in the train split."})
+    shapes_image_size: int = field(default=64, metadata={"help": "bridge-shapes: image side in pixels."})
+    mlm_probability: float = field(
+        default=0.15, metadata={"help": "Token masking rate, used only if the model's mlm_loss_weight > 0."}
+    )
+    mim_probability: float = field(
+        default=0.4, metadata={"help": "Patch masking rate, used only if the model's mim_loss_weight > 0."}
+    )
+
+
+def load_base_model(model_args: ModelArguments):
+    """The frozen base. Local package: `BridgeForPreTraining.from_pretrained`; Hub code: the Auto class (PEFT's
+    `AutoPeftModel` refuses remote-code bases, so the base is always loaded first and the adapter put on it)."""
+    if model_args.trust_remote_code:
+        return AutoModelForPreTraining.from_pretrained(model_args.model_name_or_path, trust_remote_code=True)
+    return BridgeForPreTraining.from_pretrained(model_args.model_name_or_path)
+
+
+def load_processor(model_args: ModelArguments):
+    path = model_args.processor_name_or_path or model_args.model_name_or_path
+    try:
+        if model_args.trust_remote_code:
+            return AutoProcessor.from_pretrained(path, trust_remote_code=True)
+        return BridgeProcessor.from_pretrained(path)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"Could not load a BRIDGE processor from {path!r} ({error}). Save the processor next to the "
+                         "model, or pass --processor_name_or_path.") from error
+
+
+def load_splits(data_args: DataArguments, seed: int):
+    """(train, eval or None) in the schema `image` / `caption` / `image_id`."""
+    if data_args.dataset == "bridge-shapes":
+        data = load_bridge_shapes(num_train=data_args.shapes_num_train, image_size=data_args.shapes_image_size,
+                                  seed=seed)
+    else:
+        data = load_image_text_dataset(data_args.dataset, image_column=data_args.image_column,
+                                       text_column=data_args.text_column, image_root=data_args.image_root,
+                                       skip_invalid=data_args.skip_invalid)
+    if not hasattr(data, "keys"):  # a single Dataset (e.g. one Karpathy JSON): it is the training split
+        if data_args.eval_split:
+            raise ValueError(f"--eval_split {data_args.eval_split!r} given, but {data_args.dataset} has no splits.")
+        data = {data_args.train_split: data}
+    splits = list(data.keys())
+    for name in (data_args.train_split, data_args.eval_split):
+        if name is not None and name not in data:
+            raise ValueError(f"Split {name!r} not in {data_args.dataset}; it has {splits}.")
+    train = data[data_args.train_split]
+    evaluation = data[data_args.eval_split] if data_args.eval_split else None
+    if data_args.max_train_samples is not None:
+        train = train.select(range(min(data_args.max_train_samples, len(train))))
+    if evaluation is not None and data_args.max_eval_samples is not None:
+        evaluation = evaluation.select(range(min(data_args.max_eval_samples, len(evaluation))))
+    if len(train) < 2:
+        raise ValueError(f"The training split has {len(train)} rows; contrastive training needs at least 2.")
+    return train, evaluation
+
+
+def _bridge(model):
+    """The inner BridgeModel of a PeftModel / BridgeForPreTraining (for unimodal and fused scores)."""
+    base = model.get_base_model() if isinstance(model, PeftModel) else model
+    return getattr(base, "bridge", base)
+
+
+@torch.no_grad()
+def bridge_scores(model, batch: dict) -> dict[str, torch.Tensor]:
+    """Unimodal and fused image-text score matrices of `batch`, computed by the inner BridgeModel in eval mode."""
+    bridge = _bridge(model)
+    was_training = model.training
+    model.eval()
+    inputs = {k: batch[k] for k in ("pixel_values", "input_ids", "attention_mask", "token_type_ids") if k in batch}
+    device = next(bridge.parameters()).device
+    inputs = {k: v.to(device) for k, v in inputs.items()}
+    scores = {mode: bridge(**inputs, score=mode).logits_per_image.float().cpu() for mode in ("unimodal", "fused")}
+    model.train(was_training)
+    return scores
+
+
+def verify_saved_adapter(model_args: ModelArguments, adapter_dir: str, reference: dict, batch: dict, device):
+    """Reload base + adapter from disk, then merge it, and compare their scores with `reference` (the trained model's
+    scores before saving). Returns the maximum absolute differences and the merged model; raises if a difference
+    exceeds the tolerance.
+
+    Not bit-exact in general: CPU matmul kernels may sum in an order that depends on the memory alignment of the
+    weights, and safetensors maps them at arbitrary offsets, so expect differences around 1e-6."""
+    reloaded = PeftModel.from_pretrained(load_base_model(model_args), adapter_dir).to(device).eval()
+    differences = {}
+    for mode, score in bridge_scores(reloaded, batch).items():
+        differences[f"reload_{mode}"] = float((score - reference[mode]).abs().max())
+    merged = reloaded.merge_and_unload().eval()
+    for mode, score in bridge_scores(merged, batch).items():
+        differences[f"merged_{mode}"] = float((score - reference[mode]).abs().max())
+    for name, value in differences.items():
+        print(f"max |score difference| {name:>17}: {value:.3e}")
+    worst = max(differences, key=differences.get)
+    if not differences[worst] <= model_args.verify_tolerance:
+        raise RuntimeError(f"The saved adapter does not reproduce the trained model: {worst} differs by "
+                           f"{differences[worst]:.3e} > --verify_tolerance {model_args.verify_tolerance}.")
+    return differences, merged
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
+    model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    # The rows hold raw images and captions that only the collator turns into tensors.
+    training_args.remove_unused_columns = False
+    if training_args.label_names is None:
+        # Trainer would take forward's `mlm_labels` for the label column and, when MLM is off, skip eval_loss;
+        # BRIDGE computes its loss itself (return_loss defaults to True).
+        training_args.label_names = []
+    set_seed(training_args.seed)
+
+    base = load_base_model(model_args)
+    processor = load_processor(model_args)
+    config = base.config
+    modules_to_save = [m for m in model_args.lora_modules_to_save if m.lower() != "none"]
+    model = make_lora_model(base, r=model_args.lora_r, alpha=model_args.lora_alpha, dropout=model_args.lora_dropout,
+                            target_modules=model_args.lora_target_modules, modules_to_save=modules_to_save or None)
+    model.print_trainable_parameters()
+
+    train_dataset, eval_dataset = load_splits(data_args, training_args.seed)
+    vision = config.vision_config
+    num_patches = (vision.image_size // vision.patch_size) ** 2
+    collator = BridgeDataCollator(
+        processor,
+        mlm_probability=data_args.mlm_probability if config.mlm_loss_weight > 0 else 0.0,
+        mim_probability=data_args.mim_probability if config.mim_loss_weight > 0 else 0.0,
+        num_patches=num_patches,
+        max_length=config.max_text_positions,
+    )
+    trainer = BridgeTrainer(model=model, args=training_args, train_dataset=train_dataset,
+                            eval_dataset=eval_dataset, data_collator=collator)
+    results = {}
+    if training_args.do_train or not training_args.do_eval:
+        train_output = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+        results["train"] = train_output.metrics
+    if training_args.do_eval and eval_dataset is not None:
+        results["eval"] = trainer.evaluate()
+
+    # Scores of the trained model on a fixed batch (no masking), kept to check the saved adapter against.
+    verify_rows = [train_dataset[i] for i in range(min(4, len(train_dataset)))]
+    verify_batch = BridgeDataCollator(processor, max_length=config.max_text_positions)(verify_rows)
+    reference = bridge_scores(model, verify_batch)
+
+    adapter_dir = model_args.adapter_dir or os.path.join(training_args.output_dir, "adapter")
+    if training_args.should_save:
+        save_pretrained_atomically(adapter_dir, model, processor)
+        print(f"Saved the LoRA adapter and the processor to {adapter_dir}")
+        results["verification"], merged = verify_saved_adapter(model_args, adapter_dir, reference, verify_batch,
+                                                               next(model.parameters()).device)
+        results["adapter_dir"] = adapter_dir
+        if model_args.merged_dir:
+            save_pretrained_atomically(model_args.merged_dir, merged, processor)
+            print(f"Saved the merged model and the processor to {model_args.merged_dir}")
+            results["merged_dir"] = model_args.merged_dir
+        with open(os.path.join(training_args.output_dir, "lora_results.json"), "w", encoding="utf-8") as f:
+            json.dump(results, f, indent=2, default=str)
+    return results
+
+
+if __name__ == "__main__":
+    main()
