@@ -44,14 +44,24 @@ class TrainingStage:
         unknown = sorted(set(self.loss_weights) - set(_LOSS_NAMES))
         if unknown:
             raise ValueError(f"Stage {self.stage!r}: unknown loss weights {unknown}; use {list(_LOSS_NAMES)}.")
+        for name, weight in self.loss_weights.items():
+            if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight >= 0:
+                raise ValueError(f"Stage {self.stage!r}: loss weight {name}={weight!r} must be a number >= 0 "
+                                 "(0 disables the component).")
 
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> "TrainingStage":
         with open(path, encoding="utf-8") as f:
             try:
-                return cls(**json.load(f))
-            except TypeError as error:  # an unknown key in the file
-                raise ValueError(f"{path}: {error}. Known keys: {sorted(cls.__dataclass_fields__)}.") from None
+                fields = json.load(f)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path}: not valid JSON ({error}).") from None
+        if not isinstance(fields, dict):
+            raise ValueError(f"{path}: a stage file holds one JSON object, got {type(fields).__name__}.")
+        try:
+            return cls(**fields)
+        except TypeError as error:  # an unknown or missing key in the file
+            raise ValueError(f"{path}: {error}. Known keys: {sorted(cls.__dataclass_fields__)}.") from None
 
 
 def load_training_stage(name_or_path: str | os.PathLike) -> TrainingStage:

@@ -1,0 +1,288 @@
+"""Training utilities: stage presets and block freezing, crash-safe saving, BridgeTrainer logging and resume."""
+
+import dataclasses
+import json
+import os
+
+import datasets
+import numpy as np
+import pytest
+import torch
+from conftest import IMAGE_SIZE, TEXT_CONFIGS, VISION_CONFIGS, VOCAB, make_config, random_images
+from transformers import BertTokenizer, TrainerCallback, TrainingArguments, ViTImageProcessor
+
+from modeling_bridge import BridgeForPreTraining, BridgeModel, BridgeProcessor
+from modeling_bridge.configuration_bridge import LOSS_WEIGHT_FIELDS
+from modeling_bridge.data import BridgeDataCollator
+from modeling_bridge.training import (
+    BridgeTrainer,
+    TrainingStage,
+    apply_training_stage,
+    load_training_stage,
+    save_pretrained_atomically,
+    set_tower_trainable_blocks,
+    transformer_blocks,
+)
+
+# ---------------------------------------------------------------------------------------------- stages
+
+# Written out by hand per tower type (not derived from the code under test): the block stack, and the parameters
+# registered after it (final norms; SigLIP's pooling head also sits there).
+BLOCK_PREFIX = {"vit": "layers.", "clip_vision_model": "encoder.layers.",
+                "siglip_vision_model": "encoder.layers.", "dinov2": "encoder.layer.", "bert": "encoder.layer.",
+                "roberta": "encoder.layer."}
+AFTER_BLOCKS = {"vit": ("layernorm.",), "clip_vision_model": ("post_layernorm.",),
+                "siglip_vision_model": ("post_layernorm.", "head."), "dinov2": ("layernorm.",), "bert": (),
+                "roberta": ()}
+NUM_BLOCKS = 2  # conftest's towers
+
+
+def _trainable(module, prefix=""):
+    return {n for n, p in module.named_parameters(prefix=prefix.rstrip(".")) if p.requires_grad}
+
+
+def test_stage_presets_load():
+    a, b, c = (load_training_stage(name) for name in ("a", "stage_b", "C"))
+    assert (a.stage, b.stage, c.stage) == ("a", "b", "c")
+    assert (a.vision_trainable_blocks, a.text_trainable_blocks) == (0, 0)
+    assert b.vision_trainable_blocks > 0 and b.text_trainable_blocks > 0
+    assert (c.vision_trainable_blocks, c.text_trainable_blocks) == (-1, -1)
+    for stage in (a, b, c):
+        assert set(stage.loss_weights) == {"itc", "itm", "mlm", "mim", "cycle"}
+        assert stage.learning_rate > 0
+    assert b.loss_weights["mlm"] > 0 and a.loss_weights["mlm"] == 0  # B: the full objective mix
+    assert a.learning_rate > c.learning_rate  # C tunes at a lower rate
+
+
+@pytest.mark.parametrize("text", list(TEXT_CONFIGS))
+@pytest.mark.parametrize("vision", list(VISION_CONFIGS))
+def test_apply_training_stage_on_every_tower_type(vision, text):
+    model = BridgeForPreTraining(make_config(vision, text))
+    towers = {"bridge.vision_model.": vision, "bridge.text_model.": text}
+    all_names = {n for n, _ in model.named_parameters()}
+    tower_names = {n for n in all_names if n.startswith(tuple(towers))}
+    bridge_names = all_names - tower_names
+    assert bridge_names and tower_names
+
+    model.requires_grad_(False)  # apply_training_stage must turn BRIDGE's own parameters back on
+    stage = apply_training_stage(model, "a")
+    assert stage.stage == "a"
+    assert _trainable(model) == bridge_names
+    for field in LOSS_WEIGHT_FIELDS:
+        assert getattr(model.config, field) == stage.loss_weights[field[: -len("_loss_weight")]]
+
+    # stage B unfreezes 4 blocks; these towers have 2
+    stage_b = apply_training_stage(model, dataclasses.replace(load_training_stage("b"), vision_trainable_blocks=-1,
+                                                              text_trainable_blocks=-1))
+    assert model.config.mlm_loss_weight == stage_b.loss_weights["mlm"] and model.config.mlm_loss_weight > 0
+    assert model.bridge.config is model.config  # the forward pass reads these weights
+
+    one = TrainingStage("top1", vision_trainable_blocks=1, text_trainable_blocks=1)
+    apply_training_stage(model, one)
+    expected = set(bridge_names)
+    for tower_prefix, kind in towers.items():
+        last_block = f"{tower_prefix}{BLOCK_PREFIX[kind]}{NUM_BLOCKS - 1}."
+        after = tuple(tower_prefix + p for p in AFTER_BLOCKS[kind])
+        tower_expected = {n for n in tower_names if n.startswith(tower_prefix) and n.startswith((last_block,) + after)}
+        assert any(n.startswith(last_block) for n in tower_expected)
+        assert all(any(n.startswith(p) for n in tower_expected) for p in after)
+        expected |= tower_expected
+    assert _trainable(model) == expected
+
+    apply_training_stage(model, TrainingStage("mixed", vision_trainable_blocks=-1, text_trainable_blocks=0))
+    assert _trainable(model) == bridge_names | {n for n in tower_names if n.startswith("bridge.vision_model.")}
+    apply_training_stage(model, "c")
+    assert _trainable(model) == all_names
+
+
+def test_transformer_blocks_finds_the_stack_and_all_blocks_unfreeze():
+    model = BridgeModel(make_config("clip_vision_model", "roberta"))
+    name, blocks = transformer_blocks(model.vision_model)
+    assert name.endswith("encoder.layers") and len(blocks) == NUM_BLOCKS
+    set_tower_trainable_blocks(model.text_model, NUM_BLOCKS)  # k = depth: every block, the embeddings stay frozen
+    trainable = _trainable(model.text_model)
+    assert trainable and all(n.startswith("encoder.layer.") for n in trainable)
+    assert len(trainable) == len([n for n, _ in model.text_model.named_parameters() if n.startswith("encoder.")])
+    with pytest.raises(ValueError, match="no stack of repeated blocks"):
+        transformer_blocks(torch.nn.Sequential(torch.nn.Linear(2, 2)))
+
+
+def test_bad_stages_give_clear_errors(tmp_path):
+    model = BridgeModel(make_config())
+    with pytest.raises(ValueError, match=r"top 3 blocks of .*it has 2.*-1"):
+        apply_training_stage(model, TrainingStage("deep", vision_trainable_blocks=3))
+    with pytest.raises(FileNotFoundError, match=r"No training stage 'stage_d'.*\('a', 'b', 'c'\)"):
+        load_training_stage("stage_d")
+    with pytest.raises(ValueError, match=r"vision_trainable_blocks=-2 must be -1"):
+        TrainingStage("x", vision_trainable_blocks=-2)
+    with pytest.raises(ValueError, match=r"text_trainable_blocks=1.5"):
+        TrainingStage("x", text_trainable_blocks=1.5)
+    with pytest.raises(ValueError, match=r"unknown loss weights \['contrastive'\]"):
+        TrainingStage("x", loss_weights={"contrastive": 1.0})
+    with pytest.raises(ValueError, match=r"loss weight itm=-1.0 must be a number >= 0"):
+        TrainingStage("x", loss_weights={"itm": -1.0})
+
+    unknown_key = tmp_path / "unknown.json"
+    unknown_key.write_text(json.dumps({"stage": "x", "lr": 1e-4}))
+    with pytest.raises(ValueError, match=r"unknown.json.*'lr'.*Known keys"):
+        load_training_stage(unknown_key)
+    not_json = tmp_path / "broken.json"
+    not_json.write_text('{"stage": "x", ')
+    with pytest.raises(ValueError, match=r"broken.json.*not valid JSON"):
+        load_training_stage(not_json)
+    not_an_object = tmp_path / "list.json"
+    not_an_object.write_text("[1, 2]")
+    with pytest.raises(ValueError, match=r"list.json"):
+        load_training_stage(not_an_object)
+    good = tmp_path / "mine.json"
+    good.write_text(json.dumps({"stage": "mine", "vision_trainable_blocks": 1, "loss_weights": {"itm": 2.0}}))
+    apply_training_stage(model, str(good))
+    assert model.config.itm_loss_weight == 2.0
+    assert _trainable(model.vision_model) and not _trainable(model.text_model)
+
+
+# ---------------------------------------------------------------------------------------------- atomic saving
+
+
+class _Writes:
+    def __init__(self, name, content, fail=False):
+        self.name, self.content, self.fail = name, content, fail
+
+    def save_pretrained(self, directory):
+        with open(os.path.join(directory, self.name), "w") as f:
+            f.write(self.content)
+        if self.fail:
+            raise RuntimeError("disk full")
+
+
+def test_save_pretrained_atomically_keeps_the_old_copy_when_a_save_fails(tmp_path):
+    out = tmp_path / "model"
+    save_pretrained_atomically(str(out), _Writes("config.json", "v1"), _Writes("weights", "w1"))
+    assert sorted(os.listdir(out)) == ["config.json", "weights"]
+
+    with pytest.raises(RuntimeError, match="disk full"):  # the second object fails after writing its file
+        save_pretrained_atomically(str(out), _Writes("config.json", "v2"), _Writes("weights", "w2", fail=True))
+    assert sorted(os.listdir(out)) == ["config.json", "weights"]
+    assert (out / "config.json").read_text() == "v1" and (out / "weights").read_text() == "w1"
+    assert sorted(os.listdir(tmp_path)) == ["model"]  # no staging folder left behind
+
+    save_pretrained_atomically(str(out), _Writes("config.json", "v3"))
+    assert os.listdir(out) == ["config.json"] and (out / "config.json").read_text() == "v3"  # replaced, not merged
+    assert sorted(os.listdir(tmp_path)) == ["model"]
+
+    with pytest.raises(KeyboardInterrupt):  # an interrupt, too, leaves the previous copy and no staging folder
+        save_pretrained_atomically(str(out), _Interrupts())
+    assert os.listdir(out) == ["config.json"] and sorted(os.listdir(tmp_path)) == ["model"]
+
+    fresh = tmp_path / "new" / "deeper"
+    with pytest.raises(RuntimeError):  # nothing existed: nothing half-written appears
+        save_pretrained_atomically(str(fresh), _Writes("weights", "x", fail=True))
+    assert not fresh.exists()
+
+
+class _Interrupts:
+    def save_pretrained(self, directory):
+        open(os.path.join(directory, "partial"), "w").close()
+        raise KeyboardInterrupt
+
+
+# ---------------------------------------------------------------------------------------------- Trainer
+
+MAX_STEPS, SAVE_STEPS, BATCH = 6, 3, 4
+WEIGHTS = dict(itc_loss_weight=1.0, itm_loss_weight=1.0, mlm_loss_weight=0.5, mim_loss_weight=0.5,
+               cycle_loss_weight=0.1)
+
+
+def _dataset(n=16):
+    rng = np.random.default_rng(0)
+    words = VOCAB[5:]
+    captions = [" ".join(rng.choice(words, size=rng.integers(2, 7))) for _ in range(n)]
+    return datasets.Dataset.from_dict({"image": random_images(n, seed=3), "caption": captions})
+
+
+class _CountSteps(TrainerCallback):
+    def __init__(self):
+        self.steps = []
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.steps.append(state.global_step)
+
+
+class _Crash(TrainerCallback):
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == SAVE_STEPS + 1:
+            raise RuntimeError("killed")
+
+
+def _processor():
+    tokenizer = BertTokenizer(vocab={w: i for i, w in enumerate(VOCAB)})
+    image_processor = ViTImageProcessor(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
+    return BridgeProcessor(image_processor=image_processor, tokenizer=tokenizer)
+
+
+def _train(output_dir, resume=False, callbacks=(), logging_steps=1):
+    torch.manual_seed(0)
+    model = BridgeForPreTraining(make_config(**WEIGHTS))  # dropouts on: their randomness must be restored too
+    args = TrainingArguments(
+        output_dir=str(output_dir), max_steps=MAX_STEPS, save_steps=SAVE_STEPS, per_device_train_batch_size=BATCH,
+        learning_rate=1e-3, logging_steps=logging_steps, remove_unused_columns=False, report_to=[], seed=0,
+        dataloader_num_workers=0, use_cpu=True, disable_tqdm=True, save_only_model=False,
+    )
+    collator = BridgeDataCollator(_processor(), mlm_probability=0.3, mim_probability=0.25, num_patches=16)
+    trainer = BridgeTrainer(model=model, args=args, train_dataset=_dataset(), data_collator=collator,
+                            callbacks=list(callbacks))
+    trainer.train(resume_from_checkpoint=resume or None)
+    return trainer
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    output_dir = tmp_path_factory.mktemp("uninterrupted")
+    return output_dir, _train(output_dir)
+
+
+def test_component_losses_are_logged_and_add_up_to_the_loss(uninterrupted):
+    output_dir, trainer = uninterrupted
+    logs = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert [entry["step"] for entry in logs] == list(range(1, MAX_STEPS + 1))
+    for entry in logs:
+        for name in ("itc_loss", "unimodal_itc_loss", "cross_itc_loss", "itm_loss", "mlm_loss", "mim_loss",
+                     "cycle_loss"):
+            assert name in entry and np.isfinite(entry[name]), name
+        # the step's components combine into its loss: each log holds this window's values, not running means
+        combined = sum(entry[f"{k[: -len('_loss_weight')]}_loss"] * w for k, w in WEIGHTS.items())
+        assert entry["loss"] == pytest.approx(combined, abs=2e-4)
+    assert sorted(os.listdir(output_dir)) == ["checkpoint-3", "checkpoint-6"]  # no staging folder left
+
+
+def test_killed_run_resumes_to_the_same_weights(tmp_path, uninterrupted):
+    _, reference = uninterrupted
+    expected = {n: p.detach().clone() for n, p in reference.model.named_parameters()}
+
+    out = tmp_path / "b"
+    with pytest.raises(RuntimeError, match="killed"):
+        _train(out, callbacks=[_Crash()])
+    assert sorted(os.listdir(out)) == ["checkpoint-3"]
+    # a save interrupted later: a staging folder with a newer step and partial files, which resume must ignore
+    staging = out / ".staging-checkpoint-4" / "checkpoint-4"
+    staging.mkdir(parents=True)
+    (staging / "model.safetensors").write_bytes(b"partial")
+
+    counter = _CountSteps()
+    resumed = _train(out, resume=True, callbacks=[counter])
+    assert counter.steps == list(range(SAVE_STEPS + 1, MAX_STEPS + 1))  # it went on from checkpoint-3
+    assert resumed.state.global_step == MAX_STEPS
+
+    def logged(trainer):
+        return {e["step"]: e["loss"] for e in trainer.state.log_history if "loss" in e}
+
+    assert logged(resumed) == pytest.approx(logged(reference), abs=1e-4)  # same batches, same masks, same losses
+    assert {"checkpoint-3", "checkpoint-6"} <= set(os.listdir(out))
+    for name, param in resumed.model.named_parameters():
+        torch.testing.assert_close(param.detach(), expected[name], atol=1e-6, rtol=0, msg=lambda m: f"{name}: {m}")
+    torch.manual_seed(0)
+    initial = BridgeForPreTraining(make_config(**WEIGHTS)).state_dict()
+    # training moved the weights (vision blocks included): the comparison is not between two initialisations
+    assert not torch.equal(initial["bridge.vision_model.layers.1.mlp.fc1.weight"],
+                           expected["bridge.vision_model.layers.1.mlp.fc1.weight"])
+    assert sum(not torch.equal(initial[n], expected[n]) for n in expected) > 0.9 * len(expected)
