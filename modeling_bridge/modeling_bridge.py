@@ -1031,11 +1031,15 @@ class BridgeForPreTraining(BridgePreTrainedModel):
             text_index = torch.cat([targets, anchors, negative_texts.flatten()])
             all_vision_states = gather_across_ranks(vision.last_hidden_state)
             all_text_states = gather_across_ranks(_pad_sequence_dim(text.last_hidden_state, length))
+            # Layer 1's projections depend on one modality only: computed once per image / text, then indexed.
+            first = bridge.interaction_layers[0]
             out = bridge.interact(
                 all_vision_states.index_select(0, image_index),
                 all_text_states.index_select(0, text_index),
                 all_attention_mask.index_select(0, text_index),
                 output_attentions=output_attentions,
+                vision_states=first.prepare_vision(all_vision_states).select(image_index),
+                text_states=first.prepare_text(all_text_states).select(text_index),
             )
             fused = bridge.fused_logits(out.cross_image_embeds, out.cross_text_embeds)
             itm_logits = bridge.itm_head(out.cross_image_embeds, out.cross_text_embeds)

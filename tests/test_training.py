@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import math
 import os
 
 import datasets
@@ -286,3 +287,16 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path, uninterrupted):
     assert not torch.equal(initial["bridge.vision_model.layers.1.mlp.fc1.weight"],
                            expected["bridge.vision_model.layers.1.mlp.fc1.weight"])
     assert sum(not torch.equal(initial[n], expected[n]) for n in expected) > 0.9 * len(expected)
+
+
+def test_evaluation_reports_eval_loss_with_mlm_off(tmp_path):
+    """Trainer would take forward's `mlm_labels` argument for the label column and, with MLM off, report no
+    eval_loss; BridgeTrainer declares that the model has no label columns."""
+    torch.manual_seed(0)
+    model = BridgeForPreTraining(make_config())
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_eval_batch_size=4, remove_unused_columns=False,
+                             report_to=[], use_cpu=True, disable_tqdm=True)
+    trainer = BridgeTrainer(model=model, args=args, eval_dataset=_dataset(8),
+                            data_collator=BridgeDataCollator(_processor()))
+    metrics = trainer.evaluate()
+    assert math.isfinite(metrics["eval_loss"]) and metrics["eval_loss"] > 0

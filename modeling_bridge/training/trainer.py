@@ -65,6 +65,10 @@ class BridgeTrainer(Trainer):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        if self.args.label_names is None:
+            # Trainer would take forward's `mlm_labels` for the label column and, with MLM off, drop `eval_loss`.
+            self.args.label_names = []
+            self.label_names = []
         self._component_sums = defaultdict(float)
         self._component_counts = defaultdict(int)
         self._train_collator, self._sync_batch_index = None, False
