@@ -399,3 +399,24 @@ def test_collator_long_captions_error_or_truncate(shapes_processor):
     batch = BridgeDataCollator(shapes_processor, max_length=8, mlm_probability=0.2)(_rows(["a red circle", long]))
     assert batch["input_ids"].shape == (2, 8)
     assert batch["input_ids"][1, -1] == shapes_processor.tokenizer.sep_token_id
+
+
+def test_twin_adjacent_order_keeps_twins_together_and_covers_the_data():
+    from datasets import Dataset
+
+    from modeling_bridge.data import twin_adjacent_order
+
+    # rows 0/3 and 1/4 are twins, 2 has none
+    data = Dataset.from_dict({"caption": ["a", "b", "c", "d", "e"], "twin": [3, 4, -1, 0, 1]})
+    ordered = twin_adjacent_order(data, num_rows=10, seed=1)
+    captions = ordered["caption"]
+    assert sorted(captions[:5]) == ["a", "b", "c", "d", "e"] and sorted(captions[5:]) == sorted(captions[:5])
+    for k, caption in enumerate(captions):
+        partner = {"a": "d", "d": "a", "b": "e", "e": "b"}.get(caption)
+        if partner is not None:
+            neighbours = captions[max(k - 1, 0):k] + captions[k + 1:k + 2]
+            assert partner in neighbours, (k, captions)
+    assert twin_adjacent_order(data, 10, seed=1)["caption"] == captions  # seeded
+    assert twin_adjacent_order(data, 10, seed=2)["caption"] != captions
+    with pytest.raises(ValueError, match="needs a 'twin' column"):
+        twin_adjacent_order(data.remove_columns("twin"), 4)

@@ -2,6 +2,7 @@
 
 from .collator import BridgeDataCollator
 from .loading import load_image_text_dataset
+from .sampling import twin_adjacent_order
 from .shapes import (
     SHAPES_BACKGROUND,
     SHAPES_COLORS,
@@ -28,4 +29,5 @@ __all__ = [
     "load_bridge_shapes",
     "load_image_text_dataset",
     "parse_shapes_caption",
+    "twin_adjacent_order",
 ]
