@@ -20,7 +20,7 @@ test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest tests
 
 demo: $(STAMP)
-	HF_HUB_OFFLINE=1 $(PY) examples/zero_shot_demo.py
+	HF_HUB_OFFLINE=1 $(PY) examples/run_demo.py
 
 clean:
 	rm -rf $(VENV) outputs build *.egg-info
