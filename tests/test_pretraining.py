@@ -244,3 +244,14 @@ def test_pretraining_checkpoint_loads_as_bridge_model_and_back(tmp_path):
     assert type(reloaded) is BridgeForPreTraining
     for (name, a), (_, b) in zip(model.state_dict().items(), reloaded.state_dict().items()):
         assert torch.equal(a, b), name
+
+
+def test_pretraining_model_keeps_passed_towers_bit_for_bit():
+    reference = BridgeModel(make_config())
+    towers = {name: {k: v.clone() for k, v in getattr(reference, name).state_dict().items()}
+              for name in ("vision_model", "text_model")}
+    model = BridgeForPreTraining(reference.config, vision_model=reference.vision_model,
+                                 text_model=reference.text_model)
+    for name, expected in towers.items():
+        for key, value in getattr(model.bridge, name).state_dict().items():
+            assert torch.equal(value, expected[key]), f"{name}.{key}"
