@@ -11,6 +11,7 @@ POOLING_TYPES = ("mean", "cls", "max")
 SCORE_MODES = ("unimodal", "fused", "itm")
 CROSS_EMBED_SOURCES = ("output", "layer_input")
 FUSED_OBJECTIVES = ("pairwise", "aligned")
+NEGATIVE_MINING = ("hardest", "semi_hard")
 LOSS_WEIGHT_FIELDS = ("itc_loss_weight", "itm_loss_weight", "mlm_loss_weight", "mim_loss_weight", "cycle_loss_weight")
 
 # Text towers whose position ids start after the padding index, so that `padding_idx + 1` positions are unusable.
@@ -96,8 +97,12 @@ class BridgeConfig(PreTrainedConfig):
             its negatives. `"aligned"`: the original's, contrasting the fused embeddings of aligned pairs only.
         num_hard_negatives (`int`, defaults to 3): negatives mined per anchor (per image and per text in
             `"pairwise"`, per text in `"aligned"`).
-        itm_margin_min / itm_margin_max (`float`, defaults to 0.2 / 0.5): semi-hard band for negative j of anchor i,
-            `S_ii - max < S_ij < S_ii - min` on the unimodal cosine similarities; the hardest others fill up.
+        negative_mining (`str`, defaults to `"semi_hard"`): how negatives are picked from the unimodal cosine
+            similarities (an identical caption never counts). `"semi_hard"`: the paper's, candidates in the band
+            `S_ii - itm_margin_max < S_ij < S_ii - itm_margin_min` first (random order), the hardest others filling
+            up. `"hardest"`: the most similar candidates, e.g. an image that differs from the positive only in which
+            colour goes with which shape; early in training these can be too hard to learn from (BENCHMARKS.md).
+        itm_margin_min / itm_margin_max (`float`, defaults to 0.2 / 0.5): the semi-hard band.
         itc_loss_weight, itm_loss_weight, mlm_loss_weight, mim_loss_weight, cycle_loss_weight (`float`): weights of
             the pre-training loss components (0 disables one); defaults 1, 1, 0, 0, 0 (stage A of the recipe).
     """
@@ -131,6 +136,7 @@ class BridgeConfig(PreTrainedConfig):
     initializer_range: float = 0.02
     fused_objective: str = "pairwise"
     num_hard_negatives: int = 3
+    negative_mining: str = "semi_hard"
     itm_margin_min: float = 0.2
     itm_margin_max: float = 0.5
     itc_loss_weight: float = 1.0
@@ -168,6 +174,7 @@ class BridgeConfig(PreTrainedConfig):
         check(self.cross_embed_source in CROSS_EMBED_SOURCES, "cross_embed_source",
               f"must be one of {CROSS_EMBED_SOURCES}")
         check(self.fused_objective in FUSED_OBJECTIVES, "fused_objective", f"must be one of {FUSED_OBJECTIVES}")
+        check(self.negative_mining in NEGATIVE_MINING, "negative_mining", f"must be one of {NEGATIVE_MINING}")
         check(0.0 <= self.itm_margin_min <= self.itm_margin_max, "itm_margin_min",
               f"must satisfy 0 <= itm_margin_min <= itm_margin_max (={self.itm_margin_max})")
         for field in LOSS_WEIGHT_FIELDS:

@@ -846,22 +846,26 @@ def mine_hard_negatives(
     margin_min: float,
     margin_max: float,
     exclude: torch.Tensor | None = None,
+    semi_hard: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Pick `num_negatives` negatives per anchor (row), vectorised.
 
     similarity (A, C): cosine similarity of each anchor to each candidate; positive_index (A,): each anchor's positive
     column; exclude (A, C) bool: candidates that must not serve as negatives (e.g. an identical caption).
-    Candidates in the semi-hard band `S_ii - margin_max < S_ij < S_ii - margin_min` come first, in random order; the
-    most similar remaining candidates fill the rest ("fallback hardest"). Returns indices (A, k) and a validity mask
-    (A, k) that is False where fewer than k candidates were allowed; k = min(num_negatives, C - 1).
+    With `semi_hard`, candidates in the band `S_ii - margin_max < S_ij < S_ii - margin_min` come first, in random
+    order, and the most similar remaining candidates fill the rest ("fallback hardest"); without, the most similar
+    candidates are taken. Returns indices (A, k) and a validity mask (A, k) that is False where fewer than k
+    candidates were allowed; k = min(num_negatives, C - 1).
     """
     with torch.no_grad():
         similarity = similarity.detach().float()
-        positive = similarity.gather(1, positive_index[:, None])
-        band = (similarity > positive - margin_max) & (similarity < positive - margin_min)
-        # Cosines are <= 1, so keys in [2, 3) put every in-band candidate ahead of the rest.
-        noise = torch.rand(similarity.shape, device=similarity.device)
-        key = torch.where(band, 2.0 + noise, similarity)
+        key = similarity
+        if semi_hard:
+            positive = similarity.gather(1, positive_index[:, None])
+            band = (similarity > positive - margin_max) & (similarity < positive - margin_min)
+            # Cosines are <= 1, so keys in [2, 3) put every in-band candidate ahead of the rest.
+            noise = torch.rand(similarity.shape, device=similarity.device)
+            key = torch.where(band, 2.0 + noise, similarity)
         invalid = F.one_hot(positive_index, similarity.shape[1]).bool()
         if exclude is not None:
             invalid = invalid | exclude
@@ -993,7 +997,8 @@ class BridgeForPreTraining(BridgePreTrainedModel):
         all_image_embeds = gather_across_ranks(vision.pooler_output)
         text_to_image = text.pooler_output @ all_image_embeds.t()
         negative_images, valid_images = mine_hard_negatives(
-            text_to_image, targets, k, config.itm_margin_min, config.itm_margin_max, duplicates
+            text_to_image, targets, k, config.itm_margin_min, config.itm_margin_max, duplicates,
+            semi_hard=config.negative_mining == "semi_hard",
         )
         k = negative_images.shape[1]
 
@@ -1022,7 +1027,8 @@ class BridgeForPreTraining(BridgePreTrainedModel):
             all_text_embeds = gather_across_ranks(text.pooler_output)
             image_to_text = vision.pooler_output @ all_text_embeds.t()
             negative_texts, valid_texts = mine_hard_negatives(
-                image_to_text, targets, k, config.itm_margin_min, config.itm_margin_max, duplicates
+                image_to_text, targets, k, config.itm_margin_min, config.itm_margin_max, duplicates,
+                semi_hard=config.negative_mining == "semi_hard",
             )
             # Every pair is run through the interaction stack for real: positives, (negative image, text anchor),
             # then (image anchor, negative text).

@@ -95,6 +95,9 @@ def test_mining_prefers_the_semi_hard_band_then_the_hardest():
     index, valid = mine_hard_negatives(sim, torch.tensor([0, 1]), 2, 0.2, 0.5, exclude)
     assert valid[0].tolist() == [True, False] and index[0, 0] == 4
     assert index[1].tolist() == [4, 3]
+    # without the band: simply the most similar candidates (anchor 0: 1, 2, 3)
+    index, valid = mine_hard_negatives(sim, torch.tensor([0, 1]), 3, 0.2, 0.5, semi_hard=False)
+    assert index.tolist() == [[1, 2, 3], [4, 3, 2]] and valid.all()
 
 
 # ---------------------------------------------------------------------------------------------- the model
@@ -227,6 +230,8 @@ def test_pretraining_errors_name_the_problem():
         off(input_ids=input_ids[:2], pixel_values=pixel_values, attention_mask=attention_mask[:2])
     with pytest.raises(ValueError, match="fused_objective"):
         make_config(fused_objective="global")
+    with pytest.raises(ValueError, match="negative_mining"):
+        make_config(negative_mining="random")
 
 
 def test_pretraining_checkpoint_loads_as_bridge_model_and_back(tmp_path):
