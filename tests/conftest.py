@@ -18,6 +18,16 @@ from transformers import (
 from modeling_bridge import BridgeConfig, BridgeModel, BridgeProcessor
 
 IMAGE_SIZE = 32
+
+# Prepended to scripts run in a subprocess that must load BRIDGE as Hub remote code: an installed `modeling_bridge`
+# would otherwise win over the code files saved next to the weights.
+BLOCK_PACKAGE_PRELUDE = """import importlib.abc, sys
+class NoPackage(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[0] == "modeling_bridge":
+            raise ImportError("modeling_bridge is not importable in this process")
+sys.meta_path.insert(0, NoPackage())
+"""
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "photo", "of", "this", "is", "red", "green", "blue",
          "circle", "square", "triangle", "left", "right", "big", "small", "."]
 

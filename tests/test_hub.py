@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoModel, AutoModelForZeroShotImageClassification, AutoProcessor, pipeline
 
-from conftest import IMAGE_SIZE, random_images, random_inputs
+from conftest import BLOCK_PACKAGE_PRELUDE, IMAGE_SIZE, random_images, random_inputs
 from modeling_bridge import BridgeModel, BridgeProcessor
 
 LABELS = ["a red circle", "a blue square", "a green triangle"]
@@ -104,14 +104,9 @@ def test_pipeline_scores_equal_the_models_softmax(saved, model, processor):
     assert {r["label"]: r["score"] for r in result} == pytest.approx(dict(zip(LABELS, probs.tolist())), abs=1e-6)
 
 
-REMOTE_SCRIPT = textwrap.dedent(
+REMOTE_SCRIPT = BLOCK_PACKAGE_PRELUDE + textwrap.dedent(
     """
-    import importlib.abc, json, sys
-    class NoPackage(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path, target=None):
-            if name.split(".")[0] == "modeling_bridge":
-                raise ImportError("modeling_bridge is not importable in this process")
-    sys.meta_path.insert(0, NoPackage())
+    import json, sys
     import torch
     from PIL import Image
     from transformers import AutoModel, AutoProcessor, AutoImageProcessor, AutoTokenizer, pipeline

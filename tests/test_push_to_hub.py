@@ -14,7 +14,7 @@ import pytest
 import torch
 from huggingface_hub import ModelCard
 
-from conftest import make_model, random_inputs
+from conftest import BLOCK_PACKAGE_PRELUDE, make_model, random_inputs
 from modeling_bridge import BridgeModel, hub_utils
 from modeling_bridge.hub_utils import HubUploadError, build_model_card, save_hub_folder, upload_hub_folder
 
@@ -86,14 +86,9 @@ def test_an_existing_folder_is_replaced_only_when_asked_and_never_half_written(t
     assert torch.equal(reloaded.logit_scale.value, model.logit_scale.value)
 
 
-REMOTE_SCRIPT = textwrap.dedent(
+REMOTE_SCRIPT = BLOCK_PACKAGE_PRELUDE + textwrap.dedent(
     """
-    import importlib.abc, json, sys
-    class NoPackage(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path, target=None):
-            if name.split(".")[0] == "modeling_bridge":
-                raise ImportError("modeling_bridge is not importable in this process")
-    sys.meta_path.insert(0, NoPackage())
+    import json, sys
     import torch
     from PIL import Image
     from transformers import AutoModel, pipeline
