@@ -11,7 +11,8 @@ a COCO/Flickr Karpathy JSON (`--dataset annotations.json --image_root images/`).
         --output_dir outputs/stage_a --per_device_train_batch_size 64 --num_train_epochs 5
 
 `--resume_from_checkpoint` (a checkpoint folder, or `True` for the latest in `--output_dir`) continues a killed run.
-The final model and processor are written atomically to `--output_dir`.
+The stage's learning rate, weight decay, warmup ratio and gradient clipping apply unless given on the command line.
+The final model and processor are written atomically to `--output_dir/model`.
 """
 
 import logging
@@ -19,7 +20,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 
-from transformers import HfArgumentParser, TrainingArguments
+from transformers import AutoModelForPreTraining, HfArgumentParser, TrainingArguments
 
 import modeling_bridge  # noqa: F401  (registers BRIDGE with the Auto classes)
 from modeling_bridge import BridgeConfig, BridgeForPreTraining, BridgeProcessor
@@ -38,7 +39,8 @@ class ModelArguments:
     processor_name_or_path: str | None = field(
         default=None, metadata={"help": "Processor folder; defaults to the model folder or the two towers."})
     stage: str = field(default="a", metadata={"help": "a, b, c, or a stage JSON file."})
-    fused_objective: str | None = field(default=None, metadata={"help": "pairwise (default) or aligned."})
+    fused_objective: str | None = field(
+        default=None, metadata={"help": "pairwise (default) or aligned.", "choices": ["pairwise", "aligned"]})
     num_hard_negatives: int | None = field(default=None, metadata={"help": "Mined negatives per anchor."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Load Hub code for the model folder."})
 
@@ -65,10 +67,16 @@ def load_model_and_processor(args: ModelArguments):
     if sum(sources) != 1:
         raise SystemExit("error: give exactly one of --model_name_or_path, --vision_model with --text_model, or "
                          "--config_name.")
+    if args.num_hard_negatives is not None and args.num_hard_negatives < 1:
+        raise SystemExit(f"error: --num_hard_negatives must be >= 1, got {args.num_hard_negatives}.")
     overrides = {k: v for k, v in (("fused_objective", args.fused_objective),
                                    ("num_hard_negatives", args.num_hard_negatives)) if v is not None}
     if args.model_name_or_path:
-        model = BridgeForPreTraining.from_pretrained(args.model_name_or_path, **overrides)
+        if args.trust_remote_code:  # the folder's own code files
+            model = AutoModelForPreTraining.from_pretrained(args.model_name_or_path, trust_remote_code=True,
+                                                            **overrides)
+        else:
+            model = BridgeForPreTraining.from_pretrained(args.model_name_or_path, **overrides)
         processor_source = args.processor_name_or_path or args.model_name_or_path
         return model, BridgeProcessor.from_pretrained(processor_source, trust_remote_code=args.trust_remote_code)
     if args.vision_model or args.text_model:
@@ -92,6 +100,8 @@ def load_model_and_processor(args: ModelArguments):
 
 def load_splits(args: DataArguments, seed: int):
     if args.dataset == "bridge-shapes":
+        if args.eval_split not in (None, "test"):
+            raise SystemExit(f"error: bridge-shapes has the splits train and test; got --eval_split {args.eval_split}.")
         data = load_bridge_shapes(num_train=args.num_shapes_train, seed=seed)
         train, evaluation = data["train"], data["test"] if args.eval_split else None
     else:
@@ -122,6 +132,10 @@ def main(argv=None):
 
     model, processor = load_model_and_processor(model_args)
     stage = apply_training_stage(model, model_args.stage)
+    given = set(sys.argv[1:] if argv is None else argv)
+    for name in ("learning_rate", "weight_decay", "warmup_ratio", "max_grad_norm"):
+        if f"--{name}" not in given and not any(a.startswith(f"--{name}=") for a in given):
+            setattr(training_args, name, getattr(stage, name))  # the stage's recipe unless overridden
     logger.info("stage %s: %s", stage.stage, stage.description)
     config = model.config
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -129,9 +143,11 @@ def main(argv=None):
                 sum(p.numel() for p in model.parameters()) / 1e6)
 
     train, evaluation = load_splits(data_args, training_args.seed)
-    patch = config.vision_config.patch_size
-    image_size = config.vision_config.image_size
-    num_patches = (image_size // patch) ** 2 if isinstance(image_size, int) else None
+    (height, width), (patch_h, patch_w) = (
+        tuple(v) if isinstance(v, (list, tuple)) else (v, v)
+        for v in (config.vision_config.image_size, config.vision_config.patch_size)
+    )
+    num_patches = (height // patch_h) * (width // patch_w)
     collator = BridgeDataCollator(
         processor,
         mlm_probability=data_args.mlm_probability if config.mlm_loss_weight > 0 else 0.0,

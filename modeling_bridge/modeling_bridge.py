@@ -994,7 +994,7 @@ class BridgeForPreTraining(BridgePreTrainedModel):
         all_input_ids = gather_across_ranks(input_ids, with_grad=False)
         all_attention_mask = gather_across_ranks(attention_mask, with_grad=False)
         duplicates = self._duplicate_texts(input_ids, attention_mask, all_input_ids, all_attention_mask)
-        all_image_embeds = gather_across_ranks(vision.pooler_output)
+        all_image_embeds = gather_across_ranks(vision.pooler_output, with_grad=False)  # for mining only
         text_to_image = text.pooler_output @ all_image_embeds.t()
         negative_images, valid_images = mine_hard_negatives(
             text_to_image, targets, k, config.itm_margin_min, config.itm_margin_max, duplicates,
@@ -1024,7 +1024,7 @@ class BridgeForPreTraining(BridgePreTrainedModel):
             negatives_valid = valid_images.flatten()
             itm = match_loss(itm_logits[:batch, 1], itm_logits[batch:, 1], negatives_valid)
         else:
-            all_text_embeds = gather_across_ranks(text.pooler_output)
+            all_text_embeds = gather_across_ranks(text.pooler_output, with_grad=False)  # for mining only
             image_to_text = vision.pooler_output @ all_text_embeds.t()
             negative_texts, valid_texts = mine_hard_negatives(
                 image_to_text, targets, k, config.itm_margin_min, config.itm_margin_max, duplicates,

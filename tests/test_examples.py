@@ -42,6 +42,7 @@ def test_stage_b_run_saves_a_model_that_auto_loads_and_reports_every_component(t
     assert {"itc_loss", "itm_loss", "mlm_loss", "mim_loss", "cycle_loss"} <= set(logged[-1])
     evaluated = [entry for entry in trainer.state.log_history if "eval_loss" in entry]
     assert evaluated and math.isfinite(evaluated[-1]["eval_loss"])
+    assert trainer.args.learning_rate == 5e-5 and trainer.args.weight_decay == 0.05  # stage b's recipe
     model = AutoModel.from_pretrained(out / "model")
     assert type(model) is BridgeModel and model.config.mlm_loss_weight == 0.5  # stage b's weights were saved
     trained = trainer.model.bridge.state_dict()
@@ -54,8 +55,9 @@ def test_resume_from_checkpoint_continues_the_run(tiny_source, tmp_path):
     out = tmp_path / "run"
     run_pretraining.main(_args(tiny_source, out, "--max_steps", "2", "--save_steps", "2"))
     trainer = run_pretraining.main(_args(tiny_source, out, "--max_steps", "4", "--save_steps", "2",
-                                         "--resume_from_checkpoint", "True"))
+                                         "--resume_from_checkpoint", "True", "--learning_rate", "3e-4"))
     assert trainer.state.global_step == 4
+    assert trainer.args.learning_rate == 3e-4  # a command-line value wins over the stage's
     state = json.loads((out / "checkpoint-4" / "trainer_state.json").read_text())
     assert state["global_step"] == 4
 

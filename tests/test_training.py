@@ -68,7 +68,9 @@ def test_apply_training_stage_on_every_tower_type(vision, text):
     model.requires_grad_(False)  # apply_training_stage must turn BRIDGE's own parameters back on
     stage = apply_training_stage(model, "a")
     assert stage.stage == "a"
-    assert _trainable(model) == bridge_names
+    # stage A has no MLM / MIM: their heads would get no gradient, so they stay frozen
+    unused_heads = {n for n in bridge_names if n.startswith(("bridge.mlm_head.", "bridge.mim_head."))}
+    assert unused_heads and _trainable(model) == bridge_names - unused_heads
     for field in LOSS_WEIGHT_FIELDS:
         assert getattr(model.config, field) == stage.loss_weights[field[: -len("_loss_weight")]]
 
@@ -93,7 +95,7 @@ def test_apply_training_stage_on_every_tower_type(vision, text):
     apply_training_stage(model, TrainingStage("mixed", vision_trainable_blocks=-1, text_trainable_blocks=0))
     assert _trainable(model) == bridge_names | {n for n in tower_names if n.startswith("bridge.vision_model.")}
     apply_training_stage(model, "c")
-    assert _trainable(model) == all_names
+    assert _trainable(model) == all_names - unused_heads
 
 
 def test_transformer_blocks_finds_the_stack_and_all_blocks_unfreeze():
@@ -300,3 +302,13 @@ def test_evaluation_reports_eval_loss_with_mlm_off(tmp_path):
                             data_collator=BridgeDataCollator(_processor()))
     metrics = trainer.evaluate()
     assert math.isfinite(metrics["eval_loss"]) and metrics["eval_loss"] > 0
+
+
+def test_apply_training_stage_leaves_a_lora_model_to_its_adapter():
+    from modeling_bridge.training import make_lora_model
+
+    model = make_lora_model(BridgeForPreTraining(make_config()))
+    before = _trainable(model)
+    stage = apply_training_stage(model, "b")
+    assert _trainable(model) == before and all("lora_" in n or "modules_to_save" in n for n in before)
+    assert model.config.mlm_loss_weight == stage.loss_weights["mlm"]

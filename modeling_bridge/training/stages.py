@@ -125,18 +125,28 @@ def _bridge_of(model: nn.Module) -> nn.Module:
 
 
 def apply_training_stage(model: nn.Module, stage: TrainingStage | str | os.PathLike) -> TrainingStage:
-    """Set `requires_grad` and the config's loss weights for `stage`; returns the stage (for its optimiser
-    settings). Everything BRIDGE adds (interaction layers, projections, heads, scalars) stays trainable."""
+    """Set the config's loss weights and `requires_grad` for `stage`; returns the stage (for its optimiser
+    settings). What BRIDGE adds (interaction layers, projections, scalars, the heads of enabled objectives) trains.
+    On a model with a PEFT (LoRA) adapter only the loss weights are set: the adapter decides what trains."""
     if not isinstance(stage, TrainingStage):
         stage = load_training_stage(stage)
     bridge = _bridge_of(model)
+    for name, weight in stage.loss_weights.items():
+        setattr(bridge.config, f"{name}_loss_weight", float(weight))
+    if any("lora_" in name for name, _ in model.named_parameters()):
+        # A PEFT adapter decides what trains; unfreezing here would train the frozen base weights under it.
+        return stage
     for name, module in bridge.named_children():
         if name not in ("vision_model", "text_model"):
             module.requires_grad_(True)
+    # Heads of disabled objectives get no gradient; trainable but unused parameters break DDP without
+    # find_unused_parameters (Trainer turns it off under gradient checkpointing).
+    for head, field in (("mlm_head", "mlm_loss_weight"), ("mim_head", "mim_loss_weight"),
+                        ("itm_head", "itm_loss_weight")):
+        if getattr(bridge.config, field) == 0:
+            getattr(bridge, head).requires_grad_(False)
     set_tower_trainable_blocks(bridge.vision_model, stage.vision_trainable_blocks)
     set_tower_trainable_blocks(bridge.text_model, stage.text_trainable_blocks)
-    for name, weight in stage.loss_weights.items():
-        setattr(bridge.config, f"{name}_loss_weight", float(weight))
     return stage
 
 
