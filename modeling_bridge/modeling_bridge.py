@@ -875,7 +875,10 @@ def mine_hard_negatives(
 
 
 def match_loss(positive_logits: torch.Tensor, negative_logits: torch.Tensor, negative_valid=None) -> torch.Tensor:
-    """ITM objective on the match logit: (mean -log sigmoid(r_pos) + mean -log(1 - sigmoid(r_neg))) / 2."""
+    """ITM objective on the match logit: (mean -log sigmoid(r_pos) + mean -log(1 - sigmoid(r_neg))) / 2.
+
+    As in the original, only the head's match logit (index 1) is trained: read `sigmoid(itm_logits[..., 1])` as the
+    match probability, not a softmax over the two outputs."""
     negative_terms = F.softplus(negative_logits)
     if negative_valid is None:
         negative = negative_terms.mean()
@@ -916,7 +919,10 @@ def cycle_consistency_loss(
 
 
 def masked_patch_loss(predictions: torch.Tensor, targets: torch.Tensor, mim_mask: torch.Tensor) -> torch.Tensor:
-    """Mean squared error over the features of the masked patches only; predictions/targets (B, P, d), mask (B, P)."""
+    """Mean squared error over the features of the masked patches only; predictions/targets (B, P, d), mask (B, P).
+
+    A mean over features as well as patches (the original sums over the d features), so the weight does not scale
+    with the tower's width."""
     weights = mim_mask.to(predictions.dtype)[..., None]
     squared = (predictions - targets).pow(2) * weights
     return squared.sum() / (weights.sum() * predictions.shape[-1]).clamp(min=1.0)
