@@ -18,7 +18,6 @@ About 10 minutes on 2 CPU cores (setup excluded).
 
 import copy
 import json
-import math
 import os
 import time
 from dataclasses import dataclass, field

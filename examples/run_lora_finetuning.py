@@ -37,7 +37,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone
 import modeling_bridge  # noqa: E402,F401  (registers BRIDGE with the Auto classes)
 from modeling_bridge import BridgeForPreTraining, BridgeProcessor  # noqa: E402
 from modeling_bridge.data import BridgeDataCollator, load_bridge_shapes, load_image_text_dataset  # noqa: E402
-from modeling_bridge.training import BridgeTrainer, make_lora_model, save_pretrained_atomically  # noqa: E402
+from modeling_bridge.training import (  # noqa: E402
+    BridgeTrainer,
+    find_bridge_model,
+    make_lora_model,
+    save_pretrained_atomically,
+)
 from modeling_bridge.training.lora import DEFAULT_MODULES_TO_SAVE  # noqa: E402
 
 logger = logging.getLogger("run_lora_finetuning")
@@ -151,16 +156,10 @@ def load_splits(data_args: DataArguments, seed: int):
     return train, evaluation
 
 
-def _bridge(model):
-    """The inner BridgeModel of a PeftModel / BridgeForPreTraining (for unimodal and fused scores)."""
-    base = model.get_base_model() if isinstance(model, PeftModel) else model
-    return getattr(base, "bridge", base)
-
-
 @torch.no_grad()
 def bridge_scores(model, batch: dict) -> dict[str, torch.Tensor]:
     """Unimodal and fused image-text score matrices of `batch`, computed by the inner BridgeModel in eval mode."""
-    bridge = _bridge(model)
+    bridge = find_bridge_model(model)
     was_training = model.training
     model.eval()
     inputs = {k: batch[k] for k in ("pixel_values", "input_ids", "attention_mask", "token_type_ids") if k in batch}

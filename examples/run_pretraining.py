@@ -16,7 +16,6 @@ The final model and processor are written atomically to `--output_dir/model`.
 """
 
 import logging
-import os
 import sys
 from dataclasses import dataclass, field
 

@@ -14,6 +14,8 @@ from pathlib import Path
 
 from huggingface_hub import HfApi, ModelCard, ModelCardData, get_token
 
+from .saving import replace_directory
+
 BRIDGE_TAGS = ["bridge", "vision-language", "zero-shot-image-classification", "image-text-retrieval", "custom_code"]
 
 
@@ -86,23 +88,6 @@ classifier(image, candidate_labels=["a cat", "a dog"])
     return ModelCard(content)
 
 
-def _replace_directory(staging: Path, target: Path) -> None:
-    """Move the finished `staging` folder to `target`; an existing `target` is swapped out only once the new one is
-    complete, so an interruption leaves either the old folder or the new one, never a mix."""
-    if not target.exists():
-        os.replace(staging, target)
-        return
-    backup = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-    os.rmdir(backup)
-    os.replace(target, backup)
-    try:
-        os.replace(staging, target)
-    except BaseException:
-        os.replace(backup, target)
-        raise
-    shutil.rmtree(backup, ignore_errors=True)
-
-
 def save_hub_folder(
     model,
     processor,
@@ -136,7 +121,7 @@ def save_hub_folder(
         if missing:
             raise RuntimeError(f"save_pretrained did not write the Hub code files {missing}; is `modeling_bridge` "
                                "imported (it registers the classes for auto_map)?")
-        _replace_directory(staging, target)
+        replace_directory(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

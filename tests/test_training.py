@@ -305,9 +305,11 @@ def test_evaluation_reports_eval_loss_with_mlm_off(tmp_path):
 
 
 def test_apply_training_stage_leaves_a_lora_model_to_its_adapter():
-    from modeling_bridge.training import make_lora_model
+    from modeling_bridge.training import find_bridge_model, make_lora_model
 
     model = make_lora_model(BridgeForPreTraining(make_config()))
+    # found by its own child modules: the PeftModel forwards attribute lookups but is not the BridgeModel
+    assert find_bridge_model(model) is model.get_base_model().bridge
     before = _trainable(model)
     stage = apply_training_stage(model, "b")
     assert _trainable(model) == before and all("lora_" in n or "modules_to_save" in n for n in before)

@@ -1,20 +1,23 @@
 """Training utilities (not Hub code): the staged curriculum, the Trainer subclass, crash-safe saving."""
 
 from .lora import default_lora_target_modules, make_lora_model
+from ..saving import replace_directory, save_pretrained_atomically
 from .stages import (
     TrainingStage,
     apply_training_stage,
+    find_bridge_model,
     load_training_stage,
     set_tower_trainable_blocks,
     transformer_blocks,
 )
-from .trainer import BridgeTrainer, replace_directory, save_pretrained_atomically
+from .trainer import BridgeTrainer
 
 __all__ = [
     "BridgeTrainer",
     "TrainingStage",
     "apply_training_stage",
     "default_lora_target_modules",
+    "find_bridge_model",
     "load_training_stage",
     "make_lora_model",
     "replace_directory",

@@ -14,7 +14,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
-from .stages import transformer_blocks
+from .stages import find_bridge_model, transformer_blocks
 
 # Leaf names of the query/key/value linears of the attention in common towers: v5 ViT, DINOv2, CLIP, SigLIP use
 # q_proj/k_proj/v_proj; BERT, RoBERTa, ELECTRA query/key/value; DistilBERT, T5 q/k/v; fused projections qkv
@@ -31,15 +31,6 @@ INTERACTION_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
 # much of the interaction reaches each stream; and since BRIDGE L2-normalises queries and keys, a LoRA on q/k can
 # only rotate them: the attention temperatures are the only way to sharpen or flatten the interaction's attention.
 DEFAULT_MODULES_TO_SAVE = ("logit_scale", "itc_alpha", "text_gate", "vision_gate", "temperature")
-
-
-def _find_bridge(model: nn.Module) -> nn.Module:
-    """The BridgeModel inside `model` (itself, BridgeForPreTraining's `.bridge`, a task model's), found by its parts so
-    that Hub-code classes qualify too."""
-    for module in model.modules():
-        if all(hasattr(module, name) for name in ("vision_model", "text_model", "interaction_layers")):
-            return module
-    raise ValueError(f"{type(model).__name__} contains no BridgeModel (vision_model, text_model, interaction_layers).")
 
 
 def _linear_children(module: nn.Module, prefix: str, names: Iterable[str]) -> list[str]:
@@ -61,7 +52,7 @@ def default_lora_target_modules(model: nn.Module, towers: bool = True, interacti
     """
     if isinstance(model, PeftModel) or any(isinstance(m, BaseTunerLayer) for m in model.modules()):
         raise ValueError("default_lora_target_modules takes the base model, not a PEFT-wrapped one.")
-    bridge = _find_bridge(model)
+    bridge = find_bridge_model(model)
     prefix = {id(module): name for name, module in model.named_modules()}
     base = prefix[id(bridge)]
     base = f"{base}." if base else ""

@@ -115,10 +115,12 @@ def set_tower_trainable_blocks(tower: nn.Module, num_blocks: int) -> None:
         parameters[n].requires_grad_(True)
 
 
-def _bridge_of(model: nn.Module) -> nn.Module:
-    """The BridgeModel inside a BridgeForPreTraining / PEFT wrapper (found by its towers and interaction stack)."""
+def find_bridge_model(model: nn.Module) -> nn.Module:
+    """The BridgeModel inside `model` (itself, BridgeForPreTraining's `.bridge`, a PEFT wrapper's), found by its
+    parts rather than its class so that Hub-code classes qualify too."""
     for module in model.modules():
-        if all(hasattr(module, a) for a in ("vision_model", "text_model", "interaction_layers")):
+        # its own child modules, not attributes: wrappers such as PeftModel forward attribute lookups to the model
+        if all(name in module._modules for name in ("vision_model", "text_model", "interaction_layers")):
             return module
     raise ValueError(f"{type(model).__name__} contains no BridgeModel (vision_model, text_model, "
                      "interaction_layers).")
@@ -130,7 +132,7 @@ def apply_training_stage(model: nn.Module, stage: TrainingStage | str | os.PathL
     On a model with a PEFT (LoRA) adapter only the loss weights are set: the adapter decides what trains."""
     if not isinstance(stage, TrainingStage):
         stage = load_training_stage(stage)
-    bridge = _bridge_of(model)
+    bridge = find_bridge_model(model)
     for name, weight in stage.loss_weights.items():
         setattr(bridge.config, f"{name}_loss_weight", float(weight))
     if any("lora_" in name for name, _ in model.named_parameters()):
@@ -141,9 +143,9 @@ def apply_training_stage(model: nn.Module, stage: TrainingStage | str | os.PathL
             module.requires_grad_(True)
     # Heads of disabled objectives get no gradient; trainable but unused parameters break DDP without
     # find_unused_parameters (Trainer turns it off under gradient checkpointing).
-    for head, field in (("mlm_head", "mlm_loss_weight"), ("mim_head", "mim_loss_weight"),
-                        ("itm_head", "itm_loss_weight")):
-        if getattr(bridge.config, field) == 0:
+    for head, weight_field in (("mlm_head", "mlm_loss_weight"), ("mim_head", "mim_loss_weight"),
+                               ("itm_head", "itm_loss_weight")):
+        if getattr(bridge.config, weight_field) == 0:
             getattr(bridge, head).requires_grad_(False)
     set_tower_trainable_blocks(bridge.vision_model, stage.vision_trainable_blocks)
     set_tower_trainable_blocks(bridge.text_model, stage.text_trainable_blocks)
@@ -152,6 +154,7 @@ def apply_training_stage(model: nn.Module, stage: TrainingStage | str | os.PathL
 
 __all__ = [
     "TrainingStage",
+    "find_bridge_model",
     "apply_training_stage",
     "load_training_stage",
     "set_tower_trainable_blocks",

@@ -2,7 +2,6 @@
 
 import os
 import shutil
-import tempfile
 from collections import defaultdict
 
 import torch
@@ -10,36 +9,9 @@ from transformers import PreTrainedModel, Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, WEIGHTS_INDEX_NAME, WEIGHTS_NAME
 
+from ..saving import replace_directory, save_pretrained_atomically
+
 LOSS_COMPONENTS = ("itc_loss", "unimodal_itc_loss", "cross_itc_loss", "itm_loss", "mlm_loss", "mim_loss", "cycle_loss")
-
-
-def replace_directory(staging_dir: str, final_dir: str) -> None:
-    """Move a fully written `staging_dir` to `final_dir`. An existing `final_dir` is moved aside first and deleted
-    only after the new one is in place, so at every moment one complete copy exists under a known name."""
-    final_dir = os.path.abspath(final_dir)
-    backup = None
-    if os.path.exists(final_dir):
-        backup = tempfile.mkdtemp(prefix=f".{os.path.basename(final_dir)}.old-", dir=os.path.dirname(final_dir))
-        os.rmdir(backup)
-        os.replace(final_dir, backup)
-    os.replace(staging_dir, final_dir)
-    if backup is not None:
-        shutil.rmtree(backup, ignore_errors=True)
-
-
-def save_pretrained_atomically(output_dir: str, *objects) -> None:
-    """`save_pretrained` every object (model, processor, ...) into a temporary sibling of `output_dir`, then rename
-    it into place: an interrupted save leaves the previous `output_dir` (or nothing), never a half-written one."""
-    parent = os.path.dirname(os.path.abspath(output_dir))
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(output_dir))}.tmp-", dir=parent)
-    try:
-        for obj in objects:
-            obj.save_pretrained(staging)
-        replace_directory(staging, output_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
 
 
 class _BatchSeededCollator:
