@@ -14,7 +14,7 @@ import argparse
 import sys
 
 from modeling_bridge.hub_utils import add_hub_arguments, check_upload_possible, publish, run_command
-from modeling_bridge.original_checkpoint import convert_original_checkpoint
+from modeling_bridge.original_checkpoint import check_model_source, convert_original_checkpoint
 
 
 def parse_args(argv=None):
@@ -31,6 +31,9 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     check_upload_possible(args)
+    for flag in ("vision_model", "text_model"):  # before reading the checkpoint, which may be large
+        if getattr(args, flag) is not None:
+            setattr(args, flag, check_model_source(getattr(args, flag), f"--{flag}"))
     model, processor, parsed = convert_original_checkpoint(args.checkpoint, args.config, args.vision_model,
                                                             args.text_model)
     description = (

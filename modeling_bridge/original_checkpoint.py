@@ -112,6 +112,33 @@ def original_to_bridge_key(key: str) -> str | None:
     return None
 
 
+# The inverse of the tables above, built once: messages about a checkpoint must use the names the user's file has.
+_REVERSE_LAYER = {
+    **{f"{ours}.{suffix}": f"{original}.{suffix}" for original, ours in _LAYER_RENAMES.items()
+       for suffix in ("weight", "bias")},
+    **{ours: original for original, ours in _LAYER_SCALARS.items()},
+}
+_REVERSE_TOP = {
+    **{f"{ours}.{suffix}": f"{original}.{suffix}" for original, ours in _TOP_RENAMES.items()
+       for suffix in ("weight", "bias")},
+    "logit_scale.value": "logit_scale",
+    "itc_alpha.value": "itc_alpha",
+}
+
+
+def bridge_to_original_key(key: str) -> str | None:
+    """The original's name for one of our (on-disk or in-memory) keys: the inverse of `original_to_bridge_key`;
+    None for a key the original has no counterpart of."""
+    for prefix, ours in _TOWER_PREFIXES.items():
+        if key.startswith(ours):
+            return prefix + key[len(ours):]
+    match = re.fullmatch(r"interaction_layers\.(\d+)\.(.+)", key)
+    if match:
+        original = _REVERSE_LAYER.get(match.group(2))
+        return None if original is None else f"interaction_layers.{match.group(1)}.{original}"
+    return _REVERSE_TOP.get(key)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Reading the checkpoint and the YAML
 # ----------------------------------------------------------------------------------------------------------------
@@ -126,11 +153,7 @@ def load_original_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.T
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
-        raise ConversionError(
-            f"{path} cannot be read with torch.load(weights_only=True) ({type(error).__name__}: "
-            f"{str(error).splitlines()[0][:200]}). It may hold Python objects besides tensors; if you trust the file, "
-            "re-save only its state dict: torch.save(torch.load(path, weights_only=False)['model'], 'model.pth')."
-        ) from error
+        raise _unreadable_checkpoint(path, error) from error
     if not isinstance(obj, dict):
         raise ConversionError(f"{path} holds a {type(obj).__name__}, not a state dict or a dict with 'model'.")
     config = obj.get("config") if isinstance(obj.get("config"), dict) else None
@@ -144,6 +167,35 @@ def load_original_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.T
     if all(k.startswith("module.") for k in state_dict):  # saved from a DistributedDataParallel wrapper
         state_dict = {k[len("module."):]: v for k, v in state_dict.items()}
     return state_dict, config
+
+
+def _unreadable_checkpoint(path: Path, error: Exception) -> ConversionError:
+    """Why torch.load(weights_only=True) failed, for the user: a sound file that pickles Python objects besides
+    tensors (it names the first one; the way out is a re-saved state dict, never loading untrusted pickles), or a
+    file that is no readable checkpoint at all (truncated, damaged, or something else)."""
+    unsupported = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+    if unsupported:
+        return ConversionError(
+            f"{path} holds Python objects besides tensors (first: {unsupported.group(1)}), which the converter does "
+            "not unpickle because unpickling can run code. In an environment where you trust the file, re-save its "
+            "state dict with torch.save(state_dict, 'model.pth') (the model's `state_dict()` or the checkpoint's "
+            "'model' entry) and convert that file."
+        )
+    with open(path, "rb") as f:
+        head = f.read(512)
+    if not head:
+        what = "it is empty"
+    elif head.startswith(b"PK\x03\x04"):
+        what = "its zip archive is incomplete or damaged (e.g. a truncated download or copy)"
+    elif head.startswith(b"\x80"):
+        what = "its pickle data is incomplete or damaged (e.g. a truncated download or copy)"
+    else:
+        what = "it is not a file written by torch.save"
+    return ConversionError(
+        f"{path} is not a readable PyTorch checkpoint: {what} ({type(error).__name__} in torch.load). Download or "
+        "copy the checkpoint again, or re-save its state dict with torch.save(state_dict, 'model.pth') where it was "
+        "trained."
+    )
 
 
 def load_original_config(path: str | os.PathLike) -> dict:
@@ -204,7 +256,14 @@ def parse_original_config(config: dict, source: str, vision_model: str | None = 
             flag = "--vision_model" if section == "vision_config" else "--text_model"
             raise ConversionError(f"{source} has no `{section}.model_name`; add it or pass {flag} NAME_OR_DIR.")
     cross = config.get("cross_modal_config") or {}
-    pooling = config.get("pooling_config") or {}
+    # Every training and evaluation script of the original passes `config['pooling_config']` to the model (a
+    # KeyError without it); the model then defaults `type` to "mean" and `projection_dim` to 256, as we do.
+    pooling = config.get("pooling_config")
+    if not isinstance(pooling, dict):
+        raise ConversionError(
+            f"{source} has no `pooling_config` section (the original code requires it); add the one the checkpoint "
+            "was trained with, e.g. `pooling_config: {type: mean, projection_dim: 256}`."
+        )
     if cross.get("use_caption_decoder"):
         raise ConversionError(f"{source} enables `use_caption_decoder`; BridgeModel has no caption decoder.")
     fields = dict(
@@ -222,14 +281,52 @@ def parse_original_config(config: dict, source: str, vision_model: str | None = 
         cross_embed_source="layer_input",  # the original pools the last layer's input projection
     )
     hub_ids = [n for n in names.values() if isinstance(n, str) and not os.path.isabs(n)]
+    sources = {}
+    for section, override, flag in (("vision_config", vision_model, "--vision_model"),
+                                    ("text_config", text_model, "--text_model")):
+        if override is not None:
+            sources[section] = check_model_source(override, flag)
+        else:
+            sources[section] = check_model_source(names[section], f"`{section}.model_name` in {source}",
+                                                  f"fix it there or pass {flag} DIR")
     return OriginalConfig(
-        vision_source=vision_model or names["vision_config"],
-        text_source=text_model or names["text_config"],
+        vision_source=sources["vision_config"],
+        text_source=sources["text_config"],
         bridge_fields=fields,
         vision_hidden_dim=(config.get("vision_config") or {}).get("hidden_dim"),
         text_hidden_dim=(config.get("text_config") or {}).get("hidden_dim"),
         base_models=hub_ids,
     )
+
+
+_HUB_ID = re.compile(r"[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)?")
+
+
+def looks_like_local_path(name: str) -> bool:
+    """Whether `name` can only mean a local path: absolute, starting with `./`, `../` or `~`, or not of the form
+    of a Hub id (`name` or `namespace/name` of letters, digits, `_`, `.`, `-`: so a backslash, a drive letter or a
+    second `/` mark a path)."""
+    return (os.path.isabs(name) or name in (".", "..") or name.startswith(("./", "../", ".\\", "..\\", "~"))
+            or not _HUB_ID.fullmatch(name))
+
+
+def check_model_source(name: str, label: str, fix: str = "check the path") -> str:
+    """`name` as transformers should get it: an existing local folder (with `~` expanded), or a Hub id. A name that
+    can only be a path but is no model folder is an error naming it, instead of transformers' 'Repo id must be in
+    the form ...'."""
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"{label}: the folder {path} holds no config.json, so it is not a saved model; "
+                                    f"{fix} (the folder that save_pretrained wrote, or a Hub id).")
+        return str(path)
+    if path.exists():
+        raise NotADirectoryError(f"{label}: {path} is a file, not a model folder (with config.json) or a Hub id; "
+                                 f"{fix}.")
+    if looks_like_local_path(name):
+        raise FileNotFoundError(f"{label}: the folder {path} does not exist (a local path, not a Hub id, which is "
+                                f"'name' or 'namespace/name'); {fix}.")
+    return name
 
 
 def _tower_config(config_class, source: str, flag: str):
@@ -304,13 +401,10 @@ def map_original_state_dict(state_dict: dict[str, torch.Tensor], config: BridgeC
         if keys and len(keys & memory) > len(keys & disk):
             expected = {k: v for k, v in expected.items() if not k.startswith(tower)}
             expected.update({k: v for k, v in in_memory.items() if k.startswith(tower)})
-    reverse = {}
-    for ours in expected:
-        for prefix, tower in _TOWER_PREFIXES.items():
-            if ours.startswith(tower):
-                reverse[ours] = prefix + ours[len(tower):]
+    _check_projection_dim(mapped, expected, origin, config)
     unknown += sorted(origin[k] for k in mapped if k not in expected)
-    missing = sorted(reverse.get(k, k) for k in expected if k not in mapped)
+    # In the original's names, so that the user can look for them in the checkpoint.
+    missing = sorted(bridge_to_original_key(k) or f"{k} (BridgeModel only)" for k in expected if k not in mapped)
     bias_keys = {k for k in expected if k.endswith("position_bias")}
     wrong_shape = sorted(
         f"{origin[k]} {tuple(mapped[k].shape)} (expected {tuple(expected[k])})"
@@ -327,6 +421,27 @@ def map_original_state_dict(state_dict: dict[str, torch.Tensor], config: BridgeC
     for key in bias_keys:
         mapped[key] = _place_position_bias(mapped[key], tuple(expected[key]), origin[key])
     return {k: v.contiguous().clone() for k, v in mapped.items()}
+
+
+_PROJECTIONS = ("vision_unimodal_projection.weight", "text_unimodal_projection.weight",
+                "vision_cross_projection.weight", "text_cross_projection.weight")
+
+
+def _check_projection_dim(mapped: dict, expected: dict, origin: dict, config: BridgeConfig) -> None:
+    """A projection_dim that differs from the checkpoint's shows up in six tensors (four projections, the ITM head);
+    name its cause, the YAML entry, instead of listing the shapes."""
+    found = {origin[k]: mapped[k].shape[0] for k in _PROJECTIONS if k in mapped and mapped[k].dim() == 2}
+    sizes = set(found.values())
+    if len(sizes) == 1 and config.projection_dim not in sizes and all(
+            mapped[k].shape[1] == expected[k][1] for k in _PROJECTIONS if k in mapped and k in expected):
+        size = sizes.pop()
+        default = " (the original's default when pooling_config does not set it)" if config.projection_dim == 256 \
+            else ""
+        raise ConversionError(
+            f"pooling_config.projection_dim={config.projection_dim}{default} but the checkpoint's projections have "
+            f"{size} ({', '.join(sorted(found))}); set `projection_dim: {size}` under pooling_config in the YAML the "
+            "checkpoint was trained with."
+        )
 
 
 def _place_position_bias(bias: torch.Tensor, table_shape: tuple[int, int], name: str) -> torch.Tensor:
@@ -382,14 +497,14 @@ def convert_original_checkpoint(
     `text_model` replace the YAML's `model_name` entries (for the tower configs and the processor only: all weights
     come from the checkpoint).
     """
+    parsed = None
+    if config_path is not None:  # a bad YAML or tower path is reported before a large checkpoint is read
+        parsed = parse_original_config(load_original_config(config_path), str(config_path), vision_model, text_model)
     state_dict, embedded = load_original_checkpoint(checkpoint)
-    if config_path is not None:
-        raw, source = load_original_config(config_path), str(config_path)
-    elif embedded is not None:
-        raw, source = embedded, f"the config stored in {checkpoint}"
-    else:
-        raise ConversionError(f"{checkpoint} stores no config; pass --config with its training YAML.")
-    parsed = parse_original_config(raw, source, vision_model, text_model)
+    if parsed is None:
+        if embedded is None:
+            raise ConversionError(f"{checkpoint} stores no config; pass --config with its training YAML.")
+        parsed = parse_original_config(embedded, f"the config stored in {checkpoint}", vision_model, text_model)
     config = build_config(parsed)
     weights = map_original_state_dict(state_dict, config)
     staging = Path(tempfile.mkdtemp(prefix="bridge-convert-"))
@@ -415,10 +530,13 @@ def convert_original_checkpoint(
 __all__ = [
     "ConversionError",
     "OriginalConfig",
+    "bridge_to_original_key",
     "build_config",
+    "check_model_source",
     "convert_original_checkpoint",
     "load_original_checkpoint",
     "load_original_config",
+    "looks_like_local_path",
     "map_original_state_dict",
     "original_to_bridge_key",
     "parse_original_config",

@@ -14,7 +14,15 @@ from transformers import AutoModel, BertConfig, BertModel, BertTokenizer, ViTCon
 
 from conftest import IMAGE_SIZE, VOCAB
 from modeling_bridge import BridgeModel
-from modeling_bridge.original_checkpoint import ConversionError, convert_original_checkpoint
+from modeling_bridge.original_checkpoint import (
+    ConversionError,
+    _expected_checkpoint_tensors,
+    bridge_to_original_key,
+    check_model_source,
+    convert_original_checkpoint,
+    looks_like_local_path,
+    original_to_bridge_key,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 NUM_LAYERS, SHARED, HEADS, PROJ = 2, 16, 2, 8
@@ -295,7 +303,7 @@ def test_cli_help(capsys):
         (lambda sd: sd.update({"interaction_layers.0.mystery.weight": torch.zeros(2)}),
          r"Unknown keys: \['interaction_layers\.0\.mystery\.weight'\]"),
         (lambda sd: sd.pop("interaction_layers.1.Q_vision.weight"),
-         r"Missing keys: \['interaction_layers\.1\.vision_attention\.q_proj\.weight'\]"),
+         r"Missing keys: \['interaction_layers\.1\.Q_vision\.weight'\]"),
         (lambda sd: sd.pop("vision_encoder.vit.encoder.layer.1.attention.attention.query.bias"),
          r"Missing keys: \['vision_encoder\.vit\.encoder\.layer\.1\.attention\.attention\.query\.bias'\]"),
         (lambda sd: sd.update({"interaction_layers.2.O_text.weight": torch.zeros(SHARED, SHARED)}),
@@ -331,15 +339,170 @@ def test_bad_inputs_are_refused_with_a_clear_message(towers, tmp_path, converted
         convert_original_checkpoint(ckpt, original_yaml(towers, text_config={"hidden_dim": 32}))
     with pytest.raises(ConversionError, match="stores no config; pass --config"):
         convert_original_checkpoint(write_checkpoint(tmp_path / "bare.pth", sd, wrapped=False))
-    with pytest.raises(ConversionError, match="cannot read the tower config of .*nowhere.*pass --vision_model"):
+    with pytest.raises(FileNotFoundError, match=r"--vision_model: the folder .*nowhere does not exist"):
         convert_original_checkpoint(ckpt, original_yaml(towers), vision_model=str(tmp_path / "nowhere"))
-    # A checkpoint holding arbitrary Python objects is refused by weights_only=True, with the way out.
-    torch.save({"model": sd, "stats": NotATensor()}, tmp_path / "pickled.pth")
-    with pytest.raises(ConversionError, match=r"weights_only=True"):
-        convert_original_checkpoint(tmp_path / "pickled.pth", original_yaml(towers))
     # The command prints one line and exits 1.
     cli = load_cli("convert_original_checkpoint")
     code = cli.run_command(cli.main, ["--checkpoint", str(tmp_path / "missing.pth"), "--output_dir",
                                       str(tmp_path / "o")])
     err = capsys.readouterr().err
     assert code == 1 and err.startswith("error: checkpoint") and err.count("\n") == 1
+
+
+def run_cli(name, argv, capsys):
+    """Exit code and the stderr of a conversion command, which must be one `error: ...` line when it fails."""
+    cli = load_cli(name)
+    capsys.readouterr()
+    code = cli.run_command(cli.main, [str(a) for a in argv])
+    err = capsys.readouterr().err
+    if code:
+        assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    return code, err
+
+
+# Keys of every kind: towers, interaction-layer tensors and scalars, positional biases, top-level scalars, heads.
+ORIGINAL_KEYS_OF_EVERY_KIND = [
+    "vision_encoder.vit.encoder.layer.0.output.dense.weight", "vision_encoder.vit.layernorm.bias",
+    "text_encoder.bert.embeddings.word_embeddings.weight", "text_encoder.bert.encoder.layer.1.attention.self.key.bias",
+    "interaction_layers.0.gate_vision_bias", "interaction_layers.1.tau_text_param",
+    "interaction_layers.0.bias_vision_from_text", "interaction_layers.1.K_text_to_vision.bias",
+    "interaction_layers.0.text_norm.weight", "logit_scale", "itc_alpha", "vision_pool_proj_cross.weight",
+    "text_pool_proj_uni.bias", "mlm_head.3.bias", "mim_head.1.weight", "itm_head.0.weight", "itm_head.3.bias",
+]
+
+
+def test_missing_keys_are_named_as_the_original_checkpoint_names_them(towers, tmp_path):
+    sd = original_state_dict(towers)
+    for key in ORIGINAL_KEYS_OF_EVERY_KIND:
+        del sd[key]
+    with pytest.raises(ConversionError) as error:
+        convert_original_checkpoint(write_checkpoint(tmp_path / "holes.pth", sd), original_yaml(towers))
+    assert f"Missing keys: {sorted(ORIGINAL_KEYS_OF_EVERY_KIND)}." in str(error.value)
+    assert "Unknown keys: none." in str(error.value) and "Wrong shapes: none." in str(error.value)
+
+
+def test_key_mapping_inverts_over_both_schemas(towers, converted):
+    """Every original key maps back to itself, and every key BridgeModel saves has an original name."""
+    sd, model, _, _ = converted
+    for key in sd:
+        ours = original_to_bridge_key(key)
+        if ".pooler." not in key:
+            assert ours is not None and bridge_to_original_key(ours) == key, key
+    saved = _expected_checkpoint_tensors(model.config)
+    for ours in list(saved) + list(model.state_dict()):  # on-disk and in-memory tower names
+        original = bridge_to_original_key(ours)
+        assert original is not None and original_to_bridge_key(original) == ours, ours
+    assert bridge_to_original_key("interaction_layers.3.vision_gate.value") == "interaction_layers.3.gate_vision_bias"
+    assert bridge_to_original_key("interaction_layers.0.mystery.weight") is None
+    assert bridge_to_original_key("logit_scale") is None
+
+
+def test_unreadable_checkpoints_say_what_the_file_is_and_never_suggest_unsafe_loading(towers, tmp_path, converted,
+                                                                                     capsys):
+    sd = converted[0]
+    good = write_checkpoint(tmp_path / "good.pth", sd).read_bytes()
+    (tmp_path / "truncated.pth").write_bytes(good[: len(good) // 2])
+    (tmp_path / "notes.pth").write_text("epoch 3: loss 0.41\nthis is a text file, not a checkpoint\n")
+    (tmp_path / "empty.pth").write_bytes(b"")
+    torch.save({"model": sd, "stats": NotATensor()}, tmp_path / "pickled.pth")
+    yaml_path = original_yaml(towers)
+    cases = {
+        "truncated.pth": "is not a readable PyTorch checkpoint: its zip archive is incomplete or damaged",
+        "notes.pth": "is not a readable PyTorch checkpoint: it is not a file written by torch.save",
+        "empty.pth": "is not a readable PyTorch checkpoint: it is empty",
+        "pickled.pth": "holds Python objects besides tensors (first: ",
+    }
+    for name, expected in cases.items():
+        with pytest.raises(ConversionError) as error:
+            convert_original_checkpoint(tmp_path / name, yaml_path)
+        message = str(error.value)
+        assert message.startswith(f"{tmp_path / name} {expected}"), message
+        assert "weights_only=False" not in message and "weights_only" not in message.replace("=True", ""), message
+        if name == "pickled.pth":
+            assert "NotATensor)" in message
+            assert "In an environment where you trust the file, re-save its state dict with torch.save(state_dict" \
+                in message
+        else:
+            assert "Download or copy the checkpoint again" in message and "NotATensor" not in message
+        code, err = run_cli("convert_original_checkpoint", ["--checkpoint", tmp_path / name, "--config", yaml_path,
+                                                            "--output_dir", tmp_path / "out"], capsys)
+        assert code == 1 and expected in err and "weights_only=False" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def write_yaml_without(towers, section, key=None):
+    """The test YAML with a whole section, or one key of it, removed."""
+    path = original_yaml(towers)
+    config = yaml.safe_load(path.read_text())
+    if key is None:
+        del config[section]
+    else:
+        del config[section][key]
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_pooling_config_is_required_and_its_projection_dim_checked_against_the_checkpoint(towers, tmp_path,
+                                                                                         converted, capsys):
+    ckpt = write_checkpoint(tmp_path / "ok.pth", converted[0])
+    with pytest.raises(ConversionError, match=r"config\.yaml has no `pooling_config` section \(the original code "
+                                              r"requires it\)"):
+        convert_original_checkpoint(ckpt, write_yaml_without(towers, "pooling_config"))
+    code, err = run_cli("convert_original_checkpoint", ["--checkpoint", ckpt, "--config",
+                                                        write_yaml_without(towers, "pooling_config"),
+                                                        "--output_dir", tmp_path / "out"], capsys)
+    assert code == 1 and "has no `pooling_config` section" in err
+    # The original defaults the keys (type "mean", projection_dim 256); a default or a stated value that does not
+    # fit the checkpoint is named as such, not as a list of six wrong shapes.
+    with pytest.raises(ConversionError) as error:
+        convert_original_checkpoint(ckpt, write_yaml_without(towers, "pooling_config", "projection_dim"))
+    assert str(error.value).startswith(
+        "pooling_config.projection_dim=256 (the original's default when pooling_config does not set it) but the "
+        f"checkpoint's projections have {PROJ} (text_pool_proj_cross.weight, text_pool_proj_uni.weight, "
+        f"vision_pool_proj_cross.weight, vision_pool_proj_uni.weight); set `projection_dim: {PROJ}` under "
+        "pooling_config"), str(error.value)
+    code, err = run_cli("convert_original_checkpoint", ["--checkpoint", ckpt, "--config",
+                                                        original_yaml(towers, pooling_config={"projection_dim": 12}),
+                                                        "--output_dir", tmp_path / "out"], capsys)
+    assert code == 1 and f"error: pooling_config.projection_dim=12 but the checkpoint's projections have {PROJ} " in err
+    model, _, _ = convert_original_checkpoint(ckpt, write_yaml_without(towers, "pooling_config", "type"))
+    assert model.config.pooling == "mean"  # the original's default type
+
+
+@pytest.mark.parametrize("name, local", [
+    ("/models/vit", True), ("./vit", True), ("../towers/vit", True), ("~/towers/vit", True), ("~", True),
+    (".", True), ("towers/vit/v2", True), ("C:\\models\\vit", True), ("towers\\vit", True), ("my vit", True),
+    ("bert-base-uncased", False), ("google/vit-base-patch16-224-in21k", False),
+    ("sentence-transformers/all-MiniLM-L6-v2", False),
+])
+def test_local_looking_names(name, local):
+    assert looks_like_local_path(name) is local
+
+
+def test_tower_folders_are_checked_before_transformers_sees_them(towers, tmp_path, converted, capsys, monkeypatch):
+    ckpt = write_checkpoint(tmp_path / "ok.pth", converted[0])
+    yaml_path = original_yaml(towers)
+    monkeypatch.setenv("HOME", str(towers))
+    assert check_model_source("~/towers/vit", "--vision_model") == str(towers / "towers" / "vit")
+    assert check_model_source("google/vit-base-patch16-224", "--vision_model") == "google/vit-base-patch16-224"
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "empty_dir").mkdir()
+    for flag, value, expected in (
+        ("--vision_model", tmp_path / "no_vit", f"--vision_model: the folder {tmp_path / 'no_vit'} does not exist"),
+        ("--text_model", "./no_bert", "--text_model: the folder no_bert does not exist"),
+        ("--vision_model", "~/no_such_tower", f"--vision_model: the folder {towers / 'no_such_tower'} does not exist"),
+        ("--text_model", "towers/bert/extra", "--text_model: the folder towers/bert/extra does not exist"),
+        ("--text_model", "empty_dir", "--text_model: the folder empty_dir holds no config.json"),
+        ("--vision_model", ckpt, f"--vision_model: {ckpt} is a file, not a model folder"),
+    ):
+        code, err = run_cli("convert_original_checkpoint", ["--checkpoint", ckpt, "--config", yaml_path,
+                                                            "--output_dir", tmp_path / "out", flag, value], capsys)
+        assert code == 1 and err.startswith(f"error: {expected}"), err
+        assert "Repo id must" not in err
+    # A YAML entry that names a missing folder is named as such.
+    bad_yaml = original_yaml(towers, vision_config={"model_name": "./towers/vit_moved"})
+    with pytest.raises(FileNotFoundError) as error:
+        convert_original_checkpoint(ckpt, bad_yaml)
+    assert str(error.value) == (
+        f"`vision_config.model_name` in {bad_yaml}: the folder {towers / 'towers' / 'vit_moved'} does not exist (a "
+        "local path, not a Hub id, which is 'name' or 'namespace/name'); fix it there or pass --vision_model DIR.")
