@@ -16,6 +16,7 @@ import sys
 
 from modeling_bridge import BridgeModel, BridgeProcessor
 from modeling_bridge.hub_utils import add_hub_arguments, check_upload_possible, publish, run_command
+from modeling_bridge.original_checkpoint import check_model_source
 
 
 def parse_args(argv=None):
@@ -39,6 +40,9 @@ def main(argv=None):
 
     args = parse_args(argv)
     check_upload_possible(args)
+    # A path that does not exist would otherwise reach transformers as a malformed Hub id.
+    args.vision_model = check_model_source(args.vision_model, "--vision_model")
+    args.text_model = check_model_source(args.text_model, "--text_model")
     fields = {k: getattr(args, k) for k in ("num_interaction_layers", "shared_dim", "num_interaction_heads",
                                              "projection_dim") if getattr(args, k) is not None}
     fields.update(args.config_overrides)

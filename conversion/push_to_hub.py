@@ -9,7 +9,9 @@ safetensors, config with auto_map, the three code files, processor files, model 
 """
 
 import argparse
+import json
 import sys
+from pathlib import Path
 
 from modeling_bridge.hub_utils import add_hub_arguments, check_upload_possible, publish, run_command
 
@@ -25,16 +27,31 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def main(argv=None):
-    from pathlib import Path
+def check_bridge_folder(model_dir: Path) -> None:
+    """Refuse a folder that is not a saved BRIDGE model (e.g. a tower), saying what to run instead."""
+    if not (model_dir / "config.json").is_file():
+        raise FileNotFoundError(f"{model_dir} holds no config.json; pass the folder of a saved BRIDGE model.")
+    try:
+        model_type = json.loads((model_dir / "config.json").read_text()).get("model_type")
+    except (ValueError, AttributeError) as error:  # not JSON, or JSON that is not an object
+        raise ValueError(f"{model_dir / 'config.json'} is not a readable model config ({error}); pass the folder "
+                         "of a saved BRIDGE model.") from error
+    if model_type != "bridge":
+        raise ValueError(
+            f"{model_dir} is not a BRIDGE model folder: its config.json has model_type {model_type!r}, not 'bridge'. "
+            "To build a BRIDGE model around pretrained towers, run conversion/build_from_encoders.py --vision_model "
+            "DIR --text_model DIR; for a checkpoint of the original BRIDGE code, run "
+            "conversion/convert_original_checkpoint.py."
+        )
 
+
+def main(argv=None):
     from modeling_bridge import BridgeModel, BridgeProcessor
 
     args = parse_args(argv)
     check_upload_possible(args)
     model_dir = Path(args.model_dir)
-    if not (model_dir / "config.json").is_file():
-        raise FileNotFoundError(f"{model_dir} holds no config.json; pass the folder of a saved BRIDGE model.")
+    check_bridge_folder(model_dir)
     if Path(args.output_dir).resolve() == model_dir.resolve():
         raise ValueError("--output_dir must differ from --model_dir (the folder is rewritten, not edited in place).")
     model = BridgeModel.from_pretrained(model_dir)

@@ -133,11 +133,16 @@ def test_a_tower_checkpoint_with_missing_weights_is_refused(tower_dirs, tmp_path
         BridgeModel.from_vision_text_pretrained(str(dirs["vit"]), str(broken), **FIELDS)
 
 
-def test_build_command_writes_a_hub_ready_folder(tower_dirs, tmp_path):
-    dirs, expected = tower_dirs
+def load_build_cli():
     spec = importlib.util.spec_from_file_location("build_from_encoders", ROOT / "conversion" / "build_from_encoders.py")
     cli = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(cli)
+    return cli
+
+
+def test_build_command_writes_a_hub_ready_folder(tower_dirs, tmp_path):
+    dirs, expected = tower_dirs
+    cli = load_build_cli()
     out = tmp_path / "built"
     argv = ["--vision_model", str(dirs["clip"]), "--text_model", str(dirs["bert"]), "--output_dir", str(out),
             "--num_interaction_layers", "2", "--shared_dim", "16", "--num_interaction_heads", "2",
@@ -151,3 +156,37 @@ def test_build_command_writes_a_hub_ready_folder(tower_dirs, tmp_path):
     # A second run into the same, non-empty folder is refused unless --overwrite is given.
     assert cli.run_command(cli.main, argv) == 1
     assert cli.run_command(cli.main, argv + ["--overwrite"]) == 0
+
+
+def test_build_command_names_a_missing_tower_folder_in_one_line(tower_dirs, tmp_path, capsys, monkeypatch):
+    dirs, _ = tower_dirs
+    cli = load_build_cli()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "weights.bin").write_bytes(b"0")
+    cases = [
+        ("--vision_model", str(tmp_path / "vit_gone"),
+         f"--vision_model: the folder {tmp_path / 'vit_gone'} does not exist (a local path, not a Hub id"),
+        ("--vision_model", "./vit_gone", "--vision_model: the folder vit_gone does not exist"),
+        ("--vision_model", "~/vit_gone", f"--vision_model: the folder {tmp_path / 'vit_gone'} does not exist"),
+        ("--text_model", "../elsewhere/bert", "--text_model: the folder ../elsewhere/bert does not exist"),
+        ("--text_model", "models/towers/bert", "--text_model: the folder models/towers/bert does not exist"),
+        ("--text_model", "weights.bin", "--text_model: weights.bin is a file, not a model folder"),
+    ]
+    for flag, value, expected in cases:
+        towers = {"--vision_model": str(dirs["vit"]), "--text_model": str(dirs["bert"]), flag: value}
+        argv = [*[a for pair in towers.items() for a in pair], "--output_dir", str(tmp_path / "out"),
+                "--local_dir_only"]
+        capsys.readouterr()
+        assert cli.run_command(cli.main, argv) == 1
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {expected}"), err
+        assert err.count("\n") == 1 and "Repo id must" not in err
+    assert not (tmp_path / "out").exists()
+    # `~` is expanded for an existing folder, which transformers would otherwise take for a Hub id.
+    (tmp_path / "towers").symlink_to(dirs["vit"].parent)
+    argv = ["--vision_model", "~/towers/vit", "--text_model", "~/towers/bert", "--output_dir", str(tmp_path / "out"),
+            "--local_dir_only", "--num_interaction_layers", "1", "--shared_dim", "16", "--num_interaction_heads", "2",
+            "--config_overrides", '{"max_text_positions": 16}']
+    assert cli.run_command(cli.main, argv) == 0, capsys.readouterr().err
+    assert (tmp_path / "out" / "config.json").is_file()

@@ -204,3 +204,25 @@ def test_unreachable_endpoint_gives_one_line_and_a_nonzero_exit(hub_folder, tmp_
     assert len(lines) == 1, done.stderr
     assert lines[0].startswith(f"error: upload of {hub_folder} to http://127.0.0.1:{port}/someone/bridge failed:")
     assert "Traceback" not in done.stderr
+
+
+def test_a_folder_that_is_not_bridge_is_refused_with_what_to_run_instead(tmp_path, capsys):
+    from transformers import ViTConfig, ViTModel
+
+    ViTModel(ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64,
+                       image_size=32, patch_size=8)).save_pretrained(tmp_path / "vit")
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "config.json").write_text("{not json")
+    cli = load_cli()
+    for folder, expected in (
+        ("vit", f"error: {tmp_path / 'vit'} is not a BRIDGE model folder: its config.json has model_type 'vit', not "
+                "'bridge'. To build a BRIDGE model around pretrained towers, run conversion/build_from_encoders.py "
+                "--vision_model DIR --text_model DIR;"),
+        ("broken", f"error: {tmp_path / 'broken' / 'config.json'} is not a readable model config ("),
+    ):
+        capsys.readouterr()
+        assert cli.run_command(cli.main, ["--model_dir", str(tmp_path / folder), "--output_dir",
+                                          str(tmp_path / "hub"), "--local_dir_only"]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith(expected) and err.count("\n") == 1, err
+    assert not (tmp_path / "hub").exists()
