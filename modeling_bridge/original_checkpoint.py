@@ -206,8 +206,16 @@ def load_original_config(path: str | os.PathLike) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config {path} not found.")
-    with open(path) as f:
-        config = yaml.safe_load(f)
+    try:
+        with open(path, encoding="utf-8") as f:
+            config = yaml.safe_load(f)
+    except (yaml.YAMLError, UnicodeDecodeError) as error:  # YAMLError is no ValueError: it would be a traceback
+        where = getattr(error, "problem_mark", None)
+        at = f" (line {where.line + 1}, column {where.column + 1})" if where is not None else ""
+        raise ConversionError(
+            f"{path} is not valid YAML{at}; pass the training config (configs/*.yaml of the original code) as "
+            "--config and the .pth as --checkpoint."
+        ) from error
     if not isinstance(config, dict):
         raise ConversionError(f"{path} is not a YAML mapping in the schema of the original configs/*.yaml.")
     for section in ("vision_config", "text_config"):

@@ -381,6 +381,16 @@ def test_missing_keys_are_named_as_the_original_checkpoint_names_them(towers, tm
     assert "Unknown keys: none." in str(error.value) and "Wrong shapes: none." in str(error.value)
 
 
+def test_a_config_that_is_not_yaml_gives_one_line(towers, tmp_path, converted, capsys):
+    ckpt = write_checkpoint(tmp_path / "ok.pth", converted[0])
+    (tmp_path / "broken.yaml").write_text("cross_modal_config: {num_layers: 2\npooling_config: [\n")
+    for config, expected in ((tmp_path / "broken.yaml", f"error: {tmp_path / 'broken.yaml'} is not valid YAML (line "),
+                             (ckpt, f"error: {ckpt} is not valid YAML; pass the training config")):  # swapped files
+        code, err = run_cli("convert_original_checkpoint", ["--checkpoint", ckpt, "--config", config,
+                                                            "--output_dir", tmp_path / "out"], capsys)
+        assert code == 1 and err.startswith(expected), err
+
+
 def test_key_mapping_inverts_over_both_schemas(towers, converted):
     """Every original key maps back to itself, and every key BridgeModel saves has an original name."""
     sd, model, _, _ = converted
