@@ -148,6 +148,8 @@ def load_original_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.T
     """(state_dict, embedded config or None) from a `.pth` holding `{'model': sd, 'config': ...}`, a trainer
     checkpoint (`model_state_dict`) or a bare state dict. Read with `weights_only=True`: no code runs."""
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"checkpoint {path} is a folder; pass the .pth file the original code saved.")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} not found.")
     try:
@@ -268,9 +270,10 @@ def parse_original_config(config: dict, source: str, vision_model: str | None = 
     # KeyError without it); the model then defaults `type` to "mean" and `projection_dim` to 256, as we do.
     pooling = config.get("pooling_config")
     if not isinstance(pooling, dict):
+        problem = "has no `pooling_config` section" if pooling is None else "has a `pooling_config` that is no mapping"
         raise ConversionError(
-            f"{source} has no `pooling_config` section (the original code requires it); add the one the checkpoint "
-            "was trained with, e.g. `pooling_config: {type: mean, projection_dim: 256}`."
+            f"{source} {problem} (the original code requires it); add the one the checkpoint was trained with, e.g. "
+            "`pooling_config: {type: mean, projection_dim: 256}`."
         )
     if cross.get("use_caption_decoder"):
         raise ConversionError(f"{source} enables `use_caption_decoder`; BridgeModel has no caption decoder.")

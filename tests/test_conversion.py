@@ -329,6 +329,8 @@ def test_bad_inputs_are_refused_with_a_clear_message(towers, tmp_path, converted
     ckpt = write_checkpoint(tmp_path / "ok.pth", sd)
     with pytest.raises(FileNotFoundError, match="checkpoint .*missing.pth not found"):
         convert_original_checkpoint(tmp_path / "missing.pth", original_yaml(towers))
+    with pytest.raises(IsADirectoryError, match=r"checkpoint .* is a folder; pass the \.pth file"):
+        convert_original_checkpoint(tmp_path, original_yaml(towers))
     with pytest.raises(FileNotFoundError, match="config .*nope.yaml not found"):
         convert_original_checkpoint(ckpt, tmp_path / "nope.yaml")
     with pytest.raises(ConversionError, match=r"no `vision_config.model_name`; add it or pass --vision_model"):
@@ -462,6 +464,10 @@ def test_pooling_config_is_required_and_its_projection_dim_checked_against_the_c
                                                         write_yaml_without(towers, "pooling_config"),
                                                         "--output_dir", tmp_path / "out"], capsys)
     assert code == 1 and "has no `pooling_config` section" in err
+    path = original_yaml(towers)
+    path.write_text(yaml.safe_dump({**yaml.safe_load(path.read_text()), "pooling_config": ["mean", PROJ]}))
+    with pytest.raises(ConversionError, match=r"config\.yaml has a `pooling_config` that is no mapping"):
+        convert_original_checkpoint(ckpt, path)
     # The original defaults the keys (type "mean", projection_dim 256); a default or a stated value that does not
     # fit the checkpoint is named as such, not as a list of six wrong shapes.
     with pytest.raises(ConversionError) as error:
