@@ -3,19 +3,26 @@
 import importlib.util
 import json
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
 import torch
-from peft import PeftModel
+from peft import LoraConfig, PeftModel
 from peft.tuners.lora import LoraLayer
 from peft.utils import ModulesToSaveWrapper
 from safetensors.torch import load_file
 from transformers import AutoModel, AutoModelForPreTraining
 
-from modeling_bridge import BridgeForPreTraining
-from modeling_bridge.training import default_lora_target_modules, make_lora_model, save_pretrained_atomically
+from modeling_bridge import BridgeForPreTraining, BridgeModel
+from modeling_bridge.training import (
+    default_lora_target_modules,
+    find_bridge_model,
+    make_lora_model,
+    save_pretrained_atomically,
+)
 from modeling_bridge.training import lora as lora_module
+from modeling_bridge.training.lora import LoraAdapterMismatchError, load_lora_adapter
 
 from conftest import make_config, random_inputs
 
@@ -65,12 +72,12 @@ def _names_of(model, kind):
 
 def _scores(model, inputs):
     """Unimodal, fused and ITM score matrices from the inner BridgeModel, in eval mode."""
-    base = model.get_base_model() if isinstance(model, PeftModel) else model
+    bridge = find_bridge_model(model)
     pixel_values, input_ids, attention_mask = inputs
     model.eval()
     with torch.no_grad():
-        return {score: base.bridge(input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask,
-                                   score=score).logits_per_image for score in ("unimodal", "fused", "itm")}
+        return {score: bridge(input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask,
+                              score=score).logits_per_image for score in ("unimodal", "fused", "itm")}
 
 
 def _realign_parameters(model):
@@ -163,6 +170,128 @@ def test_adapter_save_reload_and_merge_reproduce_the_trained_scores(tmp_path):
     merged_scores = _scores(merged, inputs)
     for score in trained:
         torch.testing.assert_close(merged_scores[score], trained[score], rtol=0, atol=1e-5)
+
+
+# Layer 1 of the interaction, as a 2-layer adapter saves it: written out by hand.
+LAYER_1_LORA = [f"bridge.interaction_layers.1.{d}_attention.{p}" for d in ("text", "vision")
+                for p in ("q_proj", "k_proj", "v_proj", "o_proj")]
+LAYER_1_SCALARS = [f"bridge.interaction_layers.1.{name}" for name in
+                   ("text_gate", "vision_gate", "text_attention.temperature", "vision_attention.temperature")]
+LAYER_1_KEYS = {f"{PEFT_PREFIX}{m}.lora_{ab}.weight" for m in LAYER_1_LORA for ab in "AB"} | {
+    f"{PEFT_PREFIX}{m}.value" for m in LAYER_1_SCALARS}
+
+
+def _saved_adapter(path, model, **lora_kwargs):
+    """Save an adapter on `model` whose weights all differ from a fresh adapter's (lora_B is not zero)."""
+    peft_model = make_lora_model(model, **lora_kwargs)
+    torch.manual_seed(4)
+    with torch.no_grad():
+        for param in peft_model.parameters():
+            if param.requires_grad:
+                param.add_(torch.randn_like(param) * 0.1)
+    peft_model.save_pretrained(path)
+    return peft_model
+
+
+def test_adapter_for_two_interaction_layers_is_refused_on_a_one_layer_base(tmp_path):
+    adapter_dir = tmp_path / "adapter"
+    _saved_adapter(adapter_dir, _pretraining_model())  # conftest: 2 interaction layers
+
+    # What PEFT does on its own: loads without a warning and drops layer 1's weights (`unexpected_keys`).
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        PeftModel.from_pretrained(_pretraining_model(num_interaction_layers=1), adapter_dir)
+    assert not [w for w in caught if "peft" in w.filename], [str(w.message) for w in caught]
+    peft_model = PeftModel(_pretraining_model(num_interaction_layers=1), LoraConfig.from_pretrained(adapter_dir))
+    dropped = peft_model.load_adapter(adapter_dir, "default").unexpected_keys
+    assert set(dropped) == LAYER_1_KEYS
+
+    base = _pretraining_model(num_interaction_layers=1)
+    with pytest.raises(LoraAdapterMismatchError) as info:
+        load_lora_adapter(base, adapter_dir)
+    error = info.value
+    assert isinstance(error, ValueError)
+    assert set(error.unmatched_keys) == LAYER_1_KEYS and len(error.unmatched_keys) == 20
+    assert error.untrained_modules == [] and error.absent_entries == []
+    message = str(error)
+    assert str(adapter_dir) in message
+    assert "it has num_interaction_layers=1" in message and "expects num_interaction_layers=2" in message
+    assert "20 adapter weight(s) match nothing" in message and "(20 in all)" in message
+    assert min(LAYER_1_KEYS) in message  # the first few keys, sorted, are named
+    assert "Load the base model the adapter was trained on" in message
+    assert not _names_of(base, LoraLayer)  # refused before the base was touched
+
+    # The base it was trained for takes it.
+    assert isinstance(load_lora_adapter(_pretraining_model(), adapter_dir), PeftModel)
+
+
+@pytest.mark.parametrize("modules_to_save", [lora_module.DEFAULT_MODULES_TO_SAVE, None])
+def test_adapter_for_one_interaction_layer_is_refused_on_a_two_layer_base(tmp_path, modules_to_save):
+    # PEFT on its own: a bare KeyError with modules_to_save; without them, a warning and an untrained layer 1.
+    adapter_dir = tmp_path / "adapter"
+    _saved_adapter(adapter_dir, _pretraining_model(num_interaction_layers=1), modules_to_save=modules_to_save)
+    with pytest.raises(LoraAdapterMismatchError) as info:
+        load_lora_adapter(_pretraining_model(), adapter_dir)
+    expected = set(LAYER_1_LORA) | (set(LAYER_1_SCALARS) if modules_to_save else set())
+    assert set(info.value.untrained_modules) == expected and info.value.unmatched_keys == []
+    message = str(info.value)
+    assert "it has num_interaction_layers=2" in message and "expects num_interaction_layers=1" in message
+    assert f"{len(expected)} module(s)" in message and "bridge.interaction_layers.1.text_attention.k_proj" in message
+
+
+def test_adapter_config_naming_absent_modules_is_refused(tmp_path):
+    adapter_dir = tmp_path / "adapter"
+    _saved_adapter(adapter_dir, _pretraining_model(), modules_to_save=["logit_scale"],
+                   target_modules=["bridge.interaction_layers.0.text_attention.q_proj"])
+    config_file = adapter_dir / "adapter_config.json"
+    config = json.loads(config_file.read_text())
+    config["target_modules"].append("bridge.no_such_block.q_proj")
+    config["modules_to_save"].append("no_such_scalar")
+    config_file.write_text(json.dumps(config))
+    PeftModel.from_pretrained(_pretraining_model(), adapter_dir)  # PEFT ignores both names
+    with pytest.raises(LoraAdapterMismatchError) as info:
+        load_lora_adapter(_pretraining_model(), adapter_dir)
+    assert info.value.absent_entries == ["target_modules 'bridge.no_such_block.q_proj'",
+                                         "modules_to_save 'no_such_scalar'"]
+    assert info.value.unmatched_keys == [] and info.value.untrained_modules == []
+    assert "names modules this model lacks" in str(info.value) and "no_such_scalar" in str(info.value)
+
+
+def test_adapter_for_pretraining_model_on_a_bare_bridge_model_names_the_class(tmp_path):
+    adapter_dir = tmp_path / "adapter"
+    _saved_adapter(adapter_dir, _pretraining_model())
+    torch.manual_seed(0)
+    with pytest.raises(LoraAdapterMismatchError, match=r"weights sit under 'bridge\.', this model's under ''"):
+        load_lora_adapter(BridgeModel(make_config()), adapter_dir)
+
+
+@pytest.mark.parametrize("is_trainable", [False, True])
+@pytest.mark.parametrize("model_class,auto_class", [(BridgeForPreTraining, AutoModelForPreTraining),
+                                                    (BridgeModel, AutoModel)])
+def test_load_lora_adapter_reproduces_the_adapted_scores(tmp_path, model_class, auto_class, is_trainable):
+    base_dir, adapter_dir = tmp_path / "base", tmp_path / "adapter"
+    torch.manual_seed(0)
+    base = model_class(make_config())
+    base.save_pretrained(base_dir)
+    inputs = random_inputs(3, 4, seed=2)
+    base_scores = _scores(base, inputs)
+    adapted = _saved_adapter(adapter_dir, base)
+    expected = _scores(adapted, inputs)
+    for score in ("unimodal", "fused"):  # the adapter is not trivial: it changed the scores
+        assert (expected[score] - base_scores[score]).abs().max() > 1e-1, score
+
+    reloaded = load_lora_adapter(auto_class.from_pretrained(base_dir), adapter_dir, is_trainable=is_trainable)
+    assert type(reloaded.get_base_model()) is model_class
+    assert reloaded.state_dict().keys() == adapted.state_dict().keys()
+    assert all(torch.equal(v, reloaded.state_dict()[k]) for k, v in adapted.state_dict().items())
+    trainable = {n for n, p in reloaded.named_parameters() if p.requires_grad}
+    assert trainable == ({n for n, p in adapted.named_parameters() if p.requires_grad} if is_trainable else set())
+    scores = _scores(reloaded, inputs)
+    for score in expected:
+        torch.testing.assert_close(scores[score], expected[score], msg=score)  # float32 tolerances
+
+    with pytest.raises(ValueError, match="not a PEFT-wrapped"):
+        load_lora_adapter(reloaded, adapter_dir)
 
 
 @pytest.mark.parametrize("enable", ["activation_checkpointing_enable", "gradient_checkpointing_enable"])
