@@ -7,7 +7,8 @@
 
 The towers' configs, tokenizer and image processor come from the YAML's `model_name` entries (relative paths are
 resolved against the YAML's folder) unless --vision_model / --text_model name other folders or Hub ids; every
-weight comes from the checkpoint. Unknown or missing keys stop the conversion with their names.
+weight comes from the checkpoint. Unknown, missing or mis-shaped keys stop the conversion, named as the checkpoint
+names them.
 """
 
 import argparse
