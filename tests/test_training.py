@@ -4,6 +4,8 @@ import dataclasses
 import json
 import math
 import os
+from importlib import resources
+from pathlib import Path
 
 import datasets
 import numpy as np
@@ -12,7 +14,7 @@ import torch
 from conftest import IMAGE_SIZE, TEXT_CONFIGS, VISION_CONFIGS, VOCAB, make_config, random_images
 from transformers import BertTokenizer, TrainerCallback, TrainingArguments, ViTImageProcessor
 
-from modeling_bridge import BridgeForPreTraining, BridgeModel, BridgeProcessor
+from modeling_bridge import BridgeConfig, BridgeForPreTraining, BridgeModel, BridgeProcessor
 from modeling_bridge.configuration_bridge import LOSS_WEIGHT_FIELDS
 from modeling_bridge.data import BridgeDataCollator
 from modeling_bridge.training import (
@@ -74,7 +76,6 @@ def test_apply_training_stage_on_every_tower_type(vision, text):
     for field in LOSS_WEIGHT_FIELDS:
         assert getattr(model.config, field) == stage.loss_weights[field[: -len("_loss_weight")]]
 
-    # stage B unfreezes 4 blocks; these towers have 2
     stage_b = apply_training_stage(model, dataclasses.replace(load_training_stage("b"), vision_trainable_blocks=-1,
                                                               text_trainable_blocks=-1))
     assert model.config.mlm_loss_weight == stage_b.loss_weights["mlm"] and model.config.mlm_loss_weight > 0
@@ -110,10 +111,50 @@ def test_transformer_blocks_finds_the_stack_and_all_blocks_unfreeze():
         transformer_blocks(torch.nn.Sequential(torch.nn.Linear(2, 2)))
 
 
+def test_stage_b_on_a_two_block_model_trains_every_block_with_a_warning():
+    """Stage B asks for the top 4 blocks; bridge-tiny's towers have 2: both are clamped to all their blocks."""
+    config_path = Path(__file__).resolve().parents[1] / "configuration" / "bridge-tiny.json"
+    model = BridgeForPreTraining(BridgeConfig.from_json_file(config_path))
+    stage_b = load_training_stage("b")
+    assert (stage_b.vision_trainable_blocks, stage_b.text_trainable_blocks) == (4, 4)
+    with pytest.warns(UserWarning) as caught:
+        apply_training_stage(model, "b")
+    messages = sorted(str(w.message) for w in caught)
+    assert len(messages) == 2, messages
+    assert messages[0].startswith("Cannot train the top 4 blocks of the text tower (BertModel): it has 2. "
+                                  "Training all 2 instead")
+    assert messages[1].startswith("Cannot train the top 4 blocks of the vision tower (ViTModel): it has 2. "
+                                  "Training all 2 instead")
+    for tower, kind in ((model.bridge.vision_model, "vit"), (model.bridge.text_model, "bert")):
+        names = [n for n, _ in tower.named_parameters()]
+        blocks = {n for n in names if n.startswith(BLOCK_PREFIX[kind])}
+        after = {n for n in names if n.startswith(AFTER_BLOCKS[kind])}
+        assert {int(n[len(BLOCK_PREFIX[kind]):].split(".")[0]) for n in blocks} == {0, 1}
+        assert _trainable(tower) == blocks | after  # every block and final norm; the embeddings stay frozen
+        assert any(n.startswith("embeddings.") for n in names)
+    assert model.config.mlm_loss_weight == 0.5 and model.config.cycle_loss_weight == 0.1
+
+    # the same clamping for a stage written by hand, and for a direct call (which names no tower)
+    with pytest.warns(UserWarning, match=r"top 3 blocks of the vision tower \(ViTModel\): it has 2"):
+        apply_training_stage(model, TrainingStage("deep", vision_trainable_blocks=3))
+    with pytest.warns(UserWarning, match=r"top 5 blocks of the BertModel: it has 2"):
+        set_tower_trainable_blocks(model.bridge.text_model, 5)
+    assert _trainable(model.bridge.text_model) == {n for n, _ in model.bridge.text_model.named_parameters()
+                                                   if n.startswith("encoder.layer.")}
+
+
+def test_stage_presets_are_package_data():
+    """The presets sit inside the package (so a wheel carries them) and load from there, not from the checkout."""
+    presets = resources.files("modeling_bridge.training") / "presets"
+    assert sorted(p.name for p in presets.iterdir() if p.name.endswith(".json")) == [
+        "stage_a.json", "stage_b.json", "stage_c.json"]
+    for name in ("a", "b", "c"):
+        assert load_training_stage(name) == TrainingStage(**json.loads((presets / f"stage_{name}.json").read_text()))
+    assert not (Path(__file__).resolve().parents[1] / "configuration" / "stage_a.json").exists()
+
+
 def test_bad_stages_give_clear_errors(tmp_path):
     model = BridgeModel(make_config())
-    with pytest.raises(ValueError, match=r"top 3 blocks of .*it has 2.*-1"):
-        apply_training_stage(model, TrainingStage("deep", vision_trainable_blocks=3))
     with pytest.raises(FileNotFoundError, match=r"No training stage 'stage_d'.*\('a', 'b', 'c'\)"):
         load_training_stage("stage_d")
     with pytest.raises(ValueError, match=r"vision_trainable_blocks=-2 must be -1"):

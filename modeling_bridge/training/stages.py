@@ -1,19 +1,20 @@
 """The staged curriculum (DESIGN section 3): which tower blocks train, with which loss weights and learning rate.
 
-Stage presets live in `configuration/stage_{a,b,c}.json`; `apply_training_stage` applies one to any BRIDGE model
-(BridgeModel, BridgeForPreTraining, or a PEFT wrapper around either) whatever its tower types.
+The presets ship inside the package, as `modeling_bridge/training/presets/stage_{a,b,c}.json` (package data, read
+with importlib.resources, so they load from an installed wheel too); `apply_training_stage` applies one to any BRIDGE
+model (BridgeModel, BridgeForPreTraining, or a PEFT wrapper around either) whatever its tower types.
 """
 
 import json
 import os
+import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
+from importlib import resources
 
 from torch import nn
 
 from ..configuration_bridge import LOSS_WEIGHT_FIELDS
 
-PRESET_DIR = Path(__file__).resolve().parents[2] / "configuration"
 STAGE_NAMES = ("a", "b", "c")
 _LOSS_NAMES = tuple(name[: -len("_loss_weight")] for name in LOSS_WEIGHT_FIELDS)  # itc, itm, mlm, mim, cycle
 
@@ -23,7 +24,9 @@ class TrainingStage:
     """One stage of the recipe.
 
     `*_trainable_blocks`: 0 freezes the tower, k > 0 trains its top k transformer blocks (and the norms after them),
-    -1 trains all of it. `loss_weights` maps itc/itm/mlm/mim/cycle to the config's `*_loss_weight` fields.
+    -1 trains all of it. A k larger than the tower's depth trains every block, with a warning: the presets are
+    written for base-size towers (12 blocks) and a stage is a recipe meant to carry over to smaller models.
+    `loss_weights` maps itc/itm/mlm/mim/cycle to the config's `*_loss_weight` fields.
     """
 
     stage: str
@@ -68,7 +71,9 @@ def load_training_stage(name_or_path: str | os.PathLike) -> TrainingStage:
     """A preset by name ("a", "b", "c", or "stage_a") or a JSON file with the same keys."""
     key = str(name_or_path).lower().removeprefix("stage_")
     if key in STAGE_NAMES:
-        return TrainingStage.from_file(PRESET_DIR / f"stage_{key}.json")
+        preset = resources.files(__package__).joinpath("presets", f"stage_{key}.json")
+        with resources.as_file(preset) as path:  # a real file even if the package is imported from a zip
+            return TrainingStage.from_file(path)
     if not os.path.isfile(name_or_path):
         raise FileNotFoundError(
             f"No training stage {name_or_path!r}: give one of {STAGE_NAMES} or the path of a stage JSON file."
@@ -92,9 +97,14 @@ def transformer_blocks(tower: nn.Module) -> tuple[str, nn.ModuleList]:
     return best_name, best
 
 
-def set_tower_trainable_blocks(tower: nn.Module, num_blocks: int) -> None:
+def set_tower_trainable_blocks(tower: nn.Module, num_blocks: int, tower_name: str = "") -> None:
     """Freeze `tower`, then unfreeze its top `num_blocks` blocks and every parameter registered after the block stack
-    (final norms); -1 unfreezes everything, 0 nothing."""
+    (final norms); -1 unfreezes everything, 0 nothing.
+
+    More blocks than the tower has is clamped to all of them, with a warning naming `tower_name` (e.g. "vision")
+    and both numbers, rather than an error: stage B's "top 4" must also run on a 2-block test model. The clamped
+    result still leaves the embeddings frozen; -1 trains those too.
+    """
     if num_blocks == -1:
         tower.requires_grad_(True)
         return
@@ -103,8 +113,11 @@ def set_tower_trainable_blocks(tower: nn.Module, num_blocks: int) -> None:
         return
     name, blocks = transformer_blocks(tower)
     if num_blocks > len(blocks):
-        raise ValueError(f"Cannot unfreeze the top {num_blocks} blocks of {type(tower).__name__}: it has "
-                         f"{len(blocks)}. Use -1 to train the whole tower.")
+        label = f"{tower_name} tower ({type(tower).__name__})" if tower_name else type(tower).__name__
+        warnings.warn(f"Cannot train the top {num_blocks} blocks of the {label}: it has {len(blocks)}. Training "
+                      f"all {len(blocks)} instead (its embeddings stay frozen; -1 trains them too).",
+                      UserWarning, stacklevel=3)
+        num_blocks = len(blocks)
     for block in list(blocks)[-num_blocks:]:
         block.requires_grad_(True)
     names = [n for n, _ in tower.named_parameters()]
@@ -129,7 +142,9 @@ def find_bridge_model(model: nn.Module) -> nn.Module:
 def apply_training_stage(model: nn.Module, stage: TrainingStage | str | os.PathLike) -> TrainingStage:
     """Set the config's loss weights and `requires_grad` for `stage`; returns the stage (for its optimiser
     settings). What BRIDGE adds (interaction layers, projections, scalars, the heads of enabled objectives) trains.
-    On a model with a PEFT (LoRA) adapter only the loss weights are set: the adapter decides what trains."""
+    A tower shallower than the stage's block count trains all its blocks, with a warning (see
+    `set_tower_trainable_blocks`). On a model with a PEFT (LoRA) adapter only the loss weights are set: the adapter
+    decides what trains."""
     if not isinstance(stage, TrainingStage):
         stage = load_training_stage(stage)
     bridge = find_bridge_model(model)
@@ -147,8 +162,8 @@ def apply_training_stage(model: nn.Module, stage: TrainingStage | str | os.PathL
                                ("itm_head", "itm_loss_weight")):
         if getattr(bridge.config, weight_field) == 0:
             getattr(bridge, head).requires_grad_(False)
-    set_tower_trainable_blocks(bridge.vision_model, stage.vision_trainable_blocks)
-    set_tower_trainable_blocks(bridge.text_model, stage.text_trainable_blocks)
+    set_tower_trainable_blocks(bridge.vision_model, stage.vision_trainable_blocks, "vision")
+    set_tower_trainable_blocks(bridge.text_model, stage.text_trainable_blocks, "text")
     return stage
 
 
