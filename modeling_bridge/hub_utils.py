@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 from huggingface_hub import HfApi, ModelCard, ModelCardData, get_token
+from huggingface_hub.errors import HFValidationError
+from huggingface_hub.utils import validate_repo_id
 
-from .saving import replace_directory
+from .saving import check_output_dir, make_staging_dir, replace_directory
 
 BRIDGE_TAGS = ["bridge", "vision-language", "zero-shot-image-classification", "image-text-retrieval", "custom_code"]
 
@@ -95,21 +96,19 @@ def save_hub_folder(
     card: ModelCard | None = None,
     max_shard_size: str | int = "5GB",
     overwrite: bool = False,
+    protect=(),
 ) -> Path:
     """Write a Hub-ready folder: safetensors weights (sharded past `max_shard_size`), `config.json` with `auto_map`,
     `configuration_bridge.py` / `modeling_bridge.py` / `processing_bridge.py`, the processor files and `README.md`
     (without a processor: a folder that `AutoModel` loads, but not `AutoProcessor` or the pipeline).
 
-    Everything is written to a temporary sibling folder first and renamed into place at the end. A non-empty
-    `output_dir` is replaced only with `overwrite=True`.
+    Everything is written to a temporary sibling folder first and renamed into place at the end. The destination
+    follows `modeling_bridge.saving.check_output_dir`, stricter in one point: any non-empty `output_dir`, even a
+    previous Hub folder, is replaced only with `overwrite=True` (the conversion commands' `--overwrite`). A file,
+    or a folder that is or contains a `protect`ed path (the command's inputs), is never replaced.
     """
-    target = Path(output_dir).resolve()
-    if target.exists() and not target.is_dir():
-        raise FileExistsError(f"{target} exists and is not a folder; choose another output_dir.")
-    if target.exists() and any(target.iterdir()) and not overwrite:
-        raise FileExistsError(f"{target} is not empty; pass overwrite=True (--overwrite) or choose another folder.")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+    target = check_output_dir(output_dir, overwrite=overwrite, protect=protect, replace_previous_save=False)
+    staging = make_staging_dir(target)
     try:
         model.save_pretrained(staging, max_shard_size=max_shard_size)
         code_files = ["configuration_bridge.py", "modeling_bridge.py"]
@@ -121,11 +120,34 @@ def save_hub_folder(
         if missing:
             raise RuntimeError(f"save_pretrained did not write the Hub code files {missing}; is `modeling_bridge` "
                                "imported (it registers the classes for auto_map)?")
+        check_output_dir(output_dir, overwrite=overwrite, protect=protect, replace_previous_save=False)
         replace_directory(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return target
+
+
+def check_model_path(path: str | os.PathLike, what: str = "model folder") -> None:
+    """Fail early, naming `path`, when it can only be a local path (not a valid Hub repo id: several `/`, a leading
+    `.`, `/` or `~`, ...) and does not exist; `from_pretrained` would otherwise report a malformed repo id."""
+    path = os.fspath(path)
+    if os.path.exists(path):
+        return
+    try:
+        validate_repo_id(path)
+    except HFValidationError:
+        raise FileNotFoundError(f"{what} {path} does not exist.") from None
+
+
+def explain_load_error(path: str | os.PathLike, what: str, error: OSError) -> OSError:
+    """An OSError for a failed `from_pretrained(path)` that says which input it was; for a path that is not a local
+    folder, that it was looked up on the Hub (so a mistyped local path reads as one)."""
+    path = os.fspath(path)
+    detail = " ".join(str(error).split())
+    if os.path.exists(path):
+        return OSError(f"cannot load the {what} from {path}: {detail}")
+    return OSError(f"{what} {path} is not a local folder, and loading it as a Hub repo failed: {detail}")
 
 
 def resolve_token(token: str | None = None) -> str:
@@ -182,7 +204,8 @@ def add_hub_arguments(parser) -> None:
     group.add_argument("--license", default="apache-2.0", help="license in the model card metadata")
     group.add_argument("--private", action="store_true", help="create the Hub repo as private")
     group.add_argument("--token", help="Hugging Face token (default: HF_TOKEN or the stored login)")
-    group.add_argument("--overwrite", action="store_true", help="replace a non-empty output_dir")
+    group.add_argument("--overwrite", action="store_true",
+                       help="replace a non-empty output_dir (never a file, nor a folder holding an input)")
 
 
 def publish(model, processor, args, base_models, description=None) -> Path:
@@ -195,8 +218,11 @@ def publish(model, processor, args, base_models, description=None) -> Path:
         )
     card = build_model_card(model.config, base_models=base_models, license=args.license, repo_id=args.push_to_hub,
                             description=description)
+    # Every existing path the command was given (model folder, checkpoint, towers, config) is an input to keep.
+    inputs = [value for name, value in vars(args).items()
+              if name != "output_dir" and isinstance(value, str) and value and os.path.exists(value)]
     folder = save_hub_folder(model, processor, args.output_dir, card=card, max_shard_size=args.max_shard_size,
-                             overwrite=args.overwrite)
+                             overwrite=args.overwrite, protect=inputs)
     print(f"wrote {folder}")
     if args.push_to_hub and not args.local_dir_only:
         url = upload_hub_folder(folder, args.push_to_hub, token=args.token, private=args.private or None)
@@ -221,7 +247,9 @@ __all__ = [
     "HubUploadError",
     "add_hub_arguments",
     "build_model_card",
+    "check_model_path",
     "check_upload_possible",
+    "explain_load_error",
     "publish",
     "resolve_token",
     "run_command",

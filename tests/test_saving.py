@@ -1,0 +1,242 @@
+"""Saving never deletes what the user owns, and saved folders get the usual permissions."""
+
+import argparse
+import os
+import stat
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_config, make_model
+from datasets import Dataset
+from PIL import Image
+from transformers import TrainingArguments
+
+from modeling_bridge import BridgeForPreTraining, BridgeModel
+from modeling_bridge.data import BridgeDataCollator
+from modeling_bridge.hub_utils import publish, save_hub_folder
+from modeling_bridge.saving import check_output_dir, foreign_entries, save_pretrained_atomically
+from modeling_bridge.training import BridgeTrainer
+
+
+class _Writes:
+    """Writes one file in save_pretrained, then optionally fails (a disk-full stand-in)."""
+
+    def __init__(self, name, content, fail=False):
+        self.name, self.content, self.fail = name, content, fail
+
+    def save_pretrained(self, directory):
+        with open(os.path.join(directory, self.name), "w") as f:
+            f.write(self.content)
+        if self.fail:
+            raise RuntimeError("disk full")
+
+
+class _Interrupts:
+    def save_pretrained(self, directory):
+        open(os.path.join(directory, "partial"), "w").close()
+        raise KeyboardInterrupt
+
+
+def _snapshot(folder):
+    """Every file under `folder` with its bytes."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _user_folder(path):
+    path.mkdir(parents=True)
+    (path / "notes.txt").write_text("my notes")
+    (path / "data").mkdir()
+    (path / "data" / "rows.csv").write_text("1,2\n")
+    return _snapshot(path)
+
+
+@pytest.fixture
+def umask():
+    """Run with a known umask (restored after), so the expected permissions differ from mkdtemp's 0o700."""
+    previous = os.umask(0o027)
+    yield 0o027
+    os.umask(previous)
+
+
+def _mode(path):
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+# ---------------------------------------------------------------------------------------------- what may be replaced
+
+
+def test_a_previous_save_is_replaced_and_a_failed_save_keeps_it(tmp_path, processor):
+    out = tmp_path / "model"
+    save_pretrained_atomically(out, make_model(seed=0), processor)
+    first = _snapshot(out)
+    assert foreign_entries(out) == []  # everything save_pretrained wrote is recognised
+    save_pretrained_atomically(out, make_model(seed=1), processor)
+    second = _snapshot(out)
+    assert set(second) == set(first) and second["model.safetensors"] != first["model.safetensors"]
+    assert sorted(os.listdir(tmp_path)) == ["model"]
+
+    with pytest.raises(RuntimeError, match="disk full"):  # the second object fails after writing its file
+        save_pretrained_atomically(out, _Writes("config.json", "v2"), _Writes("model.safetensors", "w", fail=True))
+    assert _snapshot(out) == second and sorted(os.listdir(tmp_path)) == ["model"]
+    with pytest.raises(KeyboardInterrupt):
+        save_pretrained_atomically(out, _Interrupts())
+    assert _snapshot(out) == second and sorted(os.listdir(tmp_path)) == ["model"]
+
+    save_pretrained_atomically(out, _Writes("config.json", "v3"))
+    assert os.listdir(out) == ["config.json"]  # replaced, not merged
+    fresh = tmp_path / "new" / "deeper"
+    with pytest.raises(RuntimeError):  # nothing existed: nothing half-written appears
+        save_pretrained_atomically(fresh, _Writes("model.safetensors", "x", fail=True))
+    assert not fresh.exists()
+
+
+def test_a_peft_adapter_folder_and_a_sharded_hub_folder_count_as_previous_saves(tmp_path, processor):
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    for name in ("adapter_config.json", "adapter_model.safetensors", "README.md", "processor_config.json",
+                 "tokenizer.json", "tokenizer_config.json"):
+        (adapter / name).write_text("{}")
+    assert foreign_entries(adapter) == []
+    hub = save_hub_folder(make_model(), processor, tmp_path / "hub", max_shard_size="60KB")
+    assert any(name.startswith("model-00001-of-") for name in os.listdir(hub))
+    assert foreign_entries(hub) == []
+
+
+def test_an_empty_folder_is_used(tmp_path):
+    (tmp_path / "empty").mkdir()
+    save_pretrained_atomically(tmp_path / "empty", _Writes("config.json", "{}"))
+    assert os.listdir(tmp_path / "empty") == ["config.json"]
+
+
+@pytest.mark.parametrize("extra, shown", [("notes.txt", "'notes.txt'"), ("runs/", "'runs/'"),
+                                          (".git/", "'.git/'"), (".hidden", "'.hidden'")])
+def test_a_folder_holding_anything_else_is_refused_unless_overwrite(tmp_path, extra, shown):
+    out = tmp_path / "model"
+    out.mkdir()
+    (out / "config.json").write_text("mine")
+    (out / extra.rstrip("/")).mkdir() if extra.endswith("/") else (out / extra).write_text("mine")
+    before = _snapshot(out)
+    with pytest.raises(FileExistsError) as error:
+        save_pretrained_atomically(out, _Writes("config.json", "new"))
+    assert str(error.value) == (
+        f"{out} holds files that no model or processor save writes ({shown}), so it is not replaced; pass "
+        "overwrite=True (--overwrite on the command line) to replace it, or choose another output folder.")
+    assert _snapshot(out) == before and sorted(os.listdir(tmp_path)) == ["model"]
+
+    save_pretrained_atomically(out, _Writes("config.json", "new"), overwrite=True)
+    assert os.listdir(out) == ["config.json"] and (out / "config.json").read_text() == "new"
+
+
+def test_a_file_or_a_link_is_never_replaced(tmp_path):
+    target = tmp_path / "model"
+    target.write_text("precious")
+    for overwrite in (False, True):
+        with pytest.raises(FileExistsError, match=r"model exists and is a file, not a folder; it is not replaced\. "
+                                                  r"Remove it or choose another output folder\."):
+            save_pretrained_atomically(target, _Writes("config.json", "{}"), overwrite=overwrite)
+    assert target.read_text() == "precious"
+
+    real = tmp_path / "real"
+    real.mkdir()
+    (real / "config.json").write_text("kept")
+    link = tmp_path / "link"
+    link.symlink_to(real)
+    with pytest.raises(FileExistsError, match="link is a symbolic link; it is not replaced"):
+        save_pretrained_atomically(link, _Writes("config.json", "{}"), overwrite=True)
+    assert link.is_symlink() and (real / "config.json").read_text() == "kept"
+
+    with pytest.raises(NotADirectoryError, match=r"model is a file, so .*model/sub cannot be created there"):
+        save_pretrained_atomically(target / "sub", _Writes("config.json", "{}"))
+    assert target.read_text() == "precious"
+
+
+def test_an_input_folder_or_a_parent_of_one_is_never_replaced(tmp_path, monkeypatch):
+    model_dir = tmp_path / "run" / "model"
+    save_pretrained_atomically(model_dir, _Writes("config.json", "input"))
+    for target, relation in ((model_dir, "is the same folder as"), (tmp_path / "run", "is a parent folder of")):
+        for overwrite in (False, True):
+            with pytest.raises(ValueError) as error:
+                save_pretrained_atomically(target, _Writes("config.json", "new"), overwrite=overwrite,
+                                           protect=[None, str(model_dir)])
+            assert str(error.value) == (f"{target} {relation} {model_dir}, which this run reads or writes; saving "
+                                        "there would delete it. Choose another output folder.")
+    assert (model_dir / "config.json").read_text() == "input"
+    assert sorted(os.listdir(tmp_path / "run")) == ["model"]
+    # Compared after resolving links: a link to a parent of the input is the same folder.
+    (tmp_path / "alias").symlink_to(tmp_path / "run")
+    with pytest.raises(ValueError, match="is a parent folder of"):
+        check_output_dir(tmp_path / "alias" / "model" / "..", protect=[model_dir])
+
+    monkeypatch.chdir(model_dir)
+    with pytest.raises(ValueError, match=r"run is a parent folder of the current folder; saving there would delete "
+                                         r"it\."):
+        save_pretrained_atomically(tmp_path / "run", _Writes("config.json", "new"), overwrite=True)
+    assert (model_dir / "config.json").read_text() == "input"
+
+
+# ---------------------------------------------------------------------------------------------- Hub folders
+
+
+def test_hub_folders_share_the_rule_but_ask_for_overwrite_before_replacing_anything(tmp_path, processor):
+    model = make_model()
+    target = tmp_path / "hub"
+    target.write_text("precious")
+    with pytest.raises(FileExistsError, match="exists and is a file, not a folder"):
+        save_hub_folder(model, processor, target, overwrite=True)
+    assert target.read_text() == "precious"
+    target.unlink()
+
+    mine = _user_folder(tmp_path / "mine")
+    with pytest.raises(FileExistsError, match=r"mine is not empty; pass overwrite=True \(--overwrite on the command "
+                                              r"line\) to replace it"):
+        save_hub_folder(model, processor, tmp_path / "mine")
+    assert _snapshot(tmp_path / "mine") == mine
+
+    with pytest.raises(ValueError, match=r"is a parent folder of .*towers/vision, which this run reads or writes"):
+        save_hub_folder(model, processor, tmp_path, overwrite=True, protect=[tmp_path / "towers" / "vision"])
+    assert _snapshot(tmp_path / "mine") == mine
+
+
+def test_publish_protects_every_input_path_of_the_command(tmp_path, processor):
+    model_dir = tmp_path / "trained"
+    model = make_model()
+    model.save_pretrained(model_dir)
+    before = _snapshot(model_dir)
+    args = argparse.Namespace(model_dir=str(model_dir), output_dir=str(model_dir), push_to_hub=None,
+                              local_dir_only=True, license="apache-2.0", max_shard_size="5GB", overwrite=True,
+                              private=False, token=None)
+    with pytest.raises(ValueError, match="trained is the same folder as .*trained, which this run reads"):
+        publish(model, processor, args, base_models=[])
+    assert _snapshot(model_dir) == before
+
+
+# ---------------------------------------------------------------------------------------------- permissions
+
+
+def test_saved_folders_get_the_umask_permissions_not_mkdtemp_ones(tmp_path, processor, umask):
+    expected = 0o777 & ~umask  # what os.makedirs gives
+    out = tmp_path / "new" / "model"
+    save_pretrained_atomically(out, make_model(), processor)
+    assert _mode(out) == expected and _mode(out.parent) == expected
+    save_pretrained_atomically(out, make_model(seed=1), processor)  # the replacement too
+    assert _mode(out) == expected
+    hub = save_hub_folder(make_model(), processor, tmp_path / "hub")
+    assert _mode(hub) == expected
+    assert _mode(hub / "config.json") == 0o666 & ~umask
+
+
+def test_trainer_checkpoints_get_the_umask_permissions(tmp_path, processor, umask):
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)) for _ in range(4)]
+    data = Dataset.from_dict({"image": images, "caption": ["a red circle", "a blue square", "a green triangle",
+                                                           "a photo of this"]})
+    torch.manual_seed(0)
+    model = BridgeForPreTraining(make_config())
+    args = TrainingArguments(output_dir=str(tmp_path / "run"), max_steps=1, save_steps=1, per_device_train_batch_size=4,
+                             report_to=[], use_cpu=True, remove_unused_columns=False, disable_tqdm=True)
+    BridgeTrainer(model=model, args=args, train_dataset=data,
+                  data_collator=BridgeDataCollator(processor, max_length=16)).train()
+    assert os.listdir(tmp_path / "run") == ["checkpoint-1"]
+    assert _mode(tmp_path / "run" / "checkpoint-1") == 0o777 & ~umask
+    assert isinstance(BridgeModel.from_pretrained(tmp_path / "run" / "checkpoint-1"), BridgeModel)
