@@ -1,5 +1,8 @@
-# `make test` and `make demo` set everything up on a fresh machine: a .venv, torch 2.13.0 (CPU build) first so
-# that the project's `torch>=2.4` is already satisfied, then the package with its test extra.
+# `make test` and `make demo` set everything up on a fresh machine: a .venv, then one pip call that installs the
+# package with its test and demo extras together with torch==2.13.0 (the CPU build), pinned in the same call so that
+# the resolver never reaches for the newest torch (a multi-GB CUDA build) to satisfy the project's `torch>=2.4`.
+# The venv's bundled pip is recent enough; upgrading it first only costs time. The stamp reinstalls when
+# pyproject.toml changes.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -11,9 +14,7 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[test,demo]"
+	$(PY) -m pip install -q --disable-pip-version-check torch==2.13.0 -e ".[test,demo]"
 	touch $(STAMP)
 
 test: $(STAMP)
@@ -23,4 +24,4 @@ demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) examples/run_demo.py
 
 clean:
-	rm -rf $(VENV) outputs build *.egg-info
+	rm -rf $(VENV) outputs build dist *.egg-info
