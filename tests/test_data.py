@@ -8,9 +8,9 @@ import pytest
 import torch
 from datasets import ClassLabel, Dataset, DatasetDict, Image
 from PIL import Image as PILImage
-from transformers import BertTokenizer, ViTImageProcessor
+from transformers import BertConfig, BertTokenizer, SiglipVisionConfig, ViTConfig, ViTImageProcessor
 
-from modeling_bridge import BridgeProcessor
+from modeling_bridge import BridgeConfig, BridgeProcessor
 from modeling_bridge.data import (
     SHAPES_BACKGROUND,
     SHAPES_COLORS,
@@ -23,6 +23,7 @@ from modeling_bridge.data import (
     load_image_text_dataset,
     parse_shapes_caption,
 )
+from modeling_bridge.data.collator import num_patch_tokens
 
 NUM_TRAIN = 300
 SIZE = 48
@@ -260,6 +261,25 @@ def test_karpathy_missing_key_names_entry(karpathy):
         load_image_text_dataset(karpathy / "keys.json")
 
 
+def test_image_verification_shows_progress_unless_disabled(karpathy, capsys):
+    import datasets
+
+    load_image_text_dataset(karpathy / "train.json", image_root=karpathy / "images")
+    shown = capsys.readouterr().err.replace("\r", "\n")
+    assert f"Verifying the images of the {karpathy / 'train.json'}: 100%" in shown
+    assert "| 2/2 [" in shown  # 3 rows, 2 distinct images; the bar is closed at 2 of 2
+    load_image_text_dataset(karpathy / "train.json", image_root=karpathy / "images", show_progress=False)
+    assert capsys.readouterr().err == ""
+    datasets.disable_progress_bars()
+    try:
+        load_image_text_dataset(karpathy / "train.json", image_root=karpathy / "images")
+    finally:
+        datasets.enable_progress_bars()
+    assert capsys.readouterr().err == ""
+    load_image_text_dataset(karpathy / "train.json", image_root=karpathy / "images", verify_images=False)
+    assert "Verifying" not in capsys.readouterr().err  # nothing verified, no bar for it
+
+
 def test_datasets_input_with_named_columns_and_list_captions(tmp_path):
     images = [PILImage.new("L", (8, 8), i * 40) for i in range(3)]
     data = Dataset.from_dict({"img": images, "texts": [["zero"], ["one a", "one b"], ["two"]], "extra": [1, 2, 3]})
@@ -399,6 +419,59 @@ def test_collator_long_captions_error_or_truncate(shapes_processor):
     batch = BridgeDataCollator(shapes_processor, max_length=8, mlm_probability=0.2)(_rows(["a red circle", long]))
     assert batch["input_ids"].shape == (2, 8)
     assert batch["input_ids"][1, -1] == shapes_processor.tokenizer.sep_token_id
+
+
+def _bridge_config(vision, **fields):
+    text = BertConfig(vocab_size=len(VOCAB), hidden_size=24, num_hidden_layers=1, num_attention_heads=4,
+                      intermediate_size=48, max_position_embeddings=32)
+    return BridgeConfig.from_vision_text_configs(vision, text, num_interaction_layers=1, shared_dim=16,
+                                                 num_interaction_heads=2, projection_dim=8, **fields)
+
+
+@pytest.mark.parametrize("image_size, patch_size, expected", [(32, 8, 16), ((32, 48), 8, 24), ((32, 48), (8, 16), 12)])
+def test_num_patch_tokens_handles_rectangular_images_and_patches(image_size, patch_size, expected):
+    vision = ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64,
+                       image_size=image_size, patch_size=patch_size)
+    config = _bridge_config(vision)
+    assert num_patch_tokens(config) == num_patch_tokens(vision) == expected
+    assert config.num_vision_positions == expected + 1  # CLS excluded from the patches
+    siglip = SiglipVisionConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64,
+                                image_size=32, patch_size=8)
+    assert num_patch_tokens(siglip) == 16
+    with pytest.raises(ValueError, match=r"cannot count the patches of a 'bert' vision tower: its config has no "
+                                         r"image_size/patch_size; pass num_patches="):
+        num_patch_tokens(BertConfig())
+
+
+def test_collator_for_model_follows_the_config(shapes_processor):
+    vision = ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64,
+                       image_size=(16, 24), patch_size=8)
+    stage_a = BridgeDataCollator.for_model(shapes_processor, _bridge_config(vision, max_text_positions=10))
+    assert (stage_a.mlm_probability, stage_a.mim_probability, stage_a.max_length) == (0.0, 0.0, 10)
+    config = _bridge_config(vision, max_text_positions=10, mlm_loss_weight=0.5, mim_loss_weight=0.5)
+    collator = BridgeDataCollator.for_model(shapes_processor, config, mlm_probability=0.2, mim_probability=0.5,
+                                            text_column="text")
+    assert (collator.mlm_probability, collator.mim_probability, collator.num_patches) == (0.2, 0.5, 6)
+    batch = collator([{"image": PILImage.new("RGB", (24, 16)), "text": "a red circle left of a blue square " * 3}])
+    assert batch["mim_mask"].shape == (1, 6) and int(batch["mim_mask"].sum()) == 3
+    assert batch["input_ids"].shape == (1, 10)  # truncated to max_text_positions
+
+
+def test_the_collator_calls_the_tokenizer_without_warnings(shapes_processor):
+    # Tokenizers loaded from a tokenizer.json with truncation settings carry a `max_length` default (MiniLM: 128);
+    # a processor call that leaves truncation unset then warns that it is ignored.
+    tokenizer = BertTokenizer(vocab={w: i for i, w in enumerate(VOCAB)}, model_max_length=12, max_length=128)
+    processor = BridgeProcessor(image_processor=shapes_processor.image_processor, tokenizer=tokenizer)
+    with pytest.warns(UserWarning, match="`max_length` is ignored"):  # the trap the collator must avoid
+        processor(images=[PILImage.new("RGB", (4, 4))], text=["a red circle"], return_tensors="pt", padding=True)
+    rows = _rows(["a red circle", "a blue square left of an orange circle"])
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for collator in (BridgeDataCollator(processor), BridgeDataCollator(processor, max_length=8),
+                         BridgeDataCollator(processor, mlm_probability=0.2, mim_probability=0.2, num_patches=4)):
+            collator(rows)
 
 
 def test_twin_adjacent_order_keeps_twins_together_and_covers_the_data():

@@ -12,6 +12,20 @@ from transformers import DataCollatorForLanguageModeling
 _NO_LIMIT = 1_000_000
 
 
+def num_patch_tokens(config) -> int:
+    """Patch tokens of the vision tower for an image of its configured size, without CLS or register tokens: the
+    `num_patches` that `mim_mask` needs. `config` is a BridgeConfig or a vision tower config; `image_size` and
+    `patch_size` may be ints or (height, width) pairs."""
+    vision = getattr(config, "vision_config", config)
+    image_size, patch_size = getattr(vision, "image_size", None), getattr(vision, "patch_size", None)
+    if image_size is None or patch_size is None:
+        raise ValueError(f"cannot count the patches of a {getattr(vision, 'model_type', '?')!r} vision tower: its "
+                         "config has no image_size/patch_size; pass num_patches= to BridgeDataCollator.")
+    (height, width), (patch_h, patch_w) = (tuple(v) if isinstance(v, (list, tuple)) else (v, v)
+                                           for v in (image_size, patch_size))
+    return (height // patch_h) * (width // patch_w)
+
+
 @dataclass
 class BridgeDataCollator:
     """Turn a list of dataset rows (dicts with an image and a caption) into a BRIDGE batch.
@@ -51,7 +65,7 @@ class BridgeDataCollator:
         if self.mim_probability > 0 and (self.num_patches is None or self.num_patches < 1):
             raise ValueError(
                 f"mim_probability={self.mim_probability} needs num_patches, the number of patch tokens of the vision "
-                f"tower (e.g. (image_size // patch_size) ** 2), got {self.num_patches!r}."
+                f"tower (num_patch_tokens(config), or use BridgeDataCollator.for_model), got {self.num_patches!r}."
             )
         if self.max_length is not None and self.max_length < 2:
             raise ValueError(f"max_length must be at least 2 (room for the special tokens), got {self.max_length}.")
@@ -65,6 +79,21 @@ class BridgeDataCollator:
             self._mlm = DataCollatorForLanguageModeling(tokenizer, mlm_probability=self.mlm_probability)
             # Same 80/10/10 replacement, applied to one forced position in rows where sampling chose none.
             self._mlm_one = DataCollatorForLanguageModeling(tokenizer, mlm_probability=1.0)
+
+    @classmethod
+    def for_model(cls, processor, config, mlm_probability: float = 0.15, mim_probability: float = 0.4, **kwargs):
+        """The collator that training a model with BridgeConfig `config` needs: MLM / MIM masks only for the
+        objectives whose loss weight is > 0 (at the given rates), `num_patches` from the vision config, captions
+        truncated to `config.max_text_positions`. `kwargs` go to the constructor (e.g. the column names)."""
+        mim_probability = mim_probability if config.mim_loss_weight > 0 else 0.0
+        kwargs.setdefault("max_length", config.max_text_positions)
+        return cls(
+            processor,
+            mlm_probability=mlm_probability if config.mlm_loss_weight > 0 else 0.0,
+            mim_probability=mim_probability,
+            num_patches=num_patch_tokens(config) if mim_probability > 0 else None,
+            **kwargs,
+        )
 
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
         if len(rows) == 0:
@@ -89,6 +118,8 @@ class BridgeDataCollator:
             captions.append(caption)
 
         truncate = self.max_length is not None
+        # Both passed even when off: a tokenizer loaded with truncation settings (tokenizer.json) has a saved
+        # `max_length` that, with truncation left unset, would be merged in and warned about on every batch.
         batch = self.processor(images=images, text=captions, return_tensors="pt", padding=True,
                                truncation=truncate, max_length=self.max_length)
         batch = dict(batch)
@@ -133,4 +164,4 @@ class BridgeDataCollator:
         return torch.zeros(batch_size, self.num_patches, dtype=torch.bool).scatter_(1, chosen, True)
 
 
-__all__ = ["BridgeDataCollator"]
+__all__ = ["BridgeDataCollator", "num_patch_tokens"]

@@ -10,8 +10,8 @@ Sources:
 
 A list of captions gives one row per caption; `image_id` numbers the distinct images of a split, so rows with the
 same `image_id` show the same image (what retrieval evaluation needs to count a hit). Images stay lazy (paths or
-bytes decoded on access), but each one is decoded once up front (`verify_images=True`), so an unreadable file
-fails here, by name, rather than hours into training. Bad rows (missing or unreadable image, empty caption)
+bytes decoded on access), but each one is decoded once up front (`verify_images=True`, with a progress bar: on
+COCO this takes minutes), so an unreadable file fails here, by name, rather than hours into training. Bad rows (missing or unreadable image, empty caption)
 raise a ValueError naming the file or row, or with `skip_invalid=True` are dropped and counted in one warning.
 """
 
@@ -22,10 +22,13 @@ import os
 import warnings
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import pyarrow.compute as pc
 from datasets import Dataset, DatasetDict, Features, Image, List, Value, load_dataset, load_from_disk
+from datasets.utils import disable_progress_bars, enable_progress_bars, is_progress_bar_enabled
+from datasets.utils import tqdm as progress_bar  # tqdm that datasets.disable_progress_bars() also silences
 
 _OUTPUT_FEATURES = Features({"image": Image(mode="RGB"), "caption": Value("string"), "image_id": Value("int64")})
 
@@ -39,6 +42,7 @@ def load_image_text_dataset(
     skip_invalid: bool = False,
     verify_images: bool = True,
     num_workers: int | None = None,
+    show_progress: bool = True,
 ) -> Dataset | DatasetDict:
     """Load image-caption data as columns `image`, `caption`, `image_id` (see the module docstring).
 
@@ -53,10 +57,16 @@ def load_image_text_dataset(
             count, instead of raising.
         verify_images: decode every distinct image once now; without it, a bad image only fails when read.
         num_workers: threads for verifying images (default: up to 8).
+        show_progress: show progress bars (image verification, and datasets' own loading and casting bars);
+            False hides them, as `datasets.disable_progress_bars()` does.
 
     Returns:
         a `Dataset` for a `Dataset` or single-JSON source or when `split` is given, else a `DatasetDict`.
     """
+    if not show_progress:  # also datasets' own bars (loading, casting), through its global switch
+        with _datasets_progress_bars_off():
+            return load_image_text_dataset(source, image_column, text_column, image_root, split, skip_invalid,
+                                           verify_images, num_workers, show_progress=True)
     options = dict(image_column=image_column, text_column=text_column, image_root=image_root,
                    skip_invalid=skip_invalid, verify_images=verify_images, num_workers=num_workers)
     if isinstance(source, Mapping) and not isinstance(source, DatasetDict):
@@ -153,7 +163,8 @@ def _standardise(dataset: Dataset, image_column, text_column, image_root, skip_i
         images = images.select(owners)
     image_ids = _image_ids(images, owners)
 
-    problems = _find_problems(images, captions, owners, image_ids, verify_images, num_workers)
+    problems = _find_problems(images, captions, owners, image_ids, verify_images, num_workers,
+                              progress=f"Verifying the images of the {source_name}")
     if problems:
         summary = _summarise(problems)
         if not skip_invalid:
@@ -170,6 +181,17 @@ def _standardise(dataset: Dataset, image_column, text_column, image_root, skip_i
     return result.cast(_OUTPUT_FEATURES)
 
 
+@contextmanager
+def _datasets_progress_bars_off():
+    enabled = is_progress_bar_enabled()
+    disable_progress_bars()
+    try:
+        yield
+    finally:
+        if enabled:
+            enable_progress_bars()
+
+
 def _image_ids(images: Dataset, owners: list[int]) -> list[int]:
     """Number distinct images in order of first appearance: by path when rows carry only a path (Karpathy files
     repeat an image once per caption), else by source row."""
@@ -184,7 +206,8 @@ def _image_ids(images: Dataset, owners: list[int]) -> list[int]:
 
 
 def _find_problems(images: Dataset, captions: list, owners: list[int], image_ids: list[int], verify_images: bool,
-                   num_workers: int | None) -> dict[int, str]:
+                   num_workers: int | None, progress: str | None = None) -> dict[int, str]:
+    """Row -> problem. Each distinct image is decoded once; `progress` is the label of a progress bar (None: none)."""
     problems = {}
     for i, caption in enumerate(captions):
         if not isinstance(caption, str) or not caption.strip():
@@ -213,7 +236,9 @@ def _find_problems(images: Dataset, captions: list, owners: list[int], image_ids
 
     workers = num_workers or min(8, os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = dict(zip(first_row, pool.map(check, first_row.values())))
+        checked = progress_bar(pool.map(check, first_row.values()), total=len(first_row), desc=progress,
+                               unit="image", disable=progress is None)
+        results = dict(zip(first_row, list(checked)))  # list(): runs the bar to its end, which closes it
     for i, image_id in enumerate(image_ids):
         if results[image_id] is not None and i not in problems:
             problems[i] = results[image_id]  # one message per image, however many captions it has
