@@ -86,7 +86,7 @@ def test_installed_wheel_loads_presets_and_runs_the_pretraining_example(installe
     work.mkdir()
     args = ["--stage", "a", "--config_name", str(tmp_path / "bridge.json"),
             "--processor_name_or_path", str(tmp_path / "processor"), "--dataset", "bridge-shapes",
-            "--shapes_num_train", "8", "--shapes_image_size", "32", "--output_dir", str(tmp_path / "run"),
+            "--max_train_samples", "8", "--output_dir", str(tmp_path / "run"),
             "--per_device_train_batch_size", "4", "--max_steps", "1", "--report_to", "none", "--use_cpu", "true",
             "--disable_tqdm", "true", "--seed", "0"]
     # One interpreter for both checks: importing torch and transformers dominates the time.
