@@ -201,13 +201,14 @@ class _Writes:
 
 def test_save_pretrained_atomically_keeps_the_old_copy_when_a_save_fails(tmp_path):
     out = tmp_path / "model"
-    save_pretrained_atomically(str(out), _Writes("config.json", "v1"), _Writes("weights", "w1"))
-    assert sorted(os.listdir(out)) == ["config.json", "weights"]
+    save_pretrained_atomically(str(out), _Writes("config.json", "v1"), _Writes("model.safetensors", "w1"))
+    assert sorted(os.listdir(out)) == ["config.json", "model.safetensors"]
 
     with pytest.raises(RuntimeError, match="disk full"):  # the second object fails after writing its file
-        save_pretrained_atomically(str(out), _Writes("config.json", "v2"), _Writes("weights", "w2", fail=True))
-    assert sorted(os.listdir(out)) == ["config.json", "weights"]
-    assert (out / "config.json").read_text() == "v1" and (out / "weights").read_text() == "w1"
+        save_pretrained_atomically(str(out), _Writes("config.json", "v2"),
+                                   _Writes("model.safetensors", "w2", fail=True))
+    assert sorted(os.listdir(out)) == ["config.json", "model.safetensors"]
+    assert (out / "config.json").read_text() == "v1" and (out / "model.safetensors").read_text() == "w1"
     assert sorted(os.listdir(tmp_path)) == ["model"]  # no staging folder left behind
 
     save_pretrained_atomically(str(out), _Writes("config.json", "v3"))
@@ -220,7 +221,7 @@ def test_save_pretrained_atomically_keeps_the_old_copy_when_a_save_fails(tmp_pat
 
     fresh = tmp_path / "new" / "deeper"
     with pytest.raises(RuntimeError):  # nothing existed: nothing half-written appears
-        save_pretrained_atomically(str(fresh), _Writes("weights", "x", fail=True))
+        save_pretrained_atomically(str(fresh), _Writes("model.safetensors", "x", fail=True))
     assert not fresh.exists()
 
 
