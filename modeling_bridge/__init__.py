@@ -2,7 +2,8 @@
 
 Importing the package registers BRIDGE with the Auto classes (config, model, processor and the zero-shot
 image-classification mapping), so `AutoModel.from_pretrained(dir)` and
-`pipeline("zero-shot-image-classification", model=dir)` work without `trust_remote_code`.
+`pipeline("zero-shot-image-classification", model=dir)` work without `trust_remote_code`. Nothing else of transformers
+is changed: no pipeline class is re-registered.
 """
 
 from transformers import (
@@ -24,7 +25,7 @@ from .modeling_bridge import (
     BridgeOutput,
     BridgePreTrainedModel,
 )
-from .pipelines import BridgeZeroShotImageClassificationPipeline, register_zero_shot_pipeline
+from .pipelines import BridgeZeroShotImageClassificationPipeline
 from .processing_bridge import BridgeProcessor
 
 __version__ = "0.1.0"
@@ -34,8 +35,6 @@ AutoModel.register(BridgeConfig, BridgeModel, exist_ok=True)
 AutoModelForZeroShotImageClassification.register(BridgeConfig, BridgeModel, exist_ok=True)
 AutoModelForPreTraining.register(BridgeConfig, BridgeForPreTraining, exist_ok=True)
 AutoProcessor.register(BridgeConfig, BridgeProcessor, exist_ok=True)
-
-register_zero_shot_pipeline()
 
 # Saving then writes the Hub code files and `auto_map`, for loading with trust_remote_code=True.
 BridgeConfig.register_for_auto_class()

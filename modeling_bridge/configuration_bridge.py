@@ -4,14 +4,24 @@ Hub code: imports only the standard library, torch and transformers, so that it 
 and loaded with ``trust_remote_code=True`` where this package is not installed.
 """
 
+import math
+import types
+import typing
+from typing import Literal
+
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
-POOLING_TYPES = ("mean", "cls", "max")
-SCORE_MODES = ("unimodal", "fused", "itm")
-CROSS_EMBED_SOURCES = ("output", "layer_input")
-FUSED_OBJECTIVES = ("pairwise", "aligned")
-NEGATIVE_MINING = ("hardest", "semi_hard")
+PoolingType = Literal["mean", "cls", "max"]
+ScoreMode = Literal["unimodal", "fused", "itm"]
+CrossEmbedSource = Literal["output", "layer_input"]
+FusedObjective = Literal["pairwise", "aligned"]
+NegativeMining = Literal["hardest", "semi_hard"]
+POOLING_TYPES = typing.get_args(PoolingType)
+SCORE_MODES = typing.get_args(ScoreMode)
+CROSS_EMBED_SOURCES = typing.get_args(CrossEmbedSource)
+FUSED_OBJECTIVES = typing.get_args(FusedObjective)
+NEGATIVE_MINING = typing.get_args(NegativeMining)
 LOSS_WEIGHT_FIELDS = ("itc_loss_weight", "itm_loss_weight", "mlm_loss_weight", "mim_loss_weight", "cycle_loss_weight")
 
 # Text towers whose position ids start after the padding index, so that `padding_idx + 1` positions are unusable.
@@ -125,18 +135,18 @@ class BridgeConfig(PreTrainedConfig):
     num_vision_positions: int | None = None
     init_temperature: float = 1.0
     init_gate_bias: float = -2.2
-    pooling: str = "mean"
+    pooling: PoolingType = "mean"
     projection_dim: int = 256
     logit_scale_init_value: float = 2.6592
     itc_alpha_init_value: float = 0.5
     itm_dropout: float = 0.1
-    default_score: str = "fused"
+    default_score: ScoreMode = "fused"
     pair_chunk_size: int = 256
-    cross_embed_source: str = "output"
+    cross_embed_source: CrossEmbedSource = "output"
     initializer_range: float = 0.02
-    fused_objective: str = "pairwise"
+    fused_objective: FusedObjective = "pairwise"
     num_hard_negatives: int = 3
-    negative_mining: str = "semi_hard"
+    negative_mining: NegativeMining = "semi_hard"
     itm_margin_min: float = 0.2
     itm_margin_max: float = 0.5
     itc_loss_weight: float = 1.0
@@ -146,13 +156,49 @@ class BridgeConfig(PreTrainedConfig):
     cycle_loss_weight: float = 0.0
 
     def __post_init__(self, **kwargs):
+        for name in ("vision_config", "text_config"):
+            tower = getattr(self, name)
+            if isinstance(tower, dict) and "model_type" not in tower:
+                # Without it transformers would silently build the default tower type (ViT / BERT).
+                raise ValueError(
+                    f"BridgeConfig.{name} is a dict without 'model_type' (keys: {sorted(tower)}); add the tower's "
+                    'model type, e.g. {"model_type": "vit", ...}, or pass a config object such as ViTConfig(...).'
+                )
+            if tower is not None and not isinstance(tower, (dict, PreTrainedConfig)):
+                raise ValueError(f"BridgeConfig.{name} must be a dict or a PreTrainedConfig, got "
+                                 f"{type(tower).__name__}.")
         super().__post_init__(**kwargs)
         tower_limit = text_tower_max_length(self.text_config)
         if self.max_text_positions is None:
             self.max_text_positions = min(tower_limit or 512, 512)
         if self.num_vision_positions is None:
             self.num_vision_positions = infer_num_vision_positions(self.vision_config)
+        self._validate_field_types()
         self._validate_bridge_fields(tower_limit)
+
+    def _validate_field_types(self):
+        """Type-check every field BridgeConfig declares against its annotation (JSON and kwargs alike): a wrong type
+        would otherwise surface as a raw TypeError deep inside the model, or not at all (a string "no" is truthy)."""
+        for field, expected in BridgeConfig.__annotations__.items():  # real types: no postponed annotations here
+            if field in ("vision_config", "text_config"):
+                continue
+            value = getattr(self, field)
+            allowed = typing.get_args(expected) if typing.get_origin(expected) in (typing.Union, types.UnionType) else (expected,)
+            if value is None and type(None) in allowed:
+                continue
+            if typing.get_origin(expected) is Literal:
+                ok, wanted = value in typing.get_args(expected), f"one of {typing.get_args(expected)}"
+            elif float in allowed:  # ints are fine where floats are expected (JSON writes 1.0 as 1)
+                ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+                wanted = "a finite number"
+            elif int in allowed:
+                ok, wanted = isinstance(value, int) and not isinstance(value, bool), "an integer"
+            elif bool in allowed:
+                ok, wanted = isinstance(value, bool), "true or false"
+            else:
+                ok, wanted = isinstance(value, allowed), " or ".join(t.__name__ for t in allowed)
+            if not ok:
+                raise ValueError(f"BridgeConfig.{field}={value!r}: must be {wanted}.")
 
     def _validate_bridge_fields(self, tower_limit):
         def check(ok, field, message):
@@ -161,20 +207,13 @@ class BridgeConfig(PreTrainedConfig):
 
         for field in ("num_interaction_layers", "shared_dim", "num_interaction_heads", "projection_dim",
                       "pair_chunk_size", "max_text_positions", "num_vision_positions", "num_hard_negatives"):
-            value = getattr(self, field)
-            check(isinstance(value, int) and not isinstance(value, bool) and value >= 1, field,
-                  "must be a positive integer")
+            check(getattr(self, field) >= 1, field, "must be a positive integer")
         check(self.shared_dim % self.num_interaction_heads == 0, "shared_dim",
               f"must be divisible by num_interaction_heads={self.num_interaction_heads}")
         for field in ("interaction_dropout", "attention_dropout", "itm_dropout"):
             check(0.0 <= getattr(self, field) < 1.0, field, "must be a probability in [0, 1)")
         check(self.init_temperature > 0, "init_temperature", "must be > 0 (tau = softplus(theta) is positive)")
-        check(self.pooling in POOLING_TYPES, "pooling", f"must be one of {POOLING_TYPES}")
-        check(self.default_score in SCORE_MODES, "default_score", f"must be one of {SCORE_MODES}")
-        check(self.cross_embed_source in CROSS_EMBED_SOURCES, "cross_embed_source",
-              f"must be one of {CROSS_EMBED_SOURCES}")
-        check(self.fused_objective in FUSED_OBJECTIVES, "fused_objective", f"must be one of {FUSED_OBJECTIVES}")
-        check(self.negative_mining in NEGATIVE_MINING, "negative_mining", f"must be one of {NEGATIVE_MINING}")
+        check(self.initializer_range >= 0, "initializer_range", "must be >= 0")
         check(0.0 <= self.itm_margin_min <= self.itm_margin_max, "itm_margin_min",
               f"must satisfy 0 <= itm_margin_min <= itm_margin_max (={self.itm_margin_max})")
         for field in LOSS_WEIGHT_FIELDS:

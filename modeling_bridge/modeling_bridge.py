@@ -5,6 +5,7 @@ next to the weights and loaded with ``trust_remote_code=True`` where this packag
 """
 
 import math
+import os
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -15,9 +16,11 @@ from transformers import AutoConfig, AutoModel, PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPooling
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, can_return_tuple, logging
 
 from .configuration_bridge import SCORE_MODES, BridgeConfig
+
+logger = logging.get_logger(__name__)
 
 # `save_pretrained` writes these so that the three Auto classes (and thus the zero-shot pipeline) resolve to the
 # Hub code files saved next to the weights.
@@ -258,19 +261,20 @@ class BridgeInteractionLayer(GradientCheckpointingLayer):
         vision_hidden_state: torch.Tensor,
         text_hidden_state: torch.Tensor,
         text_padding_bias: torch.Tensor | None = None,
-        vision_states: BridgeModalityStates | None = None,
-        text_states: BridgeModalityStates | None = None,
+        *prepared: torch.Tensor,
         use_eager: bool = False,
     ):
-        """Returns (vision_hidden_state, text_hidden_state, vision_states, text_states, text_probs, vision_probs).
+        """Returns (vision_hidden_state, text_hidden_state, vision_shared, text_shared, text_probs, vision_probs).
 
-        `vision_states`/`text_states` may be passed precomputed (they only depend on this layer's own inputs);
-        `text_padding_bias` (B, 1, 1, Nt) keeps padded text tokens from being attended to.
+        `prepared` optionally holds this layer's projections, precomputed by the caller (they only depend on this
+        layer's own inputs): the fields of `prepare_vision(...)` then of `prepare_text(...)`, eight tensors. They are
+        positional, as every tensor output is a plain tuple entry, because reentrant gradient checkpointing tracks
+        only those. `text_padding_bias` (B, 1, 1, Nt) keeps padded text tokens from being attended to.
         """
-        if vision_states is None:
-            vision_states = self.prepare_vision(vision_hidden_state)
-        if text_states is None:
-            text_states = self.prepare_text(text_hidden_state)
+        if prepared:
+            vision_states, text_states = BridgeModalityStates(*prepared[:4]), BridgeModalityStates(*prepared[4:])
+        else:
+            vision_states, text_states = self.prepare_vision(vision_hidden_state), self.prepare_text(text_hidden_state)
         text_update, text_probs = self.text_attention(
             text_states.query, vision_states.key, vision_states.value, None, use_eager
         )
@@ -281,7 +285,8 @@ class BridgeInteractionLayer(GradientCheckpointingLayer):
         vision_hidden_state = vision_hidden_state + torch.sigmoid(self.vision_gate()) * self.shared_to_vision(
             vision_update
         )
-        return vision_hidden_state, text_hidden_state, vision_states, text_states, text_probs, vision_probs
+        return (vision_hidden_state, text_hidden_state, vision_states.shared, text_states.shared, text_probs,
+                vision_probs)
 
 
 class BridgeITMHead(nn.Module):
@@ -375,23 +380,78 @@ class BridgePreTrainedModel(PreTrainedModel):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
-        """As `PreTrainedModel.from_pretrained`, but weights that miss or add interaction-layer (or other BRIDGE)
-        parameters are an error naming them, not a silent random initialisation."""
+        """As `PreTrainedModel.from_pretrained`, with three checks: a missing local folder is named as such; a damaged
+        (e.g. half-written) safetensors file is named; and weights that miss or add interaction-layer (or other
+        BRIDGE) parameters are an error naming them, not a silent random initialisation. A caller who passes
+        `output_loading_info=True` gets the loading info instead of that error (with a warning)."""
+        check_local_path(pretrained_model_name_or_path, "model folder")
         wants_info = kwargs.pop("output_loading_info", False)
-        model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs)
+        try:
+            model, info = super().from_pretrained(
+                pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs
+            )
+        except Exception as error:
+            damaged = damaged_safetensors_files(pretrained_model_name_or_path)
+            if damaged:
+                raise OSError(
+                    f"Cannot load {pretrained_model_name_or_path}: {'; '.join(damaged)}. The file is damaged, e.g. "
+                    "by a save that was interrupted; restore it or save the model again (modeling_bridge.saving."
+                    "save_pretrained_atomically never leaves a half-written folder)."
+                ) from error
+            raise
         bridge = getattr(model, model.base_model_prefix, model)
         prefix = "" if bridge is model else f"{model.base_model_prefix}."
         core = tuple(f"{prefix}{name}." for name, _ in bridge.named_children())
         missing = sorted(k for k in info.get("missing_keys", ()) if k.startswith(core))
         unexpected = sorted(k for k in info.get("unexpected_keys", ()) if "interaction_layers." in k)
         if missing or unexpected:
-            raise ValueError(
+            message = (
                 f"The weights in {pretrained_model_name_or_path} do not match its BridgeConfig "
                 f"(num_interaction_layers={model.config.num_interaction_layers}, shared_dim={model.config.shared_dim})."
-                f" Missing keys: {missing or 'none'}. Unexpected keys: {unexpected or 'none'}. Fix config.json to "
-                "describe the saved model, or re-save / re-convert the checkpoint."
+                f" Missing keys: {missing or 'none'}. Unexpected keys: {unexpected or 'none'}."
             )
+            if not wants_info:
+                raise ValueError(f"{message} Fix config.json to describe the saved model, or re-save / re-convert "
+                                 "the checkpoint.")
+            logger.warning(f"{message} The missing parameters are randomly initialised.")
         return (model, info) if wants_info else model
+
+
+def _looks_like_local_path(name) -> bool:
+    """True for names that cannot be a Hub repo id ("name" or "namespace/name"): absolute paths, paths starting with
+    "." or "~", more than one "/", or backslashes."""
+    if isinstance(name, os.PathLike):
+        return True
+    if not isinstance(name, str):
+        return False
+    return os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") > 1 or "\\" in name
+
+
+def check_local_path(name, what: str) -> None:
+    """Raise FileNotFoundError naming `name` when it is a local-looking path that does not exist (transformers would
+    report it as an invalid Hub repo id instead)."""
+    if _looks_like_local_path(name) and not os.path.exists(os.path.expanduser(os.fspath(name))):
+        raise FileNotFoundError(f"The {what} {os.fspath(name)!r} does not exist (a local path, not a Hub repo id); "
+                                "check the path.")
+
+
+def damaged_safetensors_files(folder) -> list[str]:
+    """'file: reason' for each safetensors file in a local `folder` whose header cannot be read (truncated, not
+    safetensors); empty for a Hub id or a healthy folder."""
+    if not isinstance(folder, (str, os.PathLike)) or not os.path.isdir(folder):
+        return []
+    from safetensors import safe_open  # a transformers dependency
+
+    damaged = []
+    for name in sorted(os.listdir(folder)):
+        if name.endswith(".safetensors"):
+            path = os.path.join(folder, name)
+            try:
+                with safe_open(path, framework="pt"):
+                    pass
+            except Exception as error:
+                damaged.append(f"{path}: {error}")
+    return damaged
 
 
 class BridgeModel(BridgePreTrainedModel):
@@ -478,9 +538,22 @@ class BridgeModel(BridgePreTrainedModel):
             )
         return tower
 
-    # ---------------------------------------------------------------- input checks (shapes only: no host sync)
+    # ---------------------------------------------------------------- input checks
 
-    def _check_pixel_values(self, pixel_values: torch.Tensor):
+    # Checks read shapes and dtypes only, except the token-id range check: on CPU it is cheap and needs no device
+    # sync, so it always runs; on an accelerator it would force a host sync in every forward, so it runs only when
+    # `model.check_token_ids = True` (out-of-range ids there end in a device-side assert instead of a message).
+    check_token_ids = False
+
+    def _check_pixel_values(self, pixel_values):
+        if not isinstance(pixel_values, torch.Tensor):
+            raise TypeError(f"pixel_values must be a torch.Tensor, got {type(pixel_values).__name__}; prepare images "
+                            'with BridgeProcessor(images=..., return_tensors="pt").')
+        if not pixel_values.is_floating_point():
+            raise ValueError(
+                f"pixel_values have dtype {pixel_values.dtype}: raw integer pixels would be used unnormalised. "
+                'Prepare images with BridgeProcessor(images=..., return_tensors="pt"), which rescales and normalises.'
+            )
         vc = self.config.vision_config
         channels = getattr(vc, "num_channels", 3)
         size = getattr(vc, "image_size", None)
@@ -490,6 +563,8 @@ class BridgeModel(BridgePreTrainedModel):
                 f"pixel_values must have shape (batch, {channels}, height, width), got {tuple(pixel_values.shape)}. "
                 "Prepare images with BridgeProcessor(images=...)."
             )
+        if pixel_values.shape[0] == 0:
+            raise ValueError("No image given (pixel_values has 0 rows): pass at least one image.")
         if size[0] is not None and tuple(pixel_values.shape[-2:]) != size:
             raise ValueError(
                 f"pixel_values are {tuple(pixel_values.shape[-2:])} pixels but the vision tower expects {size}; "
@@ -497,22 +572,71 @@ class BridgeModel(BridgePreTrainedModel):
             )
 
     def _check_text(self, input_ids, attention_mask, token_type_ids):
-        if input_ids.dim() != 2:
-            raise ValueError(f"input_ids must have shape (batch, sequence_length), got {tuple(input_ids.shape)}.")
-        if input_ids.shape[0] == 0:
-            raise ValueError("No text given (input_ids has 0 rows): pass at least one text / candidate label.")
-        for name, tensor in (("attention_mask", attention_mask), ("token_type_ids", token_type_ids)):
-            if tensor is not None and tuple(tensor.shape) != tuple(input_ids.shape):
+        for name, tensor in (("input_ids", input_ids), ("attention_mask", attention_mask),
+                             ("token_type_ids", token_type_ids)):
+            if tensor is None:
+                continue
+            if not isinstance(tensor, torch.Tensor):
+                raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}; tokenize with "
+                                'BridgeProcessor(text=..., return_tensors="pt").')
+            if tensor.is_floating_point() or tensor.is_complex():
+                raise ValueError(f"{name} has dtype {tensor.dtype}; it must hold integers (torch.long), as the "
+                                 "tokenizer returns them.")
+            if name != "input_ids" and tuple(tensor.shape) != tuple(input_ids.shape):
                 raise ValueError(
                     f"{name} has shape {tuple(tensor.shape)} but input_ids has {tuple(input_ids.shape)}: their batch "
                     "sizes and lengths must agree; tokenize texts and masks together."
                 )
-        limit = self.config.max_text_positions
-        if input_ids.shape[1] > limit:
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must have shape (batch, sequence_length), got {tuple(input_ids.shape)}.")
+        if input_ids.shape[0] == 0:
+            raise ValueError("No text given (input_ids has 0 rows): pass at least one text / candidate label.")
+        if input_ids.device.type == "cpu" or self.check_token_ids:
+            self._check_token_id_range(input_ids, token_type_ids)
+
+    def _check_token_id_range(self, input_ids, token_type_ids):
+        vocab_size = self.text_model.get_input_embeddings().num_embeddings
+        low, high = int(input_ids.min()), int(input_ids.max())
+        if low < 0 or high >= vocab_size:
             raise ValueError(
-                f"Text of {input_ids.shape[1]} tokens exceeds the model's {limit} text positions (positional-bias "
-                f"table and text tower); tokenize with truncation=True, max_length={limit}."
+                f"input_ids hold ids from {low} to {high}, outside the text tower's vocabulary [0, {vocab_size}): "
+                "tokenize with the tokenizer that belongs to this model (BridgeProcessor / AutoTokenizer of the same "
+                "folder)."
             )
+        type_vocab_size = getattr(self.config.text_config, "type_vocab_size", None)
+        if token_type_ids is not None and type_vocab_size is not None:
+            low, high = int(token_type_ids.min()), int(token_type_ids.max())
+            if low < 0 or high >= type_vocab_size:
+                raise ValueError(f"token_type_ids hold values from {low} to {high}; the text tower has "
+                                 f"{type_vocab_size} token types (0 to {type_vocab_size - 1}).")
+
+    def _prepare_text(self, input_ids, attention_mask, token_type_ids, position_ids):
+        """Checked text inputs, truncated to `max_text_positions` when longer (a no-op on prepared inputs)."""
+        self._check_text(input_ids, attention_mask, token_type_ids)
+        if input_ids.shape[1] <= self.config.max_text_positions:
+            return input_ids, attention_mask, token_type_ids, position_ids
+        return self._truncate_text(input_ids, attention_mask, token_type_ids, position_ids)
+
+    def _truncate_text(self, input_ids, attention_mask, token_type_ids, position_ids):
+        """Cut texts longer than `max_text_positions` (the positional-bias table and the text tower's limit) the
+        way a tokenizer's `truncation=True` does: the first `limit - 1` tokens, then the text's last real token (the
+        end-of-text token of BERT/RoBERTa-style tokenizers); padding on the right. The zero-shot pipeline tokenizes
+        labels without truncation, so its long labels arrive here."""
+        limit = self.config.max_text_positions
+        logger.warning_once(
+            f"Texts of {input_ids.shape[1]} tokens are longer than the model's {limit} text positions and are "
+            f"truncated to {limit} tokens (first {limit - 1} and the last). Tokenize with truncation=True, "
+            f"max_length={limit} to do this yourself."
+        )
+        truncated = input_ids[:, :limit].clone()
+        if attention_mask is None:
+            truncated[:, -1] = input_ids[:, -1]
+        else:
+            lengths = attention_mask.sum(1)
+            last = input_ids.gather(1, (lengths - 1).clamp(min=0)[:, None]).squeeze(1)
+            truncated[:, -1] = torch.where(lengths > limit, last, truncated[:, -1])
+        cut = [None if t is None else t[:, :limit] for t in (attention_mask, token_type_ids, position_ids)]
+        return truncated, *cut
 
     # ---------------------------------------------------------------- unimodal encoders
 
@@ -525,12 +649,22 @@ class BridgeModel(BridgePreTrainedModel):
             attentions=tower_outputs.get("attentions"),
         )
 
+    def _output_flags(self, output_attentions, output_hidden_states) -> tuple[bool, bool]:
+        """Explicit arguments win; otherwise the config's `output_attentions` / `output_hidden_states`."""
+        return (
+            self.config.output_attentions if output_attentions is None else output_attentions,
+            self.config.output_hidden_states if output_hidden_states is None else output_hidden_states,
+        )
+
+    @can_return_tuple
     def get_image_features(
         self, pixel_values: torch.Tensor, output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
-    ) -> BaseModelOutputWithPooling:
-        """Vision tower states, with the normalised unimodal image embedding as `pooler_output`."""
+    ) -> BaseModelOutputWithPooling | tuple:
+        """Vision tower states, with the normalised unimodal image embedding as `pooler_output`. Honours
+        `return_dict` and the config's `output_attentions` / `output_hidden_states` / `return_dict`."""
         self._check_pixel_values(pixel_values)
+        output_attentions, output_hidden_states = self._output_flags(output_attentions, output_hidden_states)
         outputs = self.vision_model(
             pixel_values=pixel_values.to(self.vision_model.dtype),
             output_attentions=output_attentions,
@@ -539,13 +673,18 @@ class BridgeModel(BridgePreTrainedModel):
         )
         return self._unimodal_output(outputs, self.vision_unimodal_projection)
 
+    @can_return_tuple
     def get_text_features(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
         output_attentions: bool | None = None, output_hidden_states: bool | None = None,
-    ) -> BaseModelOutputWithPooling:
-        """Text tower states, with the normalised unimodal text embedding as `pooler_output`."""
-        self._check_text(input_ids, attention_mask, token_type_ids)
+    ) -> BaseModelOutputWithPooling | tuple:
+        """Text tower states, with the normalised unimodal text embedding as `pooler_output`. Texts longer than
+        `max_text_positions` are truncated (with a warning). Honours `return_dict` and the config's `output_*`."""
+        input_ids, attention_mask, token_type_ids, position_ids = self._prepare_text(
+            input_ids, attention_mask, token_type_ids, position_ids
+        )
+        output_attentions, output_hidden_states = self._output_flags(output_attentions, output_hidden_states)
         # Only what was given: not every text tower takes token_type_ids (DistilBERT does not).
         extra = {k: v for k, v in (("token_type_ids", token_type_ids), ("position_ids", position_ids)) if v is not None}
         outputs = self.text_model(
@@ -581,25 +720,26 @@ class BridgeModel(BridgePreTrainedModel):
     ) -> BridgeInteractionOutput:
         """Run the interaction stack on aligned pairs (image b with text b) and pool the fused embeddings.
 
-        `vision_states`/`text_states` are the first layer's precomputed projections, when the caller has them.
+        `vision_states`/`text_states` are the first layer's precomputed projections, when the caller has them (both
+        or neither).
         """
         padding_bias = self.text_padding_bias(attention_mask, text_hidden_state.dtype)
         use_eager = self._use_eager_attention(output_attentions)
         # Per-layer states are kept only when asked for: holding them all would multiply the memory of each chunk.
         all_vision, all_text = [vision_hidden_state], [text_hidden_state]
         text_attentions, vision_attentions = [], []
+        prepared = () if vision_states is None else (*vision_states, *text_states)
         for layer in self.interaction_layers:
-            vision_hidden_state, text_hidden_state, vision_states, text_states, text_probs, vision_probs = layer(
-                vision_hidden_state, text_hidden_state, padding_bias, vision_states, text_states, use_eager
+            vision_hidden_state, text_hidden_state, last_vision_shared, last_text_shared, text_probs, vision_probs = (
+                layer(vision_hidden_state, text_hidden_state, padding_bias, *prepared, use_eager=use_eager)
             )
+            prepared = ()  # only the first layer's projections can be computed ahead
             if output_hidden_states:
                 all_vision.append(vision_hidden_state)
                 all_text.append(text_hidden_state)
             if output_attentions:
                 text_attentions.append(text_probs)
                 vision_attentions.append(vision_probs)
-            last_vision_shared, last_text_shared = vision_states.shared, text_states.shared
-            vision_states = text_states = None
         if self.config.cross_embed_source == "output":
             last = self.interaction_layers[-1]
             last_vision_shared = last.project_vision(vision_hidden_state)
@@ -677,6 +817,7 @@ class BridgeModel(BridgePreTrainedModel):
 
     # ---------------------------------------------------------------- forward
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -688,7 +829,6 @@ class BridgeModel(BridgePreTrainedModel):
         return_loss: bool | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
     ) -> BridgeOutput | tuple:
         r"""
         Scores every image against every text.
@@ -704,11 +844,7 @@ class BridgeModel(BridgePreTrainedModel):
         score = score if score is not None else self.config.default_score
         if score not in SCORE_MODES:
             raise ValueError(f"Unknown score={score!r}; use one of {SCORE_MODES}.")
-        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
-        output_hidden_states = (
-            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
-        )
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        output_attentions, output_hidden_states = self._output_flags(output_attentions, output_hidden_states)
         if return_loss and (pixel_values is None or input_ids is None or pixel_values.shape[0] != input_ids.shape[0]):
             raise ValueError(
                 "return_loss=True needs as many images as texts (image i matching text i); got "
@@ -718,10 +854,17 @@ class BridgeModel(BridgePreTrainedModel):
 
         vision_outputs = text_outputs = None
         if pixel_values is not None:
-            vision_outputs = self.get_image_features(pixel_values, output_attentions, output_hidden_states)
+            vision_outputs = self.get_image_features(
+                pixel_values, output_attentions, output_hidden_states, return_dict=True
+            )
         if input_ids is not None:
+            # Truncated here (not only inside get_text_features) so that the interaction sees the same mask.
+            input_ids, attention_mask, token_type_ids, position_ids = self._prepare_text(
+                input_ids, attention_mask, token_type_ids, position_ids
+            )
             text_outputs = self.get_text_features(
-                input_ids, attention_mask, token_type_ids, position_ids, output_attentions, output_hidden_states
+                input_ids, attention_mask, token_type_ids, position_ids, output_attentions, output_hidden_states,
+                return_dict=True,
             )
         image_embeds = None if vision_outputs is None else vision_outputs.pooler_output
         text_embeds = None if text_outputs is None else text_outputs.pooler_output
@@ -761,7 +904,7 @@ class BridgeModel(BridgePreTrainedModel):
             gate_values=gates,
             temperatures=temperatures,
         )
-        return output if return_dict else output.to_tuple()
+        return output
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -787,6 +930,10 @@ class BridgeForPreTrainingOutput(ModelOutput):
         `(num_pairs,)`): every pair the ITM loss scored, 1 = match, 0 = mined negative, -100 = no valid negative.
     mlm_logits (`torch.FloatTensor` of shape `(batch, Nt, vocab_size)`), mim_logits (`torch.FloatTensor` of shape
         `(batch, num_patches, dv)`): predictions of the masked pass, when MLM / MIM are enabled.
+    vision_model_output / text_model_output (`BaseModelOutputWithPooling`): the towers' outputs, when
+        `output_attentions` or `output_hidden_states` is set.
+    interaction_text_attentions / interaction_vision_attentions (`tuple(torch.FloatTensor)`): per layer, the attention
+        maps of the positive pairs, `(batch, heads, Nt, Nv)` / `(batch, heads, Nv, Nt)`, with `output_attentions`.
     """
 
     loss: torch.FloatTensor | None = None
@@ -807,6 +954,15 @@ class BridgeForPreTrainingOutput(ModelOutput):
     itm_labels: torch.LongTensor | None = None
     mlm_logits: torch.FloatTensor | None = None
     mim_logits: torch.FloatTensor | None = None
+    vision_model_output: BaseModelOutputWithPooling | None = None
+    text_model_output: BaseModelOutputWithPooling | None = None
+    interaction_text_attentions: tuple[torch.FloatTensor, ...] | None = None
+    interaction_vision_attentions: tuple[torch.FloatTensor, ...] | None = None
+
+    def to_tuple(self) -> tuple[Any, ...]:
+        return tuple(
+            self[k].to_tuple() if k in ("vision_model_output", "text_model_output") else self[k] for k in self.keys()
+        )
 
 
 def distributed_rank_and_world() -> tuple[int, int]:
@@ -847,6 +1003,7 @@ def mine_hard_negatives(
     margin_max: float,
     exclude: torch.Tensor | None = None,
     semi_hard: bool = True,
+    generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Pick `num_negatives` negatives per anchor (row), vectorised.
 
@@ -855,7 +1012,8 @@ def mine_hard_negatives(
     With `semi_hard`, candidates in the band `S_ii - margin_max < S_ij < S_ii - margin_min` come first, in random
     order, and the most similar remaining candidates fill the rest ("fallback hardest"); without, the most similar
     candidates are taken. Returns indices (A, k) and a validity mask (A, k) that is False where fewer than k
-    candidates were allowed; k = min(num_negatives, C - 1).
+    candidates were allowed; k = min(num_negatives, C - 1). `generator` draws the random order within the band
+    (default: torch's global generator).
     """
     with torch.no_grad():
         similarity = similarity.detach().float()
@@ -864,7 +1022,7 @@ def mine_hard_negatives(
             positive = similarity.gather(1, positive_index[:, None])
             band = (similarity > positive - margin_max) & (similarity < positive - margin_min)
             # Cosines are <= 1, so keys in [2, 3) put every in-band candidate ahead of the rest.
-            noise = torch.rand(similarity.shape, device=similarity.device)
+            noise = torch.rand(similarity.shape, device=similarity.device, generator=generator)
             key = torch.where(band, 2.0 + noise, similarity)
         invalid = F.one_hot(positive_index, similarity.shape[1]).bool()
         if exclude is not None:
@@ -960,6 +1118,9 @@ class BridgeForPreTraining(BridgePreTrainedModel):
     _default_auto_class = "AutoModelForPreTraining"
     # forward takes no `num_items_in_batch`: the Trainer must not rescale its loss.
     accepts_loss_kwargs = False
+    # Seed of the negative sampling in eval mode, so that eval losses are reproducible (training draws from torch's
+    # global generator, which Trainer seeds and checkpoints).
+    eval_mining_seed = 0
 
     def __init__(
         self,
@@ -1000,11 +1161,14 @@ class BridgeForPreTraining(BridgePreTrainedModel):
         all_input_ids = gather_across_ranks(input_ids, with_grad=False)
         all_attention_mask = gather_across_ranks(attention_mask, with_grad=False)
         duplicates = self._duplicate_texts(input_ids, attention_mask, all_input_ids, all_attention_mask)
+        generator = None
+        if not self.training:  # reproducible eval losses; one generator for both directions
+            generator = torch.Generator(device=input_ids.device).manual_seed(self.eval_mining_seed)
         all_image_embeds = gather_across_ranks(vision.pooler_output, with_grad=False)  # for mining only
         text_to_image = text.pooler_output @ all_image_embeds.t()
         negative_images, valid_images = mine_hard_negatives(
             text_to_image, targets, k, config.itm_margin_min, config.itm_margin_max, duplicates,
-            semi_hard=config.negative_mining == "semi_hard",
+            semi_hard=config.negative_mining == "semi_hard", generator=generator,
         )
         k = negative_images.shape[1]
 
@@ -1034,7 +1198,7 @@ class BridgeForPreTraining(BridgePreTrainedModel):
             image_to_text = vision.pooler_output @ all_text_embeds.t()
             negative_texts, valid_texts = mine_hard_negatives(
                 image_to_text, targets, k, config.itm_margin_min, config.itm_margin_max, duplicates,
-                semi_hard=config.negative_mining == "semi_hard",
+                semi_hard=config.negative_mining == "semi_hard", generator=generator,
             )
             # Every pair is run through the interaction stack for real: positives, (negative image, text anchor),
             # then (image anchor, negative text).
@@ -1109,6 +1273,7 @@ class BridgeForPreTraining(BridgePreTrainedModel):
             mim_loss = masked_patch_loss(mim_logits, targets, mim_mask)
         return mlm_loss, mim_loss, mlm_logits, mim_logits
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -1120,7 +1285,8 @@ class BridgeForPreTraining(BridgePreTrainedModel):
         mlm_labels: torch.LongTensor | None = None,
         mim_mask: torch.BoolTensor | None = None,
         return_loss: bool | None = True,
-        return_dict: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
     ) -> BridgeForPreTrainingOutput | tuple:
         r"""
         mlm_input_ids (`torch.LongTensor` of shape `(batch, Nt)`): the texts with masked tokens (MLM input).
@@ -1128,6 +1294,9 @@ class BridgeForPreTraining(BridgePreTrainedModel):
         mim_mask (`torch.BoolTensor` of shape `(batch, num_patches)`): patches hidden from the MIM pass.
         return_loss (`bool`, defaults to True): compute the objectives (True by default so that Trainer's
             evaluation reports `eval_loss`).
+        output_attentions / output_hidden_states (`bool`, *optional*): return the towers' attentions / hidden states
+            (in `vision_model_output` / `text_model_output`); attentions also return the interaction's attention
+            maps of the positive pairs. Default: the config's values.
         """
         if input_ids is None or pixel_values is None:
             raise ValueError("BridgeForPreTraining needs both pixel_values and input_ids: aligned pairs, image i "
@@ -1135,14 +1304,27 @@ class BridgeForPreTraining(BridgePreTrainedModel):
         if pixel_values.shape[0] != input_ids.shape[0]:
             raise ValueError(f"Got {pixel_values.shape[0]} images and {input_ids.shape[0]} texts; pre-training "
                              "takes aligned pairs (image i described by text i), so the counts must match.")
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
         config, bridge = self.config, self.bridge
+        if input_ids.dim() == 2 and input_ids.shape[1] > config.max_text_positions:
+            raise ValueError(
+                f"Texts of {input_ids.shape[1]} tokens exceed the model's {config.max_text_positions} text positions; "
+                f"tokenize training text with truncation=True, max_length={config.max_text_positions} (e.g. "
+                "BridgeDataCollator(max_length=config.max_text_positions)) so that masks and MLM labels line up."
+            )
+        output_attentions, output_hidden_states = bridge._output_flags(output_attentions, output_hidden_states)
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        vision = bridge.get_image_features(pixel_values)
-        text = bridge.get_text_features(input_ids, attention_mask, token_type_ids, position_ids)
-        rank, _ = distributed_rank_and_world()
+        vision = bridge.get_image_features(pixel_values, output_attentions, output_hidden_states, return_dict=True)
+        text = bridge.get_text_features(input_ids, attention_mask, token_type_ids, position_ids, output_attentions,
+                                        output_hidden_states, return_dict=True)
+        rank, world = distributed_rank_and_world()
         batch = input_ids.shape[0]
+        if return_loss and batch * world < 2:
+            logger.warning_once(
+                "BridgeForPreTraining got a batch of 1 pair: the contrastive losses have no negative, so ITC is 0 "
+                "and ITM sees no mismatched pair. Train with at least 2 pairs per batch (e.g. "
+                "dataloader_drop_last=True when the last batch could hold one)."
+            )
         targets = torch.arange(batch, device=input_ids.device) + rank * batch
         scale = bridge.logit_scale().exp()
         all_image_embeds = gather_across_ranks(vision.pooler_output)
@@ -1153,12 +1335,15 @@ class BridgeForPreTraining(BridgePreTrainedModel):
         fields = dict(
             logits_per_image=logits_per_image, logits_per_text=logits_per_text,
             image_embeds=vision.pooler_output, text_embeds=text.pooler_output,
+            vision_model_output=vision if output_attentions or output_hidden_states else None,
+            text_model_output=text if output_attentions or output_hidden_states else None,
         )
         if return_loss:
             losses = {}
             if config.itc_loss_weight > 0 or config.itm_loss_weight > 0 or config.cycle_loss_weight > 0:
                 cross_itc, itm, itm_logits, itm_labels, positives, padded_mask = self._fused_objective(
-                    vision, text, input_ids, attention_mask, targets, scale, config.cycle_loss_weight > 0
+                    vision, text, input_ids, attention_mask, targets, scale,
+                    config.cycle_loss_weight > 0 or output_attentions,
                 )
                 unimodal_itc = (F.cross_entropy(logits_per_image, targets)
                                 + F.cross_entropy(logits_per_text, targets)) / 2
@@ -1170,6 +1355,9 @@ class BridgeForPreTraining(BridgePreTrainedModel):
                     itm_labels=itm_labels, cross_image_embeds=positives.cross_image_embeds,
                     cross_text_embeds=positives.cross_text_embeds,
                 )
+                if output_attentions:
+                    fields.update(interaction_text_attentions=positives.text_attentions,
+                                  interaction_vision_attentions=positives.vision_attentions)
                 if config.cycle_loss_weight > 0:
                     losses["cycle"] = cycle_consistency_loss(
                         positives.text_attentions, positives.vision_attentions, padded_mask
@@ -1188,8 +1376,7 @@ class BridgeForPreTraining(BridgePreTrainedModel):
                 raise ValueError("Every *_loss_weight in the config is 0: enable at least one objective.")
             fields["loss"] = torch.stack(enabled).sum()
             fields.update({f"{name}_loss": value for name, value in losses.items() if weights[name]})
-        output = BridgeForPreTrainingOutput(**{k: v for k, v in fields.items() if v is not None})
-        return output if return_dict else output.to_tuple()
+        return BridgeForPreTrainingOutput(**{k: v for k, v in fields.items() if v is not None})
 
 
 def _tower_from_config(tower_config) -> PreTrainedModel:

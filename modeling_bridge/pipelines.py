@@ -1,41 +1,31 @@
-"""Zero-shot image classification pipeline with a clear error for an empty label list.
+"""An optional zero-shot image-classification pipeline class with friendlier label handling for BRIDGE.
 
-transformers' own pipeline fails with an `IndexError` deep inside the tokenizer when `candidate_labels` is empty.
-Importing `modeling_bridge` registers this subclass for the task; it changes nothing else.
+`pipeline("zero-shot-image-classification", model=dir)` uses transformers' own class, unchanged: this package
+registers no pipeline globally, so no other model's pipeline changes. With transformers' class, long labels are
+truncated by the model itself (with a warning). Pass `pipeline_class=BridgeZeroShotImageClassificationPipeline` to
+also get:
+
+- a string `candidate_labels="a cat"` taken as one label (transformers' class iterates it character by character);
+- an empty label list refused with a clear message (transformers' tokenizer raises an `IndexError`);
+- labels tokenized with truncation to the model's `max_text_positions` (no warning).
 """
 
-import logging
-
-from transformers.pipelines import PIPELINE_REGISTRY, ZeroShotImageClassificationPipeline
-from transformers.pipelines import base as pipelines_base
+from transformers.pipelines import ZeroShotImageClassificationPipeline
 
 
 class BridgeZeroShotImageClassificationPipeline(ZeroShotImageClassificationPipeline):
-    def preprocess(self, image, candidate_labels=None, *args, **kwargs):
+    def preprocess(self, image, candidate_labels=None, *args, tokenizer_kwargs=None, **kwargs):
+        if isinstance(candidate_labels, str):
+            candidate_labels = [candidate_labels]
         if not candidate_labels:
             raise ValueError(
                 "zero-shot-image-classification got no candidate_labels; pass a non-empty list, e.g. "
                 'candidate_labels=["a cat", "a dog"].'
             )
-        return super().preprocess(image, candidate_labels, *args, **kwargs)
+        limit = getattr(self.model.config, "max_text_positions", None)
+        if limit is not None:
+            tokenizer_kwargs = {"truncation": True, "max_length": limit, **(tokenizer_kwargs or {})}
+        return super().preprocess(image, candidate_labels, *args, tokenizer_kwargs=tokenizer_kwargs, **kwargs)
 
 
-def register_zero_shot_pipeline():
-    task = "zero-shot-image-classification"
-    current = PIPELINE_REGISTRY.supported_tasks[task]
-    if current["impl"] is BridgeZeroShotImageClassificationPipeline:
-        return
-    # Re-registering a built-in task logs an "Overwriting" warning on every import; it is intended here.
-    logger = logging.getLogger(pipelines_base.__name__)
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        PIPELINE_REGISTRY.register_pipeline(
-            task,
-            pipeline_class=BridgeZeroShotImageClassificationPipeline,
-            pt_model=current.get("pt", ()),
-            default=current.get("default"),
-            type=current.get("type"),
-        )
-    finally:
-        logger.setLevel(level)
+__all__ = ["BridgeZeroShotImageClassificationPipeline"]

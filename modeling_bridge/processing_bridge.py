@@ -3,16 +3,65 @@
 Hub code: imports only the standard library and transformers.
 """
 
+import os
+
 from transformers import AutoImageProcessor, AutoTokenizer, ProcessorMixin
+from transformers.image_utils import load_image
+
+# PIL modes that hold one channel of integers or floats with a range other than 0-255: PIL's own convert("RGB")
+# saturates 16-bit values to white and turns floats in [0, 1] black, so they are scaled by value range first.
+_HIGH_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+_TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json")
 
 
-def _to_rgb(images):
-    """Convert PIL images of any mode (grayscale, RGBA, palette...) to RGB; leave arrays and tensors alone."""
+def _scale_to_8_bit(image, index: int):
+    """One-channel 16-bit, 32-bit integer or float image -> mode "L", by value range: 16-bit as 0-65535, floats in
+    [0, 1] as fractions, values already in 0-255 as they are."""
+    if image.mode.startswith("I;16"):
+        image, scale = image.convert("I"), 1 / 257
+    else:
+        low, high = image.getextrema()
+        if low >= 0 and high <= (1.0 if image.mode == "F" else 255):
+            scale = 255.0 if image.mode == "F" else 1.0
+        elif image.mode == "I" and low >= 0 and high <= 65535:
+            scale = 1 / 257
+        elif image.mode == "F" and low >= 0 and high <= 255:
+            scale = 1.0
+        else:
+            raise ValueError(
+                f"Image {index} (PIL mode {image.mode!r}) has values from {low} to {high}; scale it to [0, 1] or "
+                "[0, 255] (or 16-bit 0-65535) before passing it."
+            )
+    return image.point(lambda value: value * scale + 0.5).convert("L")
+
+
+def _prepare_image(image, index: int):
+    """A file path is opened (missing files named); PIL images of any mode become RGB; arrays / tensors pass."""
+    if image is None:
+        raise ValueError(f"Image {index} of the batch is None; pass a PIL image, an array, or a file path.")
+    if isinstance(image, (str, os.PathLike)):
+        path = os.fspath(image)
+        if not path.startswith(("http://", "https://", "data:")) and not os.path.isfile(path):
+            raise FileNotFoundError(f"Image {index}: no such file {path!r}.")
+        image = load_image(path)
+    if hasattr(image, "convert") and getattr(image, "mode", "RGB") != "RGB":
+        if image.mode in _HIGH_DEPTH_MODES:
+            image = _scale_to_8_bit(image, index)
+        image = image.convert("RGB")
+    return image
+
+
+def _looks_local(name: str) -> bool:
+    """Names a Hub repo id ("name" or "namespace/name") cannot be."""
+    return os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") > 1 or "\\" in name
+
+
+def _prepare_images(images):
     if isinstance(images, (list, tuple)):
-        return [_to_rgb(image) for image in images]
-    if hasattr(images, "convert") and getattr(images, "mode", "RGB") != "RGB":
-        return images.convert("RGB")
-    return images
+        if len(images) == 0:
+            raise ValueError("BridgeProcessor got an empty list of images; pass at least one.")
+        return [_prepare_image(image, i) for i, image in enumerate(images)]
+    return _prepare_image(images, 0)
 
 
 class BridgeProcessor(ProcessorMixin):
@@ -22,15 +71,39 @@ class BridgeProcessor(ProcessorMixin):
     `token_type_ids` where the tokenizer makes them).
 
     Texts are padded to the longest by default; pass `truncation=True, max_length=config.max_text_positions` for
-    texts that may exceed the model's positions. Images in any PIL mode are converted to RGB, and the image
-    processor is told to convert too (`do_convert_rgb`), so the zero-shot pipeline, which calls it directly, accepts
-    grayscale and RGBA images as well.
+    texts that may exceed the model's positions (the model otherwise truncates them itself, with a warning). Images
+    may be PIL images of any mode, arrays, tensors or file paths: 16-bit and float images are scaled by value range
+    (0-65535, [0, 1]) before the conversion to RGB, and the image processor is told to convert too
+    (`do_convert_rgb`), so the zero-shot pipeline, which calls it directly, accepts grayscale and RGBA images as well.
     """
 
     def __init__(self, image_processor=None, tokenizer=None, **kwargs):
         if image_processor is not None and getattr(image_processor, "do_convert_rgb", True) is None:
             image_processor.do_convert_rgb = True
         super().__init__(image_processor, tokenizer, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """As `ProcessorMixin.from_pretrained`; a local folder without a tokenizer or image processor is named,
+        instead of failing inside the tokenizer's backend."""
+        path = os.fspath(pretrained_model_name_or_path)
+        if os.path.isdir(path):
+            missing = []
+            if not any(os.path.isfile(os.path.join(path, f)) for f in _TOKENIZER_FILES):
+                missing.append("tokenizer (tokenizer_config.json)")
+            if not os.path.isfile(os.path.join(path, "preprocessor_config.json")) and not os.path.isfile(
+                os.path.join(path, "processor_config.json")
+            ):
+                missing.append("image processor (preprocessor_config.json)")
+            if missing:
+                raise OSError(
+                    f"{path} holds no {' and no '.join(missing)}, so no BridgeProcessor can be loaded from it. Save "
+                    "one there with processor.save_pretrained(folder), or build it with "
+                    "BridgeProcessor.from_vision_text_pretrained(vision_tower, text_tower)."
+                )
+        elif _looks_local(path):
+            raise FileNotFoundError(f"The processor folder {path!r} does not exist; check the path.")
+        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
 
     @classmethod
     def from_vision_text_pretrained(cls, vision_model_name_or_path: str, text_model_name_or_path: str, **kwargs):
@@ -48,7 +121,7 @@ class BridgeProcessor(ProcessorMixin):
         if text is not None:
             kwargs.setdefault("padding", True)
         if images is not None:
-            images = _to_rgb(images)
+            images = _prepare_images(images)
         return super().__call__(images=images, text=text, **kwargs)
 
 

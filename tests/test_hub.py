@@ -9,10 +9,16 @@ import textwrap
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import AutoModel, AutoModelForZeroShotImageClassification, AutoProcessor, pipeline
+from transformers import (
+    AutoModel,
+    AutoModelForZeroShotImageClassification,
+    AutoProcessor,
+    ZeroShotImageClassificationPipeline,
+    pipeline,
+)
 
 from conftest import BLOCK_PACKAGE_PRELUDE, IMAGE_SIZE, random_images, random_inputs
-from modeling_bridge import BridgeModel, BridgeProcessor
+from modeling_bridge import BridgeModel, BridgeProcessor, BridgeZeroShotImageClassificationPipeline
 
 LABELS = ["a red circle", "a blue square", "a green triangle"]
 
@@ -91,8 +97,41 @@ def test_zero_shot_pipeline_returns_sorted_probabilities(saved):
         scores = [r["score"] for r in result]
         assert scores == sorted(scores, reverse=True)
         assert sum(scores) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_importing_the_package_registers_no_pipeline_class():
+    # transformers' own class serves every model, BRIDGE included: nothing global is replaced.
+    from transformers.pipelines import PIPELINE_REGISTRY
+
+    impl = PIPELINE_REGISTRY.supported_tasks["zero-shot-image-classification"]["impl"]
+    assert impl in (ZeroShotImageClassificationPipeline,
+                    "transformers.pipelines.zero_shot_image_classification.ZeroShotImageClassificationPipeline")
+
+
+def test_stock_pipeline_truncates_long_labels_like_the_tokenizer(saved, processor):
+    long_label = "red circle left of a blue square " * 4
+    classifier = pipeline("zero-shot-image-classification", model=str(saved))
+    assert type(classifier) is ZeroShotImageClassificationPipeline
+    image = random_images(1, seed=5)[0]
+    result = {r["label"]: r["score"] for r in classifier(image, candidate_labels=[long_label, "a green triangle"])}
+    model = BridgeModel.from_pretrained(saved).eval()
+    texts = [f"This is a photo of {label}." for label in (long_label, "a green triangle")]
+    inputs = processor(images=image, text=texts, truncation=True, max_length=model.config.max_text_positions,
+                       return_tensors="pt")
+    with torch.no_grad():
+        probs = model(**inputs).logits_per_image.softmax(-1)[0]
+    assert result == pytest.approx({long_label: probs[0].item(), "a green triangle": probs[1].item()}, abs=1e-6)
+
+
+def test_bridge_pipeline_class_takes_a_string_label_and_refuses_none(saved):
+    classifier = pipeline("zero-shot-image-classification", model=str(saved),
+                          pipeline_class=BridgeZeroShotImageClassificationPipeline)
+    image = random_images(1)[0]
+    assert classifier(image, candidate_labels="a red circle") == [{"score": 1.0, "label": "a red circle"}]
+    many = classifier(image, candidate_labels=["a red circle", "blue " * 40])
+    assert sorted(r["label"] for r in many) == sorted(["a red circle", "blue " * 40])
     with pytest.raises(ValueError, match="no candidate_labels"):
-        classifier(random_images(1)[0], candidate_labels=[])
+        classifier(image, candidate_labels=[])
 
 
 def test_pipeline_scores_equal_the_models_softmax(saved, model, processor):
