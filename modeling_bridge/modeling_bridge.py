@@ -4,6 +4,7 @@ Hub code: imports only the standard library, torch, transformers and `.configura
 next to the weights and loaded with ``trust_remote_code=True`` where this package is not installed.
 """
 
+import logging as pylogging
 import math
 import os
 from dataclasses import dataclass
@@ -417,6 +418,14 @@ class BridgePreTrainedModel(PreTrainedModel):
         return (model, info) if wants_info else model
 
 
+class _DropLoadReport(pylogging.Filter):
+    """Drops transformers' per-load key report (a filter, not a level change: the loader's behaviour depends on its
+    logger's level)."""
+
+    def filter(self, record) -> bool:
+        return "LOAD REPORT" not in record.getMessage()
+
+
 def _looks_like_local_path(name) -> bool:
     """True for names that cannot be a Hub repo id ("name" or "namespace/name"): absolute paths, paths starting with
     "." or "~", more than one "/", or backslashes."""
@@ -522,20 +531,35 @@ class BridgeModel(BridgePreTrainedModel):
     @staticmethod
     def _load_pretrained_tower(name_or_path: str, part: str) -> PreTrainedModel:
         """The encoder at `name_or_path`; for a dual-encoder checkpoint (no `hidden_size` of its own, e.g. `clip`), the
-        tower described by its `part` (`"vision_config"` / `"text_config"`), read from the same weights file."""
+        tower described by its `part` (`"vision_config"` / `"text_config"`), read from the same weights file.
+
+        Weights BRIDGE leaves out on purpose (the tower's pooling layer; the other half of a dual encoder) are not
+        reported: transformers' load report is silenced for this call and any other unexpected key is warned about
+        here instead."""
+        check_local_path(name_or_path, f"{part.split('_')[0]} tower folder")
         config = AutoConfig.from_pretrained(name_or_path)
+        whole = config
         if getattr(config, "hidden_size", None) is None and getattr(config, part, None) is not None:
             config = getattr(config, part)
         kwargs = {"config": config, "dtype": torch.float32, "output_loading_info": True}
-        try:  # BRIDGE pools on its own; towers that have a pooling layer are loaded without it (as in __init__)
-            tower, info = AutoModel.from_pretrained(name_or_path, add_pooling_layer=False, **kwargs)
-        except TypeError:
-            tower, info = AutoModel.from_pretrained(name_or_path, **kwargs)
+        report_logger = logging.get_logger("transformers.modeling_utils")
+        report_filter = _DropLoadReport()
+        report_logger.addFilter(report_filter)
+        try:
+            try:  # BRIDGE pools on its own; towers that have a pooling layer are loaded without it (as in __init__)
+                tower, info = AutoModel.from_pretrained(name_or_path, add_pooling_layer=False, **kwargs)
+            except TypeError:
+                tower, info = AutoModel.from_pretrained(name_or_path, **kwargs)
+        finally:
+            report_logger.removeFilter(report_filter)
         if info.get("missing_keys"):
             raise ValueError(
                 f"{name_or_path} lacks weights of its {config.model_type!r} tower: {sorted(info['missing_keys'])}; "
                 "point to a folder or repo that holds the pretrained encoder."
             )
+        unexpected = sorted(k for k in info.get("unexpected_keys", ()) if not k.startswith("pooler."))
+        if unexpected and whole is config:
+            logger.warning(f"{name_or_path}: weights not used by the {config.model_type!r} tower: {unexpected}.")
         return tower
 
     # ---------------------------------------------------------------- input checks
