@@ -15,7 +15,7 @@ from huggingface_hub import HfApi, ModelCard, ModelCardData, get_token
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
-from .saving import check_output_dir, make_staging_dir, replace_directory
+from .saving import apply_default_permissions, check_output_dir, make_staging_dir, replace_directory
 
 BRIDGE_TAGS = ["bridge", "vision-language", "zero-shot-image-classification", "image-text-retrieval", "custom_code"]
 
@@ -120,6 +120,7 @@ def save_hub_folder(
         if missing:
             raise RuntimeError(f"save_pretrained did not write the Hub code files {missing}; is `modeling_bridge` "
                                "imported (it registers the classes for auto_map)?")
+        apply_default_permissions(staging)
         check_output_dir(output_dir, overwrite=overwrite, protect=protect, replace_previous_save=False)
         replace_directory(staging, target)
     except BaseException:

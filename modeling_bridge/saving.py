@@ -13,7 +13,8 @@ A save is written completely under a temporary sibling name, then renamed into p
   run, nor the current working folder or one of its parents.
 
 Folders are created with the permissions `os.makedirs` would give (the umask applies), not the 0700 of
-`tempfile.mkdtemp`, so a saved model is as readable as any other folder the user writes.
+`tempfile.mkdtemp`, and the saved files get the mode a plain `open()` gives (safetensors 0.8 writes its files 0600,
+safetensors issue #782), so a saved model is as readable as any other folder the user writes.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import fnmatch
 import os
 import secrets
 import shutil
+import stat
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -145,11 +147,28 @@ def make_staging_dir(final_dir: str | os.PathLike) -> Path:
             continue
 
 
+def apply_default_permissions(folder: str | os.PathLike) -> None:
+    """Give every file under `folder` (written by this process) the mode a newly `open()`ed file gets here, i.e.
+    0o666 minus the umask; read from a probe file rather than `os.umask()`, which would change it for every
+    thread for a moment."""
+    probe = os.path.join(folder, f".mode-probe-{secrets.token_hex(4)}")
+    with open(probe, "w"):
+        pass
+    mode = stat.S_IMODE(os.stat(probe).st_mode)
+    os.remove(probe)
+    for root, _, files in os.walk(folder):
+        for name in files:
+            path = os.path.join(root, name)
+            if not os.path.islink(path) and stat.S_IMODE(os.stat(path).st_mode) != mode:
+                os.chmod(path, mode)
+
+
 def replace_directory(staging_dir: str | os.PathLike, final_dir: str | os.PathLike) -> None:
     """Move a fully written `staging_dir` to `final_dir`. An existing `final_dir` is moved aside first (and moved back
     if the rename fails), then deleted once the new one is in place: an interruption leaves either the old folder or
     the new one under `final_dir`, never a mix. Callers decide beforehand whether `final_dir` may be replaced
-    (`check_output_dir`); `staging_dir` keeps its permissions, so create it with `make_staging_dir`."""
+    (`check_output_dir`); `staging_dir` keeps its permissions, so create it with `make_staging_dir` (or
+    `os.makedirs`) and pass it through `apply_default_permissions`."""
     final_dir = os.path.abspath(final_dir)
     if not os.path.lexists(final_dir):
         os.replace(staging_dir, final_dir)
@@ -182,6 +201,7 @@ def save_pretrained_atomically(
     try:
         for obj in objects:
             obj.save_pretrained(staging)
+        apply_default_permissions(staging)
         check_output_dir(output_dir, overwrite=overwrite, protect=protect)  # again: the save may have taken long
         replace_directory(staging, target)
     except BaseException:
@@ -192,6 +212,7 @@ def save_pretrained_atomically(
 
 __all__ = [
     "SAVE_FILE_PATTERNS",
+    "apply_default_permissions",
     "check_output_dir",
     "foreign_entries",
     "make_staging_dir",

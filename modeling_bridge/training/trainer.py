@@ -1,4 +1,4 @@
-"""Trainer integration: per-component loss logging and crash-safe saving."""
+"""Trainer integration: per-component loss logging and crash-safe saving (checkpoints with the usual permissions)."""
 
 import os
 import shutil
@@ -9,7 +9,7 @@ from transformers import PreTrainedModel, Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, WEIGHTS_INDEX_NAME, WEIGHTS_NAME
 
-from ..saving import replace_directory, save_pretrained_atomically
+from ..saving import apply_default_permissions, replace_directory, save_pretrained_atomically
 
 LOSS_COMPONENTS = ("itc_loss", "unimodal_itc_loss", "cross_itc_loss", "itm_loss", "mlm_loss", "mim_loss", "cycle_loss")
 
@@ -138,6 +138,8 @@ class BridgeTrainer(Trainer):
             self.args.save_total_limit = save_total_limit
         self.accelerator.wait_for_everyone()  # every rank has written its RNG state
         if self.args.should_save:
+            # Trainer creates the staging folders with os.makedirs (umask modes); the weights need fixing, though.
+            apply_default_permissions(os.path.join(staging_root, name))
             replace_directory(os.path.join(staging_root, name), os.path.join(run_dir, name))
             shutil.rmtree(staging_root, ignore_errors=True)
             best = self.state.best_model_checkpoint
