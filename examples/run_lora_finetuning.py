@@ -9,6 +9,11 @@ checking the saved adapter: base + adapter reloaded with `PeftModel.from_pretrai
 differences are printed and the run fails if they exceed `--verify_tolerance`. `--activation_checkpointing`
 works with the frozen towers (transformers v5 checkpoints non-reentrantly by default).
 
+An existing `--adapter_dir` / `--merged_dir` is replaced only if it is a previous save (adapter, model, processor and
+Hub code files only) or with `--overwrite`, and never if it is, or holds, an input of the run, `output_dir` or the
+other output folder; this is checked before training. Wrong input ends the run with one `error: ...` line on stderr
+and exit code 1.
+
     python examples/run_lora_finetuning.py --model_name_or_path outputs/demo/bridge \\
         --dataset bridge-shapes --output_dir outputs/lora --max_steps 200 --per_device_train_batch_size 32
 
@@ -25,18 +30,23 @@ import json
 import logging
 import os
 import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import datasets
 import torch
 from peft import PeftModel
 from transformers import AutoModelForPreTraining, AutoProcessor, HfArgumentParser, TrainingArguments, set_seed
+from transformers.utils import logging as transformers_logging
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone without installing
 
 import modeling_bridge  # noqa: E402,F401  (registers BRIDGE with the Auto classes)
 from modeling_bridge import BridgeForPreTraining, BridgeProcessor  # noqa: E402
 from modeling_bridge.data import BridgeDataCollator, load_bridge_shapes, load_image_text_dataset  # noqa: E402
+from modeling_bridge.hub_utils import check_model_path, explain_load_error, run_command  # noqa: E402
+from modeling_bridge.saving import check_output_dir  # noqa: E402
 from modeling_bridge.training import (  # noqa: E402
     BridgeTrainer,
     find_bridge_model,
@@ -82,6 +92,11 @@ class ModelArguments:
     verify_tolerance: float = field(
         default=1e-4, metadata={"help": "Largest score difference accepted by the reload / merge check."}
     )
+    overwrite: bool = field(
+        default=False,
+        metadata={"help": "Replace an existing adapter_dir / merged_dir even if it is not a previous save (never "
+                          "an input folder, output_dir, or the other output folder)."},
+    )
 
 
 @dataclass
@@ -112,13 +127,19 @@ class DataArguments:
 def load_base_model(model_args: ModelArguments):
     """The frozen base. Local package: `BridgeForPreTraining.from_pretrained`; Hub code: the Auto class (PEFT's
     `AutoPeftModel` refuses remote-code bases, so the base is always loaded first and the adapter put on it)."""
-    if model_args.trust_remote_code:
-        return AutoModelForPreTraining.from_pretrained(model_args.model_name_or_path, trust_remote_code=True)
-    return BridgeForPreTraining.from_pretrained(model_args.model_name_or_path)
+    path = model_args.model_name_or_path
+    check_model_path(path, "model folder")
+    try:
+        if model_args.trust_remote_code:
+            return AutoModelForPreTraining.from_pretrained(path, trust_remote_code=True)
+        return BridgeForPreTraining.from_pretrained(path)
+    except OSError as error:
+        raise explain_load_error(path, "model", error) from None
 
 
 def load_processor(model_args: ModelArguments):
     path = model_args.processor_name_or_path or model_args.model_name_or_path
+    check_model_path(path, "processor folder")
     try:
         if model_args.trust_remote_code:
             return AutoProcessor.from_pretrained(path, trust_remote_code=True)
@@ -128,7 +149,7 @@ def load_processor(model_args: ModelArguments):
                          "model, or pass --processor_name_or_path.") from error
 
 
-def load_splits(data_args: DataArguments, seed: int):
+def load_splits(data_args: DataArguments, seed: int, show_progress: bool = True):
     """(train, eval or None) in the schema `image` / `caption` / `image_id`."""
     if data_args.dataset == "bridge-shapes":
         data = load_bridge_shapes(num_train=data_args.shapes_num_train, image_size=data_args.shapes_image_size,
@@ -136,15 +157,15 @@ def load_splits(data_args: DataArguments, seed: int):
     else:
         data = load_image_text_dataset(data_args.dataset, image_column=data_args.image_column,
                                        text_column=data_args.text_column, image_root=data_args.image_root,
-                                       skip_invalid=data_args.skip_invalid)
+                                       skip_invalid=data_args.skip_invalid, show_progress=show_progress)
     if not hasattr(data, "keys"):  # a single Dataset (e.g. one Karpathy JSON): it is the training split
         if data_args.eval_split:
             raise ValueError(f"--eval_split {data_args.eval_split!r} given, but {data_args.dataset} has no splits.")
         data = {data_args.train_split: data}
     splits = list(data.keys())
-    for name in (data_args.train_split, data_args.eval_split):
+    for flag, name in (("--train_split", data_args.train_split), ("--eval_split", data_args.eval_split)):
         if name is not None and name not in data:
-            raise ValueError(f"Split {name!r} not in {data_args.dataset}; it has {splits}.")
+            raise ValueError(f"no split {name!r} ({flag}) in {data_args.dataset}; it has {splits}.")
     train = data[data_args.train_split]
     evaluation = data[data_args.eval_split] if data_args.eval_split else None
     if data_args.max_train_samples is not None:
@@ -152,7 +173,7 @@ def load_splits(data_args: DataArguments, seed: int):
     if evaluation is not None and data_args.max_eval_samples is not None:
         evaluation = evaluation.select(range(min(data_args.max_eval_samples, len(evaluation))))
     if len(train) < 2:
-        raise ValueError(f"The training split has {len(train)} rows; contrastive training needs at least 2.")
+        raise ValueError(f"the training split has {len(train)} row(s); contrastive training needs at least 2.")
     return train, evaluation
 
 
@@ -177,7 +198,9 @@ def verify_saved_adapter(model_args: ModelArguments, adapter_dir: str, reference
 
     Not bit-exact in general: CPU matmul kernels may sum in an order that depends on the memory alignment of the
     weights, and safetensors maps them at arbitrary offsets, so expect differences around 1e-6."""
-    reloaded = PeftModel.from_pretrained(load_base_model(model_args), adapter_dir).to(device).eval()
+    with warnings.catch_warnings():  # PEFT asks for transformers' deprecated name: noise, not the user's to fix
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        reloaded = PeftModel.from_pretrained(load_base_model(model_args), adapter_dir).to(device).eval()
     differences = {}
     for mode, score in bridge_scores(reloaded, batch).items():
         differences[f"reload_{mode}"] = float((score - reference[mode]).abs().max())
@@ -193,10 +216,22 @@ def verify_saved_adapter(model_args: ModelArguments, adapter_dir: str, reference
     return differences, merged
 
 
+def output_folders(model_args: ModelArguments, data_args: DataArguments, training_args):
+    """(adapter_dir, what it must not replace), (merged_dir or None, what it must not replace): existing inputs of
+    the run, output_dir (checkpoints, lora_results.json) and the other output folder."""
+    inputs = [model_args.model_name_or_path, model_args.processor_name_or_path, data_args.dataset,
+              data_args.image_root, training_args.resume_from_checkpoint]
+    inputs = [p for p in inputs if isinstance(p, str) and p and os.path.exists(p)] + [training_args.output_dir]
+    adapter_dir = model_args.adapter_dir or os.path.join(training_args.output_dir, "adapter")
+    merged_dir = model_args.merged_dir
+    return (adapter_dir, [*inputs, merged_dir]), (merged_dir, [*inputs, adapter_dir])
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
     model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO,
+                        stream=sys.stdout)  # stderr is for warnings and the `error:` line
     # The rows hold raw images and captions that only the collator turns into tensors.
     training_args.remove_unused_columns = False
     if training_args.label_names is None:
@@ -204,6 +239,21 @@ def main(argv: list[str] | None = None) -> dict:
         # BRIDGE computes its loss itself (return_loss defaults to True).
         training_args.label_names = []
     set_seed(training_args.seed)
+
+    if training_args.disable_tqdm:  # every progress bar: also loading / writing weights and datasets' bars
+        transformers_logging.disable_progress_bar()
+        datasets.disable_progress_bars()
+    # Checked before anything is loaded or trained: where the results go, and the batch size.
+    (adapter_dir, adapter_protect), (merged_dir, merged_protect) = output_folders(model_args, data_args,
+                                                                                  training_args)
+    if training_args.should_save:
+        check_output_dir(adapter_dir, overwrite=model_args.overwrite, protect=adapter_protect)
+        if merged_dir:
+            check_output_dir(merged_dir, overwrite=model_args.overwrite, protect=merged_protect)
+    if training_args.per_device_train_batch_size * training_args.world_size < 2:
+        raise ValueError(f"--per_device_train_batch_size {training_args.per_device_train_batch_size} on "
+                         f"{training_args.world_size} process(es) gives batches of 1 pair, whose contrastive loss is "
+                         "0; use at least 2 pairs per step.")
 
     base = load_base_model(model_args)
     processor = load_processor(model_args)
@@ -213,16 +263,10 @@ def main(argv: list[str] | None = None) -> dict:
                             target_modules=model_args.lora_target_modules, modules_to_save=modules_to_save or None)
     model.print_trainable_parameters()
 
-    train_dataset, eval_dataset = load_splits(data_args, training_args.seed)
-    vision = config.vision_config
-    num_patches = (vision.image_size // vision.patch_size) ** 2
-    collator = BridgeDataCollator(
-        processor,
-        mlm_probability=data_args.mlm_probability if config.mlm_loss_weight > 0 else 0.0,
-        mim_probability=data_args.mim_probability if config.mim_loss_weight > 0 else 0.0,
-        num_patches=num_patches,
-        max_length=config.max_text_positions,
-    )
+    train_dataset, eval_dataset = load_splits(data_args, training_args.seed,
+                                              show_progress=not training_args.disable_tqdm)
+    collator = BridgeDataCollator.for_model(processor, config, mlm_probability=data_args.mlm_probability,
+                                            mim_probability=data_args.mim_probability)
     trainer = BridgeTrainer(model=model, args=training_args, train_dataset=train_dataset,
                             eval_dataset=eval_dataset, data_collator=collator)
     results = {}
@@ -237,21 +281,22 @@ def main(argv: list[str] | None = None) -> dict:
     verify_batch = BridgeDataCollator(processor, max_length=config.max_text_positions)(verify_rows)
     reference = bridge_scores(model, verify_batch)
 
-    adapter_dir = model_args.adapter_dir or os.path.join(training_args.output_dir, "adapter")
     if training_args.should_save:
-        save_pretrained_atomically(adapter_dir, model, processor)
+        save_pretrained_atomically(adapter_dir, model, processor, overwrite=model_args.overwrite,
+                                   protect=adapter_protect)
         print(f"Saved the LoRA adapter and the processor to {adapter_dir}")
         results["verification"], merged = verify_saved_adapter(model_args, adapter_dir, reference, verify_batch,
                                                                next(model.parameters()).device)
         results["adapter_dir"] = adapter_dir
-        if model_args.merged_dir:
-            save_pretrained_atomically(model_args.merged_dir, merged, processor)
-            print(f"Saved the merged model and the processor to {model_args.merged_dir}")
-            results["merged_dir"] = model_args.merged_dir
+        if merged_dir:
+            save_pretrained_atomically(merged_dir, merged, processor, overwrite=model_args.overwrite,
+                                       protect=merged_protect)
+            print(f"Saved the merged model and the processor to {merged_dir}")
+            results["merged_dir"] = merged_dir
         with open(os.path.join(training_args.output_dir, "lora_results.json"), "w", encoding="utf-8") as f:
             json.dump(results, f, indent=2, default=str)
     return results
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_command(main))

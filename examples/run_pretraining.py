@@ -1,9 +1,12 @@
-"""Pre-train BRIDGE with one stage of the curriculum (configuration/stage_{a,b,c}.json) and the Trainer.
+"""Pre-train BRIDGE with one stage of the curriculum (the presets a, b, c of `modeling_bridge.training`, read by
+`load_training_stage`, or a stage JSON file of your own) and the Trainer.
 
 The model comes from a saved BRIDGE folder (`--model_name_or_path`, e.g. the previous stage's output), from two
 pretrained towers (`--vision_model` + `--text_model`), or from a BridgeConfig JSON with random towers
 (`--config_name configuration/bridge-tiny.json`, with `--processor_name_or_path` for the processor).
-The data is bridge-shapes (`--dataset bridge-shapes`), a `datasets` folder / name with image and text columns, or
+`--config_overrides '{"num_interaction_layers": 4, "shared_dim": 512}'` sets BridgeConfig fields of any source (a
+saved model accepts only the fields that keep its weights' shapes, e.g. loss weights or `num_hard_negatives`).
+The data is bridge-shapes (`--dataset bridge-shapes`), a `datasets` folder with image and text columns, or
 a COCO/Flickr Karpathy JSON (`--dataset annotations.json --image_root images/`).
 
     python examples/run_pretraining.py --stage a --vision_model google/vit-base-patch16-224 \
@@ -12,19 +15,34 @@ a COCO/Flickr Karpathy JSON (`--dataset annotations.json --image_root images/`).
 
 `--resume_from_checkpoint` (a checkpoint folder, or `True` for the latest in `--output_dir`) continues a killed run.
 The stage's learning rate, weight decay, warmup ratio and gradient clipping apply unless given on the command line.
-The final model and processor are written atomically to `--output_dir/model`.
+The final model and processor are written atomically to `--output_dir/model`. An existing `--output_dir/model` is
+replaced only if it is a previous save (model, processor and Hub code files only) or with `--overwrite`, and never
+if it is, or holds, an input of the run. Wrong input ends the run with one `error: ...` line and exit code 1.
 """
 
+import inspect
+import json
 import logging
+import os
 import sys
 from dataclasses import dataclass, field
 
-from transformers import AutoModelForPreTraining, HfArgumentParser, TrainingArguments
+import datasets
+import torch
+from transformers import AutoConfig, AutoModelForPreTraining, HfArgumentParser, TrainingArguments
+from transformers.utils import logging as transformers_logging
 
 import modeling_bridge  # noqa: F401  (registers BRIDGE with the Auto classes)
 from modeling_bridge import BridgeConfig, BridgeForPreTraining, BridgeProcessor
 from modeling_bridge.data import BridgeDataCollator, load_bridge_shapes, load_image_text_dataset
-from modeling_bridge.training import BridgeTrainer, apply_training_stage, save_pretrained_atomically
+from modeling_bridge.hub_utils import check_model_path, explain_load_error, run_command
+from modeling_bridge.saving import check_output_dir
+from modeling_bridge.training import (
+    BridgeTrainer,
+    apply_training_stage,
+    load_training_stage,
+    save_pretrained_atomically,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +60,11 @@ class ModelArguments:
         default=None, metadata={"help": "pairwise (default) or aligned.", "choices": ["pairwise", "aligned"]})
     num_hard_negatives: int | None = field(default=None, metadata={"help": "Mined negatives per anchor."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Load Hub code for the model folder."})
+    config_overrides: str | None = field(default=None, metadata={
+        "help": 'BridgeConfig fields as a JSON object, e.g. \'{"num_interaction_layers": 4, "shared_dim": 512}\'; '
+                "applied to every model source (a saved model: only fields that keep its weights' shapes)."})
+    overwrite: bool = field(default=False, metadata={
+        "help": "Replace an existing output_dir/model even if it is not a previous save (never an input folder)."})
 
 
 @dataclass
@@ -55,69 +78,183 @@ class DataArguments:
     eval_split: str | None = field(default=None, metadata={"help": "Split used for evaluation, if any."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Truncate the training set."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Truncate the evaluation set."})
-    num_shapes_train: int = field(default=4000, metadata={"help": "bridge-shapes training scenes."})
+    shapes_num_train: int = field(default=4000, metadata={"help": "bridge-shapes: rows in the train split."})
+    shapes_image_size: int = field(default=64, metadata={"help": "bridge-shapes: image side in pixels."})
     skip_invalid: bool = field(default=False, metadata={"help": "Skip unreadable images / empty captions."})
     mlm_probability: float = field(default=0.15, metadata={"help": "Token masking rate when MLM is on."})
     mim_probability: float = field(default=0.4, metadata={"help": "Patch masking rate when MIM is on."})
 
 
-def load_model_and_processor(args: ModelArguments):
+# BridgeConfig's own fields; the tower configs come from the towers and are not overridden here.
+CONFIG_FIELDS = sorted(set(inspect.get_annotations(BridgeConfig)) - {"vision_config", "text_config"})
+
+
+def parse_config_overrides(args: ModelArguments) -> dict:
+    """`--config_overrides` (a JSON object of BridgeConfig fields) plus `--fused_objective` /
+    `--num_hard_negatives`, which win over the same keys in the JSON."""
+    overrides = {}
+    if args.config_overrides:
+        try:
+            overrides = json.loads(args.config_overrides)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"--config_overrides is not valid JSON ({error}); give an object such as "
+                             '\'{"shared_dim": 512}\'.') from None
+        if not isinstance(overrides, dict):
+            raise ValueError(f"--config_overrides must be a JSON object of BridgeConfig fields, got "
+                             f"{type(overrides).__name__} {args.config_overrides}.")
+        unknown = sorted(set(overrides) - set(CONFIG_FIELDS))
+        if unknown:
+            raise ValueError(f"--config_overrides: unknown BridgeConfig field(s) {unknown}; the fields are "
+                             f"{CONFIG_FIELDS}.")
+    if args.num_hard_negatives is not None and args.num_hard_negatives < 1:
+        raise ValueError(f"--num_hard_negatives must be >= 1, got {args.num_hard_negatives}.")
+    overrides.update({k: v for k, v in (("fused_objective", args.fused_objective),
+                                        ("num_hard_negatives", args.num_hard_negatives)) if v is not None})
+    return overrides
+
+
+def override_config(config, overrides: dict):
+    """A copy of `config` with `overrides`, validated by the config class itself."""
+    if not overrides:
+        return config
+    try:
+        return type(config)(**{**config.to_dict(), **overrides})
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"--config_overrides: {error}") from None
+
+
+def check_same_weight_shapes(path: str, saved_config, config, trust_remote_code: bool) -> None:
+    """The model with the overridden `config` must have the saved model's weights, shape for shape (compared on the
+    meta device, so nothing is allocated); otherwise from_pretrained would fail with a table of mismatches."""
+    with torch.device("meta"):
+        saved, wanted = (AutoModelForPreTraining.from_config(c, trust_remote_code=trust_remote_code)
+                         for c in (saved_config, config))
+    saved = {k: tuple(v.shape) for k, v in saved.state_dict().items()}
+    wanted = {k: tuple(v.shape) for k, v in wanted.state_dict().items()}
+    if saved == wanted:
+        return
+    differences = [f"{k} would be {wanted[k]} instead of {saved[k]}" for k in sorted(saved.keys() & wanted.keys())
+                   if saved[k] != wanted[k]]
+    differences += [f"{k} would be new" for k in sorted(wanted.keys() - saved.keys())]
+    differences += [f"{k} would be dropped" for k in sorted(saved.keys() - wanted.keys())]
+    raise ValueError(f"--config_overrides changes the shapes of the weights saved in {path} ({differences[0]}, and "
+                     f"{len(differences) - 1} more): a trained model keeps its size. Build a new model of that size "
+                     "from the towers (--vision_model with --text_model) or from --config_name.")
+
+
+def load_model_and_processor(args: ModelArguments, overrides: dict):
     sources = [bool(args.model_name_or_path), bool(args.vision_model or args.text_model), bool(args.config_name)]
     if sum(sources) != 1:
-        raise SystemExit("error: give exactly one of --model_name_or_path, --vision_model with --text_model, or "
+        raise ValueError("give exactly one of --model_name_or_path, --vision_model with --text_model, or "
                          "--config_name.")
-    if args.num_hard_negatives is not None and args.num_hard_negatives < 1:
-        raise SystemExit(f"error: --num_hard_negatives must be >= 1, got {args.num_hard_negatives}.")
-    overrides = {k: v for k, v in (("fused_objective", args.fused_objective),
-                                   ("num_hard_negatives", args.num_hard_negatives)) if v is not None}
+    if args.processor_name_or_path:
+        check_model_path(args.processor_name_or_path, "processor folder")
     if args.model_name_or_path:
-        if args.trust_remote_code:  # the folder's own code files
-            model = AutoModelForPreTraining.from_pretrained(args.model_name_or_path, trust_remote_code=True,
-                                                            **overrides)
-        else:
-            model = BridgeForPreTraining.from_pretrained(args.model_name_or_path, **overrides)
-        processor_source = args.processor_name_or_path or args.model_name_or_path
-        return model, BridgeProcessor.from_pretrained(processor_source, trust_remote_code=args.trust_remote_code)
+        path, trust = args.model_name_or_path, args.trust_remote_code
+        check_model_path(path, "model folder")
+        try:
+            saved_config = (AutoConfig.from_pretrained(path, trust_remote_code=True) if trust
+                            else BridgeConfig.from_pretrained(path))
+        except OSError as error:
+            raise explain_load_error(path, "model", error) from None
+        config = override_config(saved_config, overrides)
+        if overrides:
+            check_same_weight_shapes(path, saved_config, config, trust)
+        model_class = AutoModelForPreTraining if trust else BridgeForPreTraining
+        try:
+            model = model_class.from_pretrained(path, config=config, **({"trust_remote_code": True} if trust else {}))
+        except OSError as error:
+            raise explain_load_error(path, "model", error) from None
+        return model, load_processor(args.processor_name_or_path or path, trust)
     if args.vision_model or args.text_model:
         if not (args.vision_model and args.text_model):
-            raise SystemExit("error: --vision_model and --text_model go together.")
-        bridge = modeling_bridge.BridgeModel.from_vision_text_pretrained(args.vision_model, args.text_model,
-                                                                         **overrides)
+            raise ValueError("--vision_model and --text_model go together.")
+        check_model_path(args.vision_model, "vision tower")
+        check_model_path(args.text_model, "text tower")
+        try:
+            bridge = modeling_bridge.BridgeModel.from_vision_text_pretrained(args.vision_model, args.text_model,
+                                                                             **overrides)
+        except TypeError as error:  # a value of the wrong type in --config_overrides
+            raise ValueError(f"--config_overrides: {error}") from None
+        except OSError as error:
+            raise OSError(f"cannot load the towers {args.vision_model} and {args.text_model}: "
+                          f"{' '.join(str(error).split())}") from None
         model = BridgeForPreTraining(bridge.config, vision_model=bridge.vision_model, text_model=bridge.text_model)
         model.bridge.load_state_dict(bridge.state_dict())  # the new layers keep the initialisation just made
-        processor = (BridgeProcessor.from_pretrained(args.processor_name_or_path) if args.processor_name_or_path
-                     else BridgeProcessor.from_vision_text_pretrained(args.vision_model, args.text_model))
-        return model, processor
+        if args.processor_name_or_path:
+            return model, load_processor(args.processor_name_or_path, False)
+        try:
+            return model, BridgeProcessor.from_vision_text_pretrained(args.vision_model, args.text_model)
+        except OSError as error:
+            raise OSError(f"cannot load a processor from the towers ({' '.join(str(error).split())}); pass "
+                          "--processor_name_or_path.") from None
     if not args.processor_name_or_path:
-        raise SystemExit("error: --config_name builds random towers and needs --processor_name_or_path "
-                         "(a folder with the image processor and tokenizer).")
-    config = BridgeConfig.from_json_file(args.config_name)
-    for key, value in overrides.items():
-        setattr(config, key, value)
-    return BridgeForPreTraining(config), BridgeProcessor.from_pretrained(args.processor_name_or_path)
+        raise ValueError("--config_name builds random towers and needs --processor_name_or_path (a folder with the "
+                         "image processor and tokenizer).")
+    if not os.path.isfile(args.config_name):
+        raise FileNotFoundError(f"--config_name {args.config_name} does not exist or is not a file (give a "
+                                "BridgeConfig JSON, e.g. configuration/bridge-tiny.json).")
+    try:
+        config = BridgeConfig.from_json_file(args.config_name)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"--config_name {args.config_name}: {' '.join(str(error).split())}") from None
+    config = override_config(config, overrides)
+    return BridgeForPreTraining(config), load_processor(args.processor_name_or_path, False)
 
 
-def load_splits(args: DataArguments, seed: int):
+def load_processor(path: str, trust_remote_code: bool):
+    try:
+        return BridgeProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as error:
+        raise OSError(f"cannot load a BRIDGE processor from {path} ({' '.join(str(error).split())}); save the "
+                      "processor next to the model, or pass --processor_name_or_path.") from None
+
+
+def load_splits(args: DataArguments, seed: int, show_progress: bool = True):
     if args.dataset == "bridge-shapes":
         if args.eval_split not in (None, "test"):
-            raise SystemExit(f"error: bridge-shapes has the splits train and test; got --eval_split {args.eval_split}.")
-        data = load_bridge_shapes(num_train=args.num_shapes_train, seed=seed)
+            raise ValueError(f"bridge-shapes has the splits ['train', 'test']; got --eval_split {args.eval_split}.")
+        if args.train_split != "train":
+            raise ValueError(f"bridge-shapes has the splits ['train', 'test']; got --train_split {args.train_split}.")
+        data = load_bridge_shapes(num_train=args.shapes_num_train, image_size=args.shapes_image_size, seed=seed)
         train, evaluation = data["train"], data["test"] if args.eval_split else None
     else:
         data = load_image_text_dataset(args.dataset, image_column=args.image_column, text_column=args.text_column,
-                                       image_root=args.image_root, skip_invalid=args.skip_invalid)
+                                       image_root=args.image_root, skip_invalid=args.skip_invalid,
+                                       show_progress=show_progress)
         if hasattr(data, "keys"):  # a DatasetDict
-            if args.train_split not in data:
-                raise SystemExit(f"error: no split {args.train_split!r} in {args.dataset}; it has {list(data)}.")
+            for flag, name in (("--train_split", args.train_split), ("--eval_split", args.eval_split)):
+                if name is not None and name not in data:
+                    raise ValueError(f"no split {name!r} ({flag}) in {args.dataset}; it has {list(data)}.")
             train = data[args.train_split]
             evaluation = data[args.eval_split] if args.eval_split else None
+        elif args.eval_split:
+            raise ValueError(f"--eval_split {args.eval_split!r} given, but {args.dataset} has no splits.")
         else:
             train, evaluation = data, None
     if args.max_train_samples is not None:
         train = train.select(range(min(args.max_train_samples, len(train))))
     if evaluation is not None and args.max_eval_samples is not None:
         evaluation = evaluation.select(range(min(args.max_eval_samples, len(evaluation))))
+    if len(train) < 2:  # one pair has no negative: its contrastive loss would be 0, silently
+        raise ValueError(f"the training split has {len(train)} row(s); contrastive pre-training needs at least 2.")
     return train, evaluation
+
+
+def input_paths(model_args: ModelArguments, data_args: DataArguments, training_args) -> list[str]:
+    """Existing paths this run reads: an output folder must not be, or contain, one of them."""
+    candidates = [model_args.model_name_or_path, model_args.processor_name_or_path, model_args.vision_model,
+                  model_args.text_model, model_args.config_name, model_args.stage, data_args.dataset,
+                  data_args.image_root, training_args.resume_from_checkpoint]
+    return [p for p in candidates if isinstance(p, str) and p and os.path.exists(p)]
+
+
+def check_batch_size(training_args) -> None:
+    """In-batch contrastive losses need 2 pairs per step (all ranks together: they are gathered)."""
+    if training_args.per_device_train_batch_size * training_args.world_size < 2:
+        raise ValueError(f"--per_device_train_batch_size {training_args.per_device_train_batch_size} on "
+                         f"{training_args.world_size} process(es) gives batches of 1 pair, whose contrastive loss is "
+                         "0; use at least 2 pairs per step.")
 
 
 def main(argv=None):
@@ -129,8 +266,21 @@ def main(argv=None):
     if training_args.label_names is None:
         training_args.label_names = []  # `mlm_labels` is an input, not the label column; keeps eval_loss
 
-    model, processor = load_model_and_processor(model_args)
-    stage = apply_training_stage(model, model_args.stage)
+    if training_args.disable_tqdm:  # every progress bar: also loading / writing weights and datasets' bars
+        transformers_logging.disable_progress_bar()
+        datasets.disable_progress_bars()
+    # Everything that can be checked before loading a model or data is checked first.
+    stage = load_training_stage(model_args.stage)
+    overrides = parse_config_overrides(model_args)
+    check_batch_size(training_args)
+    inputs = input_paths(model_args, data_args, training_args)
+    model_dir = os.path.join(training_args.output_dir, "model")
+    will_train = training_args.do_train or not training_args.do_eval
+    if will_train:
+        check_output_dir(model_dir, overwrite=model_args.overwrite, protect=inputs)
+
+    model, processor = load_model_and_processor(model_args, overrides)
+    apply_training_stage(model, stage)
     given = set(sys.argv[1:] if argv is None else argv)
     for name in ("learning_rate", "weight_decay", "warmup_ratio", "max_grad_norm"):
         if f"--{name}" not in given and not any(a.startswith(f"--{name}=") for a in given):
@@ -141,32 +291,24 @@ def main(argv=None):
     logger.info("trainable parameters: %.2fM of %.2fM", trainable / 1e6,
                 sum(p.numel() for p in model.parameters()) / 1e6)
 
-    train, evaluation = load_splits(data_args, training_args.seed)
-    (height, width), (patch_h, patch_w) = (
-        tuple(v) if isinstance(v, (list, tuple)) else (v, v)
-        for v in (config.vision_config.image_size, config.vision_config.patch_size)
-    )
-    num_patches = (height // patch_h) * (width // patch_w)
-    collator = BridgeDataCollator(
-        processor,
-        mlm_probability=data_args.mlm_probability if config.mlm_loss_weight > 0 else 0.0,
-        mim_probability=data_args.mim_probability if config.mim_loss_weight > 0 else 0.0,
-        num_patches=num_patches,
-        image_column="image",
-        text_column="caption",
-        max_length=config.max_text_positions,
-    )
+    train, evaluation = load_splits(data_args, training_args.seed, show_progress=not training_args.disable_tqdm)
+    batch = training_args.per_device_train_batch_size
+    if training_args.world_size == 1 and len(train) % batch == 1 and not training_args.dataloader_drop_last:
+        logger.warning("the last batch of each epoch holds 1 pair (%d rows, batches of %d), whose contrastive loss "
+                       "is 0; pass --dataloader_drop_last or change --max_train_samples.", len(train), batch)
+    collator = BridgeDataCollator.for_model(processor, config, mlm_probability=data_args.mlm_probability,
+                                            mim_probability=data_args.mim_probability)
     trainer = BridgeTrainer(model=model, args=training_args, train_dataset=train, eval_dataset=evaluation,
                             data_collator=collator)
-    if training_args.do_train or not training_args.do_eval:
+    if will_train:
         resume = training_args.resume_from_checkpoint
         if resume in ("True", "true"):
             resume = True
         result = trainer.train(resume_from_checkpoint=resume)
         trainer.log_metrics("train", result.metrics)
         if trainer.is_world_process_zero():
-            save_pretrained_atomically(training_args.output_dir + "/model", model, processor)
-            logger.info("saved model and processor to %s/model", training_args.output_dir)
+            save_pretrained_atomically(model_dir, model, processor, overwrite=model_args.overwrite, protect=inputs)
+            logger.info("saved model and processor to %s", model_dir)
     if evaluation is not None:
         metrics = trainer.evaluate()
         trainer.log_metrics("eval", metrics)
@@ -174,4 +316,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_command(main))

@@ -1,5 +1,6 @@
 """The pre-training example end to end on a tiny model: trains, saves atomically, resumes, evaluates."""
 
+import dataclasses
 import json
 import math
 import os
@@ -12,6 +13,7 @@ from conftest import make_config
 from transformers import AutoModel
 
 from modeling_bridge import BridgeModel
+from modeling_bridge.training import load_training_stage
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 import run_pretraining  # noqa: E402
@@ -20,7 +22,7 @@ import run_pretraining  # noqa: E402
 @pytest.fixture
 def tiny_source(tmp_path, processor):
     make_config().to_json_file(tmp_path / "bridge.json")
-    stage_b = json.loads((Path(run_pretraining.__file__).parents[1] / "configuration" / "stage_b.json").read_text())
+    stage_b = dataclasses.asdict(load_training_stage("b"))
     stage_b.update(vision_trainable_blocks=1, text_trainable_blocks=1)  # the tiny towers have 2 blocks
     (tmp_path / "stage_b_tiny.json").write_text(json.dumps(stage_b))
     processor.save_pretrained(tmp_path / "processor")
@@ -29,15 +31,17 @@ def tiny_source(tmp_path, processor):
 
 def _args(source, output_dir, *extra):
     return ["--config_name", str(source / "bridge.json"), "--processor_name_or_path", str(source / "processor"),
-            "--dataset", "bridge-shapes", "--num_shapes_train", "16", "--output_dir", str(output_dir),
+            "--dataset", "bridge-shapes", "--shapes_num_train", "16", "--shapes_image_size", "32",
+            "--output_dir", str(output_dir),
             "--per_device_train_batch_size", "4", "--report_to", "none", "--use_cpu", "true",
             "--disable_tqdm", "true", "--seed", "0", *extra]
 
 
 def test_stage_b_run_saves_a_model_that_auto_loads_and_reports_every_component(tiny_source, tmp_path):
     out = tmp_path / "run"
-    trainer = run_pretraining.main(_args(tiny_source, out, "--stage", str(tiny_source / "stage_b_tiny.json"), "--max_steps", "2", "--logging_steps",
-                                         "1", "--eval_split", "test", "--max_eval_samples", "8"))
+    trainer = run_pretraining.main(_args(tiny_source, out, "--stage", str(tiny_source / "stage_b_tiny.json"),
+                                         "--max_steps", "2", "--logging_steps", "1", "--eval_split", "test",
+                                         "--max_eval_samples", "8"))
     logged = [entry for entry in trainer.state.log_history if "loss" in entry]
     assert {"itc_loss", "itm_loss", "mlm_loss", "mim_loss", "cycle_loss"} <= set(logged[-1])
     evaluated = [entry for entry in trainer.state.log_history if "eval_loss" in entry]
@@ -62,8 +66,114 @@ def test_resume_from_checkpoint_continues_the_run(tiny_source, tmp_path):
     assert state["global_step"] == 4
 
 
-def test_bad_model_arguments_stop_with_one_line(tiny_source, tmp_path):
-    with pytest.raises(SystemExit, match="exactly one of"):
+def test_bad_model_arguments_are_named(tiny_source, tmp_path):
+    with pytest.raises(ValueError, match="exactly one of"):
         run_pretraining.main(_args(tiny_source, tmp_path, "--model_name_or_path", str(tmp_path)))
-    with pytest.raises(SystemExit, match="--vision_model and --text_model go together"):
+    with pytest.raises(ValueError, match="--vision_model and --text_model go together"):
         run_pretraining.main(["--vision_model", "x", "--output_dir", str(tmp_path)])
+
+
+@pytest.fixture
+def tower_dirs(tmp_path, processor):
+    from conftest import TEXT_CONFIGS, VISION_CONFIGS
+    from transformers import AutoModel
+
+    AutoModel.from_config(VISION_CONFIGS["vit"]()).save_pretrained(tmp_path / "vit")
+    processor.image_processor.save_pretrained(tmp_path / "vit")
+    AutoModel.from_config(TEXT_CONFIGS["bert"]()).save_pretrained(tmp_path / "bert")
+    processor.tokenizer.save_pretrained(tmp_path / "bert")
+    return tmp_path / "vit", tmp_path / "bert"
+
+
+def _short(output_dir, *extra):
+    return ["--dataset", "bridge-shapes", "--shapes_num_train", "8", "--shapes_image_size", "32", "--output_dir",
+            str(output_dir), "--per_device_train_batch_size", "4", "--max_steps", "1", "--report_to", "none",
+            "--use_cpu", "true", "--disable_tqdm", "true", "--save_strategy", "no", *extra]
+
+
+def test_config_overrides_size_the_interaction_of_every_model_source(tiny_source, tower_dirs, tmp_path):
+    vit, bert = tower_dirs
+    size = {"num_interaction_layers": 1, "shared_dim": 24, "num_interaction_heads": 4, "max_text_positions": 12}
+    run_pretraining.main(_short(tmp_path / "towers", "--vision_model", str(vit), "--text_model", str(bert),
+                                "--config_overrides", json.dumps(size)))
+    saved = json.loads((tmp_path / "towers" / "model" / "config.json").read_text())
+    assert {k: saved[k] for k in size} == size
+
+    run_pretraining.main(_short(tmp_path / "random", "--config_name", str(tiny_source / "bridge.json"),
+                                "--processor_name_or_path", str(tiny_source / "processor"),
+                                "--config_overrides", json.dumps(size)))
+    saved = json.loads((tmp_path / "random" / "model" / "config.json").read_text())
+    assert {k: saved[k] for k in size} == size
+
+    # A saved model takes the fields that keep its weights' shapes; --num_hard_negatives wins over the JSON.
+    trainer = run_pretraining.main(_short(
+        tmp_path / "again", "--model_name_or_path", str(tmp_path / "towers" / "model"),
+        "--config_overrides", '{"negative_mining": "hardest", "num_hard_negatives": 1}', "--num_hard_negatives", "2"))
+    assert (trainer.model.config.negative_mining, trainer.model.config.num_hard_negatives) == ("hardest", 2)
+    saved = json.loads((tmp_path / "again" / "model" / "config.json").read_text())
+    assert (saved["negative_mining"], saved["num_hard_negatives"], saved["shared_dim"]) == ("hardest", 2, 24)
+
+
+def test_lora_example_masks_patches_of_rectangular_images(tmp_path):
+    """MIM on a vision tower with (height, width) image and patch sizes: num_patches comes from the config."""
+    import importlib.util
+
+    from transformers import BertTokenizer, ViTConfig, ViTImageProcessor
+
+    from conftest import TEXT_CONFIGS, VOCAB
+    from modeling_bridge import BridgeConfig, BridgeForPreTraining, BridgeProcessor
+
+    spec = importlib.util.spec_from_file_location("run_lora_finetuning",
+                                                  Path(run_pretraining.__file__).parent / "run_lora_finetuning.py")
+    run_lora = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = run_lora
+    try:
+        spec.loader.exec_module(run_lora)
+    finally:
+        del sys.modules[spec.name]
+    vision = ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                       image_size=(32, 48), patch_size=(8, 16))
+    config = BridgeConfig.from_vision_text_configs(
+        vision, TEXT_CONFIGS["bert"](), num_interaction_layers=1, shared_dim=16, num_interaction_heads=2,
+        projection_dim=8, max_text_positions=16, mim_loss_weight=0.5)
+    torch.manual_seed(0)
+    BridgeForPreTraining(config).save_pretrained(tmp_path / "base")
+    tokenizer = BertTokenizer(vocab={w: i for i, w in enumerate(VOCAB)})
+    image_processor = ViTImageProcessor(size={"height": 32, "width": 48})
+    BridgeProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(tmp_path / "base")
+    results = run_lora.main(["--model_name_or_path", str(tmp_path / "base"), *_short(tmp_path / "lora")])
+    assert math.isfinite(results["train"]["train_loss"])
+    assert (tmp_path / "lora" / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_demo_scores_galleries_without_tokenizer_warnings(processor):
+    """The demo's MiniLM tokenizer carries a saved `max_length` (tokenizer.json truncation settings); every
+    processor call that left truncation unset warned that it is ignored."""
+    import warnings
+
+    from transformers import BertTokenizer
+
+    from conftest import VOCAB, make_model, random_images
+    from modeling_bridge import BridgeProcessor
+
+    import run_demo
+
+    tokenizer = BertTokenizer(vocab={w: i for i, w in enumerate(VOCAB)}, model_max_length=32, max_length=128)
+    saved_max_length = BridgeProcessor(image_processor=processor.image_processor, tokenizer=tokenizer)
+    images, captions = random_images(3), ["a red circle", "a blue square", "a green triangle"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        scores = run_demo.score_matrix(make_model(), saved_max_length, images, captions)
+        results = run_demo.evaluate_scores(make_model(), _Scores(scores), saved_max_length, images, captions)
+    assert scores.shape == (3, 3) and set(results["dual_encoder"]) == {"zeroshot_acc", "t2i_r1", "i2t_r1"}
+
+
+class _Scores(torch.nn.Module):
+    """A stand-in baseline that returns fixed logits."""
+
+    def __init__(self, logits):
+        super().__init__()
+        self.logits = logits
+
+    def forward(self, **inputs):
+        return type("Out", (), {"logits_per_image": self.logits})()
