@@ -12,6 +12,7 @@ from transformers.image_utils import load_image
 # saturates 16-bit values to white and turns floats in [0, 1] black, so they are scaled by value range first.
 _HIGH_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 _TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json")
+_NO_LIMIT = 1_000_000  # tokenizers without a real limit report a huge sentinel as model_max_length
 
 
 def _scale_to_8_bit(image, index: int):
@@ -70,8 +71,8 @@ class BridgeProcessor(ProcessorMixin):
     `processor(images=..., text=..., return_tensors="pt")` gives `pixel_values`, `input_ids`, `attention_mask` (and
     `token_type_ids` where the tokenizer makes them).
 
-    Texts are padded to the longest by default; pass `truncation=True, max_length=config.max_text_positions` for
-    texts that may exceed the model's positions (the model otherwise truncates them itself, with a warning). Images
+    Texts are padded to the longest by default, and truncated to the tokenizer's `model_max_length` when it has one
+    (set it to `config.max_text_positions`; texts still longer are truncated by the model itself, with a warning). Images
     may be PIL images of any mode, arrays, tensors or file paths: 16-bit and float images are scaled by value range
     (0-65535, [0, 1]) before the conversion to RGB, and the image processor is told to convert too
     (`do_convert_rgb`), so the zero-shot pipeline, which calls it directly, accepts grayscale and RGBA images as well.
@@ -120,6 +121,11 @@ class BridgeProcessor(ProcessorMixin):
             raise ValueError("BridgeProcessor got an empty list of texts; pass at least one.")
         if text is not None:
             kwargs.setdefault("padding", True)
+            limit = getattr(self.tokenizer, "model_max_length", None)
+            if "truncation" not in kwargs and isinstance(limit, int) and limit < _NO_LIMIT:
+                # Longer texts cannot pass the text tower anyway; saying so also silences the tokenizer's "max_length
+                # is ignored" warning of tokenizers that store truncation settings (e.g. MiniLM's tokenizer.json).
+                kwargs["truncation"] = True
         if images is not None:
             images = _prepare_images(images)
         return super().__call__(images=images, text=text, **kwargs)

