@@ -126,6 +126,7 @@ class BridgeProcessor(ProcessorMixin):
                 # Longer texts cannot pass the text tower anyway; saying so also silences the tokenizer's "max_length
                 # is ignored" warning of tokenizers that store truncation settings (e.g. MiniLM's tokenizer.json).
                 kwargs["truncation"] = True
+                kwargs.setdefault("max_length", limit)  # explicit: stored truncation settings would win otherwise
         if images is not None:
             images = _prepare_images(images)
         return super().__call__(images=images, text=text, **kwargs)
