@@ -26,6 +26,7 @@ Reload the result:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -177,6 +178,15 @@ def load_splits(data_args: DataArguments, seed: int, show_progress: bool = True)
     return train, evaluation
 
 
+@contextlib.contextmanager
+def peft_without_deprecation_noise():
+    """PeftModel reads transformers' deprecated `is_gradient_checkpointing`; the FutureWarning is not the user's to
+    act on, so it is hidden here (and only here)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield
+
+
 @torch.no_grad()
 def bridge_scores(model, batch: dict) -> dict[str, torch.Tensor]:
     """Unimodal and fused image-text score matrices of `batch`, computed by the inner BridgeModel in eval mode."""
@@ -198,8 +208,7 @@ def verify_saved_adapter(model_args: ModelArguments, adapter_dir: str, reference
 
     Not bit-exact in general: CPU matmul kernels may sum in an order that depends on the memory alignment of the
     weights, and safetensors maps them at arbitrary offsets, so expect differences around 1e-6."""
-    with warnings.catch_warnings():  # PEFT asks for transformers' deprecated name: noise, not the user's to fix
-        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+    with peft_without_deprecation_noise():
         reloaded = PeftModel.from_pretrained(load_base_model(model_args), adapter_dir).to(device).eval()
     differences = {}
     for mode, score in bridge_scores(reloaded, batch).items():
@@ -218,13 +227,18 @@ def verify_saved_adapter(model_args: ModelArguments, adapter_dir: str, reference
 
 def output_folders(model_args: ModelArguments, data_args: DataArguments, training_args):
     """(adapter_dir, what it must not replace), (merged_dir or None, what it must not replace): existing inputs of
-    the run, output_dir (checkpoints, lora_results.json) and the other output folder."""
-    inputs = [model_args.model_name_or_path, model_args.processor_name_or_path, data_args.dataset,
-              data_args.image_root, training_args.resume_from_checkpoint]
-    inputs = [p for p in inputs if isinstance(p, str) and p and os.path.exists(p)] + [training_args.output_dir]
+    the run, output_dir (checkpoints, lora_results.json) and the other output folder, each with how to name it."""
+    inputs = {
+        model_args.model_name_or_path: "the model folder", model_args.processor_name_or_path: "the processor folder",
+        data_args.dataset: "the dataset", data_args.image_root: "the image folder",
+        training_args.resume_from_checkpoint: "the checkpoint",
+    }
+    inputs = {p: label for p, label in inputs.items() if isinstance(p, str) and p and os.path.exists(p)}
+    inputs[training_args.output_dir] = "the output_dir"
     adapter_dir = model_args.adapter_dir or os.path.join(training_args.output_dir, "adapter")
     merged_dir = model_args.merged_dir
-    return (adapter_dir, [*inputs, merged_dir]), (merged_dir, [*inputs, adapter_dir])
+    return ((adapter_dir, {**inputs, merged_dir: "the merged model folder"}),
+            (merged_dir, {**inputs, adapter_dir: "the adapter folder"}))
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -259,8 +273,10 @@ def main(argv: list[str] | None = None) -> dict:
     processor = load_processor(model_args)
     config = base.config
     modules_to_save = [m for m in model_args.lora_modules_to_save if m.lower() != "none"]
-    model = make_lora_model(base, r=model_args.lora_r, alpha=model_args.lora_alpha, dropout=model_args.lora_dropout,
-                            target_modules=model_args.lora_target_modules, modules_to_save=modules_to_save or None)
+    with peft_without_deprecation_noise():
+        model = make_lora_model(base, r=model_args.lora_r, alpha=model_args.lora_alpha,
+                                dropout=model_args.lora_dropout, target_modules=model_args.lora_target_modules,
+                                modules_to_save=modules_to_save or None)
     model.print_trainable_parameters()
 
     train_dataset, eval_dataset = load_splits(data_args, training_args.seed,

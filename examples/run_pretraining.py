@@ -241,12 +241,16 @@ def load_splits(args: DataArguments, seed: int, show_progress: bool = True):
     return train, evaluation
 
 
-def input_paths(model_args: ModelArguments, data_args: DataArguments, training_args) -> list[str]:
-    """Existing paths this run reads: an output folder must not be, or contain, one of them."""
-    candidates = [model_args.model_name_or_path, model_args.processor_name_or_path, model_args.vision_model,
-                  model_args.text_model, model_args.config_name, model_args.stage, data_args.dataset,
-                  data_args.image_root, training_args.resume_from_checkpoint]
-    return [p for p in candidates if isinstance(p, str) and p and os.path.exists(p)]
+def input_paths(model_args: ModelArguments, data_args: DataArguments, training_args) -> dict[str, str]:
+    """Existing paths this run reads, with how to name them: an output folder must not be, or contain, one."""
+    candidates = {
+        model_args.model_name_or_path: "the model folder", model_args.processor_name_or_path: "the processor folder",
+        model_args.vision_model: "the vision tower", model_args.text_model: "the text tower",
+        model_args.config_name: "the config file", model_args.stage: "the stage file",
+        data_args.dataset: "the dataset", data_args.image_root: "the image folder",
+        training_args.resume_from_checkpoint: "the checkpoint",
+    }
+    return {p: label for p, label in candidates.items() if isinstance(p, str) and p and os.path.exists(p)}
 
 
 def check_batch_size(training_args) -> None:

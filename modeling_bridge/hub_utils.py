@@ -220,8 +220,8 @@ def publish(model, processor, args, base_models, description=None) -> Path:
     card = build_model_card(model.config, base_models=base_models, license=args.license, repo_id=args.push_to_hub,
                             description=description)
     # Every existing path the command was given (model folder, checkpoint, towers, config) is an input to keep.
-    inputs = [value for name, value in vars(args).items()
-              if name != "output_dir" and isinstance(value, str) and value and os.path.exists(value)]
+    inputs = {value: f"--{name}" for name, value in vars(args).items()
+              if name != "output_dir" and isinstance(value, str) and value and os.path.exists(value)}
     folder = save_hub_folder(model, processor, args.output_dir, card=card, max_shard_size=args.max_shard_size,
                              overwrite=args.overwrite, protect=inputs)
     print(f"wrote {folder}")

@@ -24,7 +24,7 @@ import os
 import secrets
 import shutil
 import stat
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 # Names (glob patterns) of the files `save_pretrained` writes for the objects this package saves: transformers
@@ -86,22 +86,22 @@ def _absolute(path: str | os.PathLike) -> Path:
 def check_output_dir(
     output_dir: str | os.PathLike,
     overwrite: bool = False,
-    protect: Iterable[str | os.PathLike | None] = (),
+    protect: Iterable[str | os.PathLike | None] | Mapping[str | os.PathLike | None, str] = (),
     replace_previous_save: bool = True,
 ) -> Path:
     """Raise unless a save may create or replace `output_dir` (rules in the module docstring); return its absolute
-    path. `protect`: paths the save must not delete (None entries are skipped), compared after resolving links.
-    `replace_previous_save=False` asks for `overwrite=True` before replacing any non-empty folder."""
+    path. `protect`: paths the save must not delete, or a `{path: label}` mapping whose labels ("the model folder")
+    name them in the error; None entries are skipped; compared after resolving links. `replace_previous_save=False`
+    asks for `overwrite=True` before replacing any non-empty folder."""
     target = _absolute(output_dir)
     real = target.resolve()
-    for path in (*protect, os.getcwd()):
-        if path is None:
-            continue
+    labelled = protect.items() if isinstance(protect, Mapping) else ((path, None) for path in protect)
+    named = [(path, f"{label} {os.fspath(path)}" if label else f"{os.fspath(path)}, which this run reads or writes")
+             for path, label in labelled if path is not None]
+    for path, what in (*named, (os.getcwd(), "the current folder")):
         protected = _absolute(path).resolve()
         if real == protected or real in protected.parents:
             relation = "is the same folder as" if real == protected else "is a parent folder of"
-            what = ("the current folder" if path == os.getcwd()
-                    else f"{os.fspath(path)}, which this run reads or writes")
             raise ValueError(f"{output_dir} {relation} {what}; saving there would delete it. Choose another output "
                              "folder.")
     for ancestor in target.parents:  # the first existing ancestor must be a folder to create the target in
@@ -190,7 +190,7 @@ def save_pretrained_atomically(
     output_dir: str | os.PathLike,
     *objects,
     overwrite: bool = False,
-    protect: Iterable[str | os.PathLike | None] = (),
+    protect: Iterable[str | os.PathLike | None] | Mapping[str | os.PathLike | None, str] = (),
 ) -> Path:
     """`save_pretrained` every object (model, adapter, processor, ...) into a temporary sibling of `output_dir`, then
     rename it into place: an interrupted save leaves the previous `output_dir` (or nothing), never a half-written

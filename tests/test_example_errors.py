@@ -195,8 +195,8 @@ def test_pretraining_never_replaces_what_the_user_owns(sources, tmp_path, capsys
         "choose another output folder.")
     # Training the previous stage's output with output_dir = its run folder would replace the input model.
     assert _fails(run_pretraining, _pretraining(sources, "--model_name_or_path", sources / "model", "--overwrite"),
-                  capsys) == (f"{sources / 'model'} is the same folder as {sources / 'model'}, which this run reads "
-                              "or writes; saving there would delete it. Choose another output folder.")
+                  capsys) == (f"{sources / 'model'} is the same folder as the model folder {sources / 'model'}; "
+                              "saving there would delete it. Choose another output folder.")
     assert _snapshot(out) == before and (tmp_path / "file_out" / "model").read_text() == "precious"
 
     run_pretraining.main([str(a) for a in _from_model(sources, out, "--overwrite", "--save_strategy", "no")])
@@ -218,17 +218,17 @@ def test_lora_never_replaces_its_inputs_checkpoints_or_adapter(sources, tmp_path
     (out / "lora_results.json").write_text("{}")
     before = _snapshot(out)
     assert _fails(run_lora, _lora(sources, out, "--merged_dir", out), capsys) == (
-        f"{out} is the same folder as {out}, which this run reads or writes; saving there would delete it. Choose "
-        "another output folder.")
+        f"{out} is the same folder as the output_dir {out}; saving there would delete it. Choose another output "
+        "folder.")
     assert _fails(run_lora, _lora(sources, out, "--merged_dir", out / "adapter", "--overwrite"), capsys) == (
-        f"{out / 'adapter'} is the same folder as {out / 'adapter'}, which this run reads or writes; saving there "
-        "would delete it. Choose another output folder.")
+        f"{out / 'adapter'} is the same folder as the merged model folder {out / 'adapter'}; saving there would "
+        "delete it. Choose another output folder.")
     assert _fails(run_lora, _lora(sources, out, "--adapter_dir", tmp_path), capsys) == (
-        f"{tmp_path} is a parent folder of {out}, which this run reads or writes; saving there would delete it. "
-        "Choose another output folder.")
+        f"{tmp_path} is a parent folder of the output_dir {out}; saving there would delete it. Choose another "
+        "output folder.")
     assert _fails(run_lora, _lora(sources, out, "--adapter_dir", sources / "model", "--overwrite"), capsys) == (
-        f"{sources / 'model'} is the same folder as {sources / 'model'}, which this run reads or writes; saving "
-        "there would delete it. Choose another output folder.")
+        f"{sources / 'model'} is the same folder as the model folder {sources / 'model'}; saving there would "
+        "delete it. Choose another output folder.")
     assert _snapshot(out) == before
 
 

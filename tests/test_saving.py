@@ -154,6 +154,8 @@ def test_a_file_or_a_link_is_never_replaced(tmp_path):
 def test_an_input_folder_or_a_parent_of_one_is_never_replaced(tmp_path, monkeypatch):
     model_dir = tmp_path / "run" / "model"
     save_pretrained_atomically(model_dir, _Writes("config.json", "input"))
+    with pytest.raises(ValueError, match=f"model is the same folder as the model folder {model_dir}; saving there"):
+        check_output_dir(model_dir, protect={None: "nothing", model_dir: "the model folder"})
     for target, relation in ((model_dir, "is the same folder as"), (tmp_path / "run", "is a parent folder of")):
         for overwrite in (False, True):
             with pytest.raises(ValueError) as error:
@@ -206,7 +208,7 @@ def test_publish_protects_every_input_path_of_the_command(tmp_path, processor):
     args = argparse.Namespace(model_dir=str(model_dir), output_dir=str(model_dir), push_to_hub=None,
                               local_dir_only=True, license="apache-2.0", max_shard_size="5GB", overwrite=True,
                               private=False, token=None)
-    with pytest.raises(ValueError, match="trained is the same folder as .*trained, which this run reads"):
+    with pytest.raises(ValueError, match=f"trained is the same folder as --model_dir {model_dir}; saving there"):
         publish(model, processor, args, base_models=[])
     assert _snapshot(model_dir) == before
 

@@ -11,8 +11,9 @@ Sources:
 A list of captions gives one row per caption; `image_id` numbers the distinct images of a split, so rows with the
 same `image_id` show the same image (what retrieval evaluation needs to count a hit). Images stay lazy (paths or
 bytes decoded on access), but each one is decoded once up front (`verify_images=True`, with a progress bar: on
-COCO this takes minutes), so an unreadable file fails here, by name, rather than hours into training. Bad rows (missing or unreadable image, empty caption)
-raise a ValueError naming the file or row, or with `skip_invalid=True` are dropped and counted in one warning.
+COCO this takes minutes), so an unreadable file fails here, by name, rather than hours into training. Bad rows
+(missing or unreadable image, empty caption) raise a ValueError naming the file or row, or with
+`skip_invalid=True` are dropped and counted in one warning.
 """
 
 from __future__ import annotations
