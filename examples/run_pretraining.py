@@ -70,7 +70,8 @@ class ModelArguments:
 @dataclass
 class DataArguments:
     dataset: str = field(default="bridge-shapes", metadata={
-        "help": "bridge-shapes, a datasets folder/name, or a Karpathy-style JSON (with --image_root)."})
+        "help": "bridge-shapes, a saved datasets folder, a folder datasets.load_dataset reads, or a Karpathy-style "
+                "JSON (with --image_root)."})
     image_root: str | None = field(default=None, metadata={"help": "Image folder of a Karpathy JSON."})
     image_column: str = field(default="image", metadata={"help": "Image column of a datasets dataset."})
     text_column: str = field(default="caption", metadata={"help": "Text column of a datasets dataset."})
