@@ -35,18 +35,16 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import datasets
 import torch
 from peft import PeftModel
 from transformers import AutoModelForPreTraining, AutoProcessor, HfArgumentParser, TrainingArguments, set_seed
-from transformers.utils import logging as transformers_logging
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone without installing
 
 import modeling_bridge  # noqa: E402,F401  (registers BRIDGE with the Auto classes)
 from modeling_bridge import BridgeForPreTraining, BridgeProcessor  # noqa: E402
 from modeling_bridge.data import BridgeDataCollator, load_bridge_shapes, load_image_text_dataset  # noqa: E402
-from modeling_bridge.hub_utils import check_model_path, explain_load_error, run_command  # noqa: E402
+from modeling_bridge.hub_utils import check_model_path, explain_load_error, progress_bars, run_command  # noqa: E402
 from modeling_bridge.saving import check_output_dir  # noqa: E402
 from modeling_bridge.training import (  # noqa: E402
     BridgeTrainer,
@@ -254,9 +252,12 @@ def main(argv: list[str] | None = None) -> dict:
         training_args.label_names = []
     set_seed(training_args.seed)
 
-    if training_args.disable_tqdm:  # every progress bar: also loading / writing weights and datasets' bars
-        transformers_logging.disable_progress_bar()
-        datasets.disable_progress_bars()
+    with progress_bars(enabled=not training_args.disable_tqdm):  # --disable_tqdm: every bar, not only Trainer's
+        return finetune(model_args, data_args, training_args)
+
+
+def finetune(model_args: ModelArguments, data_args: DataArguments, training_args) -> dict:
+    """The run itself: checks, model, LoRA, data, Trainer, saves and their verification; returns the results."""
     # Checked before anything is loaded or trained: where the results go, and the batch size.
     (adapter_dir, adapter_protect), (merged_dir, merged_protect) = output_folders(model_args, data_args,
                                                                                   training_args)

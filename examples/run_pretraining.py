@@ -27,15 +27,13 @@ import os
 import sys
 from dataclasses import dataclass, field
 
-import datasets
 import torch
 from transformers import AutoConfig, AutoModelForPreTraining, HfArgumentParser, TrainingArguments
-from transformers.utils import logging as transformers_logging
 
 import modeling_bridge  # noqa: F401  (registers BRIDGE with the Auto classes)
 from modeling_bridge import BridgeConfig, BridgeForPreTraining, BridgeProcessor
 from modeling_bridge.data import BridgeDataCollator, load_bridge_shapes, load_image_text_dataset
-from modeling_bridge.hub_utils import check_model_path, explain_load_error, run_command
+from modeling_bridge.hub_utils import check_model_path, explain_load_error, progress_bars, run_command
 from modeling_bridge.saving import check_output_dir
 from modeling_bridge.training import (
     BridgeTrainer,
@@ -271,9 +269,12 @@ def main(argv=None):
     if training_args.label_names is None:
         training_args.label_names = []  # `mlm_labels` is an input, not the label column; keeps eval_loss
 
-    if training_args.disable_tqdm:  # every progress bar: also loading / writing weights and datasets' bars
-        transformers_logging.disable_progress_bar()
-        datasets.disable_progress_bars()
+    with progress_bars(enabled=not training_args.disable_tqdm):  # --disable_tqdm: every bar, not only Trainer's
+        return train(model_args, data_args, training_args, argv)
+
+
+def train(model_args: ModelArguments, data_args: DataArguments, training_args, argv=None):
+    """The run itself: checks, model, data, Trainer, final save; returns the trainer."""
     # Everything that can be checked before loading a model or data is checked first.
     stage = load_training_stage(model_args.stage)
     overrides = parse_config_overrides(model_args)

@@ -7,6 +7,7 @@ temporary folder and renames it into place, and `upload_hub_folder` pushes such 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from pathlib import Path
@@ -231,6 +232,28 @@ def publish(model, processor, args, base_models, description=None) -> Path:
     return folder
 
 
+@contextlib.contextmanager
+def progress_bars(enabled: bool = True):
+    """With `enabled=False`, hide transformers' and datasets' progress bars (loading / writing weights, dataset
+    preparation) inside the block, and restore their previous state after it (`--disable_tqdm` of the examples)."""
+    from datasets.utils import disable_progress_bars, enable_progress_bars, is_progress_bar_enabled
+    from transformers.utils import logging as transformers_logging
+
+    if enabled:
+        yield
+        return
+    previous = transformers_logging.is_progress_bar_enabled(), is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()
+    disable_progress_bars()
+    try:
+        yield
+    finally:
+        if previous[0]:
+            transformers_logging.enable_progress_bar()
+        if previous[1]:
+            enable_progress_bars()
+
+
 def run_command(main, argv=None) -> int:
     """Run a command's `main(argv)`, turning expected failures into one `error: ...` line on stderr and exit code 1
     (bad input and Hub failures are the user's to fix, not tracebacks)."""
@@ -251,6 +274,7 @@ __all__ = [
     "check_model_path",
     "check_upload_possible",
     "explain_load_error",
+    "progress_bars",
     "publish",
     "resolve_token",
     "run_command",

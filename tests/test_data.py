@@ -459,11 +459,9 @@ def test_collator_for_model_follows_the_config(shapes_processor):
 
 def test_the_collator_calls_the_tokenizer_without_warnings(shapes_processor):
     # Tokenizers loaded from a tokenizer.json with truncation settings carry a `max_length` default (MiniLM: 128);
-    # a processor call that leaves truncation unset then warns that it is ignored.
+    # a tokenizer call with padding=True and that max_length but no truncation warns that it is ignored.
     tokenizer = BertTokenizer(vocab={w: i for i, w in enumerate(VOCAB)}, model_max_length=12, max_length=128)
     processor = BridgeProcessor(image_processor=shapes_processor.image_processor, tokenizer=tokenizer)
-    with pytest.warns(UserWarning, match="`max_length` is ignored"):  # the trap the collator must avoid
-        processor(images=[PILImage.new("RGB", (4, 4))], text=["a red circle"], return_tensors="pt", padding=True)
     rows = _rows(["a red circle", "a blue square left of an orange circle"])
     import warnings
 

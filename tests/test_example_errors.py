@@ -127,6 +127,11 @@ def test_pretraining_stage_and_batch(sources, tmp_path, capsys):
                               "contrastive loss is 0; use at least 2 pairs per step.")
     assert _fails(run_pretraining, _from_model(sources, tmp_path / "o", "--max_train_samples", "1"), capsys) == (
         "the training split has 1 row(s); contrastive pre-training needs at least 2.")
+    # --disable_tqdm hid every progress bar during the run (the one-line stderr above) and restored them after.
+    from datasets.utils import is_progress_bar_enabled
+    from transformers.utils import logging as transformers_logging
+
+    assert is_progress_bar_enabled() and transformers_logging.is_progress_bar_enabled()
 
 
 def test_pretraining_datasets(sources, tmp_path, capsys):
@@ -208,7 +213,8 @@ def test_pretraining_never_replaces_what_the_user_owns(sources, tmp_path, capsys
 
 def _lora(sources, out, *extra):
     return ["--model_name_or_path", sources / "model", "--output_dir", out, "--report_to", "none", "--use_cpu",
-            "--per_device_train_batch_size", "2", "--max_steps", "1", "--shapes_num_train", "8", *extra]
+            "--disable_tqdm", "true", "--per_device_train_batch_size", "2", "--max_steps", "1", "--shapes_num_train",
+            "8", *extra]
 
 
 def test_lora_never_replaces_its_inputs_checkpoints_or_adapter(sources, tmp_path, capsys):
