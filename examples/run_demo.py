@@ -149,8 +149,8 @@ def recall_at_1(logits_per_image: torch.Tensor) -> tuple[float, float]:
 
 
 def encode(processor, images, captions) -> dict:
-    """Processor inputs of a gallery. Truncation is explicit: without it the tokenizer warns that the `max_length`
-    of its saved truncation settings (MiniLM's tokenizer.json: 128) is ignored, on every call."""
+    """Processor inputs of a gallery, truncated explicitly to the model's positions: MiniLM's tokenizer.json stores
+    its own truncation length (128), which otherwise takes part (and, with padding, draws a warning per call)."""
     return processor(images=images, text=captions, return_tensors="pt", padding=True, truncation=True,
                      max_length=MAX_TEXT_LENGTH)
 
