@@ -4,8 +4,8 @@ temperatures) trained in full. Everything else stays frozen.
 
 The adapter and the processor are written atomically (temporary folder, then rename) to `--adapter_dir`
 (default `<output_dir>/adapter`, so Trainer checkpoints in `output_dir` are never touched). The run ends by
-checking the saved adapter: base + adapter reloaded with `PeftModel.from_pretrained`, and that reload merged with
-`merge_and_unload()`, must give the scores the trained model gave before saving (unimodal and fused); the maximum
+checking the saved adapter: base + adapter reloaded with `load_lora_adapter` (`PeftModel.from_pretrained`, checked),
+and that reload merged with `merge_and_unload()`, must give the scores the trained model gave before saving (unimodal and fused); the maximum
 differences are printed and the run fails if they exceed `--verify_tolerance`. `--activation_checkpointing`
 works with the frozen towers (transformers v5 checkpoints non-reentrantly by default).
 
@@ -21,7 +21,7 @@ Reload the result:
 
     base = BridgeForPreTraining.from_pretrained("outputs/demo/bridge")
     # (Hub code: AutoModelForPreTraining.from_pretrained(repo, trust_remote_code=True); AutoPeftModel refuses it)
-    model = PeftModel.from_pretrained(base, "outputs/lora/adapter")
+    model = load_lora_adapter(base, "outputs/lora/adapter")  # from modeling_bridge.training.lora
 """
 
 from __future__ import annotations
@@ -36,7 +36,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from peft import PeftModel
 from transformers import AutoModelForPreTraining, AutoProcessor, HfArgumentParser, TrainingArguments, set_seed
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone without installing
@@ -52,7 +51,7 @@ from modeling_bridge.training import (  # noqa: E402
     make_lora_model,
     save_pretrained_atomically,
 )
-from modeling_bridge.training.lora import DEFAULT_MODULES_TO_SAVE  # noqa: E402
+from modeling_bridge.training.lora import DEFAULT_MODULES_TO_SAVE, load_lora_adapter  # noqa: E402
 
 logger = logging.getLogger("run_lora_finetuning")
 
@@ -207,7 +206,7 @@ def verify_saved_adapter(model_args: ModelArguments, adapter_dir: str, reference
     Not bit-exact in general: CPU matmul kernels may sum in an order that depends on the memory alignment of the
     weights, and safetensors maps them at arbitrary offsets, so expect differences around 1e-6."""
     with peft_without_deprecation_noise():
-        reloaded = PeftModel.from_pretrained(load_base_model(model_args), adapter_dir).to(device).eval()
+        reloaded = load_lora_adapter(load_base_model(model_args), adapter_dir).to(device).eval()
     differences = {}
     for mode, score in bridge_scores(reloaded, batch).items():
         differences[f"reload_{mode}"] = float((score - reference[mode]).abs().max())

@@ -14,7 +14,8 @@ a COCO/Flickr Karpathy JSON (`--dataset annotations.json --image_root images/`).
         --output_dir outputs/stage_a --per_device_train_batch_size 64 --num_train_epochs 5
 
 `--resume_from_checkpoint` (a checkpoint folder, or `True` for the latest in `--output_dir`) continues a killed run.
-The stage's learning rate, weight decay, warmup ratio and gradient clipping apply unless given on the command line.
+The stage's learning rate, weight decay, warmup (as `warmup_steps`, a fraction below 1) and gradient clipping apply
+unless given on the command line.
 The final model and processor are written atomically to `--output_dir/model`. An existing `--output_dir/model` is
 replaced only if it is a previous save (model, processor and Hub code files only) or with `--overwrite`, and never
 if it is, or holds, an input of the run. Wrong input ends the run with one `error: ...` line and exit code 1.
@@ -288,9 +289,12 @@ def train(model_args: ModelArguments, data_args: DataArguments, training_args, a
     model, processor = load_model_and_processor(model_args, overrides)
     apply_training_stage(model, stage)
     given = set(sys.argv[1:] if argv is None else argv)
-    for name in ("learning_rate", "weight_decay", "warmup_ratio", "max_grad_norm"):
-        if f"--{name}" not in given and not any(a.startswith(f"--{name}=") for a in given):
-            setattr(training_args, name, getattr(stage, name))  # the stage's recipe unless overridden
+    # The stage's recipe unless given on the command line. transformers 5 has no `warmup_ratio`: a `warmup_steps`
+    # below 1 is the fraction of the run (setting a `warmup_ratio` attribute would be silently ignored).
+    for flag, stage_field in (("learning_rate", "learning_rate"), ("weight_decay", "weight_decay"),
+                              ("warmup_steps", "warmup_ratio"), ("max_grad_norm", "max_grad_norm")):
+        if f"--{flag}" not in given and not any(a.startswith(f"--{flag}=") for a in given):
+            setattr(training_args, flag, getattr(stage, stage_field))
     logger.info("stage %s: %s", stage.stage, stage.description)
     config = model.config
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -47,6 +47,7 @@ def test_stage_b_run_saves_a_model_that_auto_loads_and_reports_every_component(t
     evaluated = [entry for entry in trainer.state.log_history if "eval_loss" in entry]
     assert evaluated and math.isfinite(evaluated[-1]["eval_loss"])
     assert trainer.args.learning_rate == 5e-5 and trainer.args.weight_decay == 0.05  # stage b's recipe
+    assert trainer.args.warmup_steps == load_training_stage("b").warmup_ratio  # a fraction: the v5 spelling
     model = AutoModel.from_pretrained(out / "model")
     assert type(model) is BridgeModel and model.config.mlm_loss_weight == 0.5  # stage b's weights were saved
     trained = trainer.model.bridge.state_dict()
