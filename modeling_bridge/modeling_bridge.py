@@ -20,6 +20,20 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.utils import ModelOutput, can_return_tuple, logging
 
 from .configuration_bridge import SCORE_MODES, BridgeConfig
+from .loss_bridge import (
+    contrastive_loss,
+    cycle_consistency_loss,
+    distributed_rank_and_world,
+    gather_across_ranks,
+    listwise_loss,
+    mask_image_patches,
+    masked_patch_loss,
+    masked_token_loss,
+    match_loss,
+    max_across_ranks,
+    mine_hard_negatives,
+    pad_sequence_dim,
+)
 
 logger = logging.get_logger(__name__)
 
@@ -331,12 +345,6 @@ def pool_tokens(hidden_states: torch.Tensor, pooling: str, mask: torch.Tensor | 
     if pooling == "mean":
         return (hidden_states * mask).sum(1) / mask.sum(1).clamp(min=1.0)
     return hidden_states.masked_fill(mask == 0, torch.finfo(hidden_states.dtype).min).amax(1)
-
-
-def contrastive_loss(logits: torch.Tensor) -> torch.Tensor:
-    """Symmetric cross-entropy of a square (images x texts) score matrix whose diagonal holds the matches."""
-    target = torch.arange(logits.shape[0], device=logits.device)
-    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)) / 2
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -989,147 +997,6 @@ class BridgeForPreTrainingOutput(ModelOutput):
         )
 
 
-def distributed_rank_and_world() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
-
-
-def gather_across_ranks(tensor: torch.Tensor, with_grad: bool = True) -> torch.Tensor:
-    """Concatenate `tensor` from every rank along dim 0 (rank order); identity without torch.distributed.
-
-    With `with_grad`, gradients flow back to the rank that produced each part, so contrastive negatives from other
-    ranks train those ranks' encoders too (DDP's gradient averaging then equals one process over the global batch).
-    """
-    _, world = distributed_rank_and_world()
-    if world == 1:
-        return tensor
-    if with_grad:
-        from torch.distributed.nn.functional import all_gather
-
-        return torch.cat(all_gather(tensor), dim=0)
-    parts = [torch.empty_like(tensor) for _ in range(world)]
-    torch.distributed.all_gather(parts, tensor.contiguous())
-    return torch.cat(parts, dim=0)
-
-
-def _pad_sequence_dim(tensor: torch.Tensor, length: int, value=0) -> torch.Tensor:
-    """Right-pad dim 1 of (B, N, ...) to `length`."""
-    extra = length - tensor.shape[1]
-    return tensor if extra == 0 else F.pad(tensor, [0, 0] * (tensor.dim() - 2) + [0, extra], value=value)
-
-
-def mine_hard_negatives(
-    similarity: torch.Tensor,
-    positive_index: torch.Tensor,
-    num_negatives: int,
-    margin_min: float,
-    margin_max: float,
-    exclude: torch.Tensor | None = None,
-    semi_hard: bool = True,
-    generator: torch.Generator | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pick `num_negatives` negatives per anchor (row), vectorised.
-
-    similarity (A, C): cosine similarity of each anchor to each candidate; positive_index (A,): each anchor's positive
-    column; exclude (A, C) bool: candidates that must not serve as negatives (e.g. an identical caption).
-    With `semi_hard`, candidates in the band `S_ii - margin_max < S_ij < S_ii - margin_min` come first, in random
-    order, and the most similar remaining candidates fill the rest ("fallback hardest"); without, the most similar
-    candidates are taken. Returns indices (A, k) and a validity mask (A, k) that is False where fewer than k
-    candidates were allowed; k = min(num_negatives, C - 1). `generator` draws the random order within the band
-    (default: torch's global generator).
-    """
-    with torch.no_grad():
-        similarity = similarity.detach().float()
-        key = similarity
-        if semi_hard:
-            positive = similarity.gather(1, positive_index[:, None])
-            band = (similarity > positive - margin_max) & (similarity < positive - margin_min)
-            # Cosines are <= 1, so keys in [2, 3) put every in-band candidate ahead of the rest.
-            noise = torch.rand(similarity.shape, device=similarity.device, generator=generator)
-            key = torch.where(band, 2.0 + noise, similarity)
-        invalid = F.one_hot(positive_index, similarity.shape[1]).bool()
-        if exclude is not None:
-            invalid = invalid | exclude
-        key = key.masked_fill(invalid, float("-inf"))
-        values, indices = key.topk(min(num_negatives, similarity.shape[1] - 1), dim=1)
-        return indices, values > float("-inf")
-
-
-def match_loss(positive_logits: torch.Tensor, negative_logits: torch.Tensor, negative_valid=None) -> torch.Tensor:
-    """ITM objective on the match logit: (mean -log sigmoid(r_pos) + mean -log(1 - sigmoid(r_neg))) / 2.
-
-    As in the original, only the head's match logit (index 1) is trained: read `sigmoid(itm_logits[..., 1])` as the
-    match probability, not a softmax over the two outputs."""
-    negative_terms = F.softplus(negative_logits)
-    if negative_valid is None:
-        negative = negative_terms.mean()
-    else:
-        weights = negative_valid.to(negative_terms.dtype)
-        negative = (negative_terms * weights).sum() / weights.sum().clamp(min=1.0)
-    return (F.softplus(-positive_logits).mean() + negative) / 2
-
-
-def listwise_loss(positive_logits: torch.Tensor, negative_logits: torch.Tensor, negative_valid=None) -> torch.Tensor:
-    """Cross-entropy of each positive (A,) against its own negatives (A, k): a softmax over {positive} u negatives."""
-    if negative_valid is not None:
-        negative_logits = negative_logits.masked_fill(~negative_valid, float("-inf"))
-    logits = torch.cat([positive_logits[:, None], negative_logits], dim=1)
-    return F.cross_entropy(logits, torch.zeros_like(positive_logits, dtype=torch.long))
-
-
-def cycle_consistency_loss(
-    text_attentions: tuple[torch.Tensor, ...],
-    vision_attentions: tuple[torch.Tensor, ...],
-    attention_mask: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Mean over layers of -log diag(P_t<-v P_v<-t) and -log diag(P_v<-t P_t<-v) (head-averaged maps), the two
-    directions averaged; padded text positions are left out of the text term. Only the diagonals are computed."""
-    total = 0.0
-    for text_probs, vision_probs in zip(text_attentions, vision_attentions):
-        text_from_vision, vision_from_text = text_probs.mean(1), vision_probs.mean(1)  # (B, Nt, Nv), (B, Nv, Nt)
-        text_diagonal = torch.einsum("btv,bvt->bt", text_from_vision, vision_from_text)
-        vision_diagonal = torch.einsum("bvt,btv->bv", vision_from_text, text_from_vision)
-        text_terms = -text_diagonal.clamp(1e-8, 1.0).log()
-        if attention_mask is None:
-            text_term = text_terms.mean()
-        else:
-            weights = attention_mask.to(text_terms.dtype)
-            text_term = (text_terms * weights).sum() / weights.sum().clamp(min=1.0)
-        total = total + (text_term + (-vision_diagonal.clamp(1e-8, 1.0).log()).mean()) / 2
-    return total / len(text_attentions)
-
-
-def masked_patch_loss(predictions: torch.Tensor, targets: torch.Tensor, mim_mask: torch.Tensor) -> torch.Tensor:
-    """Mean squared error over the features of the masked patches only; predictions/targets (B, P, d), mask (B, P).
-
-    A mean over features as well as patches (the original sums over the d features), so the weight does not scale
-    with the tower's width."""
-    weights = mim_mask.to(predictions.dtype)[..., None]
-    squared = (predictions - targets).pow(2) * weights
-    return squared.sum() / (weights.sum() * predictions.shape[-1]).clamp(min=1.0)
-
-
-def masked_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy over the tokens whose label is not -100 (0 when none is masked, instead of NaN)."""
-    total = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100, reduction="sum")
-    return total / (labels != -100).sum().clamp(min=1)
-
-
-def mask_image_patches(pixel_values: torch.Tensor, mim_mask: torch.Tensor, patch_size) -> torch.Tensor:
-    """Zero (the normalised mean colour) the pixels of every masked patch; mim_mask is (B, patches) in raster order."""
-    ph, pw = (tuple(patch_size) if isinstance(patch_size, (list, tuple)) else (patch_size, patch_size))
-    batch, _, height, width = pixel_values.shape
-    grid = (height // ph, width // pw)
-    if tuple(mim_mask.shape) != (batch, grid[0] * grid[1]):
-        raise ValueError(
-            f"mim_mask has shape {tuple(mim_mask.shape)} but {height}x{width} images with {ph}x{pw} patches need "
-            f"({batch}, {grid[0] * grid[1]}); build it with BridgeDataCollator(num_patches={grid[0] * grid[1]})."
-        )
-    pixel_mask = mim_mask.bool().view(batch, *grid).repeat_interleave(ph, 1).repeat_interleave(pw, 2)
-    return pixel_values.masked_fill(pixel_mask[:, None], 0.0)
-
-
 class BridgeForPreTraining(BridgePreTrainedModel):
     """BRIDGE with its pre-training objectives (DESIGN section 3): dual ITC, ITM on mined hard negatives, MLM, MIM
     and attention cycle-consistency, weighted by the config's `*_loss_weight` fields (0 disables one).
@@ -1175,13 +1042,8 @@ class BridgeForPreTraining(BridgePreTrainedModel):
         the text mask matching that output's attention maps)."""
         config, bridge = self.config, self.bridge
         batch, k = input_ids.shape[0], config.num_hard_negatives
-        _, world = distributed_rank_and_world()
-        length = input_ids.shape[1]
-        if world > 1:  # texts are padded per rank; gather them at one common length
-            length_tensor = torch.tensor([length], device=input_ids.device)
-            torch.distributed.all_reduce(length_tensor, op=torch.distributed.ReduceOp.MAX)
-            length = int(length_tensor.item())
-        input_ids, attention_mask = _pad_sequence_dim(input_ids, length), _pad_sequence_dim(attention_mask, length)
+        length = max_across_ranks(input_ids.shape[1], input_ids.device)  # texts are padded per rank
+        input_ids, attention_mask = pad_sequence_dim(input_ids, length), pad_sequence_dim(attention_mask, length)
         all_input_ids = gather_across_ranks(input_ids, with_grad=False)
         all_attention_mask = gather_across_ranks(attention_mask, with_grad=False)
         duplicates = self._duplicate_texts(input_ids, attention_mask, all_input_ids, all_attention_mask)
@@ -1230,7 +1092,7 @@ class BridgeForPreTraining(BridgePreTrainedModel):
             image_index = torch.cat([targets, negative_images.flatten(), anchors])
             text_index = torch.cat([targets, anchors, negative_texts.flatten()])
             all_vision_states = gather_across_ranks(vision.last_hidden_state)
-            all_text_states = gather_across_ranks(_pad_sequence_dim(text.last_hidden_state, length))
+            all_text_states = gather_across_ranks(pad_sequence_dim(text.last_hidden_state, length))
             # Layer 1's projections depend on one modality only: computed once per image / text, then indexed.
             first = bridge.interaction_layers[0]
             out = bridge.interact(

@@ -59,6 +59,7 @@ SAVE_FILE_PATTERNS = (
     "configuration_*.py",
     "modeling_*.py",
     "processing_*.py",
+    "loss_*.py",
     "image_processing_*.py",
     "tokenization_*.py",
     "README.md",

@@ -32,7 +32,7 @@ def saved(tmp_path, model, processor):
 
 def test_save_writes_weights_code_files_and_auto_map(saved):
     files = set(os.listdir(saved))
-    assert {"config.json", "model.safetensors", "configuration_bridge.py", "modeling_bridge.py",
+    assert {"config.json", "model.safetensors", "configuration_bridge.py", "modeling_bridge.py", "loss_bridge.py",
             "processing_bridge.py", "processor_config.json"} <= files
     auto_map = json.loads((saved / "config.json").read_text())["auto_map"]
     assert auto_map == {
@@ -44,7 +44,7 @@ def test_save_writes_weights_code_files_and_auto_map(saved):
     assert json.loads((saved / "processor_config.json").read_text())["auto_map"] == {
         "AutoProcessor": "processing_bridge.BridgeProcessor"}
     # Hub code imports nothing but torch, transformers and its siblings
-    for name in ("configuration_bridge.py", "modeling_bridge.py", "processing_bridge.py"):
+    for name in ("configuration_bridge.py", "modeling_bridge.py", "loss_bridge.py", "processing_bridge.py"):
         source = (saved / name).read_text()
         assert "import modeling_bridge" not in source and "from modeling_bridge" not in source
 

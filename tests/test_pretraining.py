@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from conftest import make_config, random_inputs
 
 from modeling_bridge import BridgeForPreTraining, BridgeModel
-from modeling_bridge.modeling_bridge import (
+from modeling_bridge.loss_bridge import (
     contrastive_loss,
     cycle_consistency_loss,
     listwise_loss,

@@ -1,0 +1,182 @@
+"""BRIDGE's pre-training losses, hard-negative mining and cross-rank gathering.
+
+Hub code: imports only torch, so that it is saved next to the weights with `modeling_bridge.py` (which imports it
+relatively) and loads with ``trust_remote_code=True``. Everything that knows about `torch.distributed` lives here.
+"""
+
+import torch
+import torch.nn.functional as F
+
+
+def contrastive_loss(logits: torch.Tensor) -> torch.Tensor:
+    """Symmetric cross-entropy of a square (images x texts) score matrix whose diagonal holds the matches."""
+    target = torch.arange(logits.shape[0], device=logits.device)
+    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)) / 2
+
+
+def distributed_rank_and_world() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def gather_across_ranks(tensor: torch.Tensor, with_grad: bool = True) -> torch.Tensor:
+    """Concatenate `tensor` from every rank along dim 0 (rank order); identity without torch.distributed.
+
+    With `with_grad`, gradients flow back to the rank that produced each part, so contrastive negatives from other
+    ranks train those ranks' encoders too (DDP's gradient averaging then equals one process over the global batch).
+    """
+    _, world = distributed_rank_and_world()
+    if world == 1:
+        return tensor
+    if with_grad:
+        from torch.distributed.nn.functional import all_gather
+
+        return torch.cat(all_gather(tensor), dim=0)
+    parts = [torch.empty_like(tensor) for _ in range(world)]
+    torch.distributed.all_gather(parts, tensor.contiguous())
+    return torch.cat(parts, dim=0)
+
+
+def pad_sequence_dim(tensor: torch.Tensor, length: int, value=0) -> torch.Tensor:
+    """Right-pad dim 1 of (B, N, ...) to `length`."""
+    extra = length - tensor.shape[1]
+    return tensor if extra == 0 else F.pad(tensor, [0, 0] * (tensor.dim() - 2) + [0, extra], value=value)
+
+
+def mine_hard_negatives(
+    similarity: torch.Tensor,
+    positive_index: torch.Tensor,
+    num_negatives: int,
+    margin_min: float,
+    margin_max: float,
+    exclude: torch.Tensor | None = None,
+    semi_hard: bool = True,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pick `num_negatives` negatives per anchor (row), vectorised.
+
+    similarity (A, C): cosine similarity of each anchor to each candidate; positive_index (A,): each anchor's positive
+    column; exclude (A, C) bool: candidates that must not serve as negatives (e.g. an identical caption).
+    With `semi_hard`, candidates in the band `S_ii - margin_max < S_ij < S_ii - margin_min` come first, in random
+    order, and the most similar remaining candidates fill the rest ("fallback hardest"); without, the most similar
+    candidates are taken. Returns indices (A, k) and a validity mask (A, k) that is False where fewer than k
+    candidates were allowed; k = min(num_negatives, C - 1). `generator` draws the random order within the band
+    (default: torch's global generator).
+    """
+    with torch.no_grad():
+        similarity = similarity.detach().float()
+        key = similarity
+        if semi_hard:
+            positive = similarity.gather(1, positive_index[:, None])
+            band = (similarity > positive - margin_max) & (similarity < positive - margin_min)
+            # Cosines are <= 1, so keys in [2, 3) put every in-band candidate ahead of the rest.
+            noise = torch.rand(similarity.shape, device=similarity.device, generator=generator)
+            key = torch.where(band, 2.0 + noise, similarity)
+        invalid = F.one_hot(positive_index, similarity.shape[1]).bool()
+        if exclude is not None:
+            invalid = invalid | exclude
+        key = key.masked_fill(invalid, float("-inf"))
+        values, indices = key.topk(min(num_negatives, similarity.shape[1] - 1), dim=1)
+        return indices, values > float("-inf")
+
+
+def match_loss(positive_logits: torch.Tensor, negative_logits: torch.Tensor, negative_valid=None) -> torch.Tensor:
+    """ITM objective on the match logit: (mean -log sigmoid(r_pos) + mean -log(1 - sigmoid(r_neg))) / 2.
+
+    As in the original, only the head's match logit (index 1) is trained: read `sigmoid(itm_logits[..., 1])` as the
+    match probability, not a softmax over the two outputs."""
+    negative_terms = F.softplus(negative_logits)
+    if negative_valid is None:
+        negative = negative_terms.mean()
+    else:
+        weights = negative_valid.to(negative_terms.dtype)
+        negative = (negative_terms * weights).sum() / weights.sum().clamp(min=1.0)
+    return (F.softplus(-positive_logits).mean() + negative) / 2
+
+
+def listwise_loss(positive_logits: torch.Tensor, negative_logits: torch.Tensor, negative_valid=None) -> torch.Tensor:
+    """Cross-entropy of each positive (A,) against its own negatives (A, k): a softmax over {positive} u negatives."""
+    if negative_valid is not None:
+        negative_logits = negative_logits.masked_fill(~negative_valid, float("-inf"))
+    logits = torch.cat([positive_logits[:, None], negative_logits], dim=1)
+    return F.cross_entropy(logits, torch.zeros_like(positive_logits, dtype=torch.long))
+
+
+def cycle_consistency_loss(
+    text_attentions: tuple[torch.Tensor, ...],
+    vision_attentions: tuple[torch.Tensor, ...],
+    attention_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Mean over layers of -log diag(P_t<-v P_v<-t) and -log diag(P_v<-t P_t<-v) (head-averaged maps), the two
+    directions averaged; padded text positions are left out of the text term. Only the diagonals are computed."""
+    total = 0.0
+    for text_probs, vision_probs in zip(text_attentions, vision_attentions):
+        text_from_vision, vision_from_text = text_probs.mean(1), vision_probs.mean(1)  # (B, Nt, Nv), (B, Nv, Nt)
+        text_diagonal = torch.einsum("btv,bvt->bt", text_from_vision, vision_from_text)
+        vision_diagonal = torch.einsum("bvt,btv->bv", vision_from_text, text_from_vision)
+        text_terms = -text_diagonal.clamp(1e-8, 1.0).log()
+        if attention_mask is None:
+            text_term = text_terms.mean()
+        else:
+            weights = attention_mask.to(text_terms.dtype)
+            text_term = (text_terms * weights).sum() / weights.sum().clamp(min=1.0)
+        total = total + (text_term + (-vision_diagonal.clamp(1e-8, 1.0).log()).mean()) / 2
+    return total / len(text_attentions)
+
+
+def masked_patch_loss(predictions: torch.Tensor, targets: torch.Tensor, mim_mask: torch.Tensor) -> torch.Tensor:
+    """Mean squared error over the features of the masked patches only; predictions/targets (B, P, d), mask (B, P).
+
+    A mean over features as well as patches (the original sums over the d features), so the weight does not scale
+    with the tower's width."""
+    weights = mim_mask.to(predictions.dtype)[..., None]
+    squared = (predictions - targets).pow(2) * weights
+    return squared.sum() / (weights.sum() * predictions.shape[-1]).clamp(min=1.0)
+
+
+def masked_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy over the tokens whose label is not -100 (0 when none is masked, instead of NaN)."""
+    total = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100, reduction="sum")
+    return total / (labels != -100).sum().clamp(min=1)
+
+
+def mask_image_patches(pixel_values: torch.Tensor, mim_mask: torch.Tensor, patch_size) -> torch.Tensor:
+    """Zero (the normalised mean colour) the pixels of every masked patch; mim_mask is (B, patches) in raster order."""
+    ph, pw = (tuple(patch_size) if isinstance(patch_size, (list, tuple)) else (patch_size, patch_size))
+    batch, _, height, width = pixel_values.shape
+    grid = (height // ph, width // pw)
+    if tuple(mim_mask.shape) != (batch, grid[0] * grid[1]):
+        raise ValueError(
+            f"mim_mask has shape {tuple(mim_mask.shape)} but {height}x{width} images with {ph}x{pw} patches need "
+            f"({batch}, {grid[0] * grid[1]}); build it with BridgeDataCollator(num_patches={grid[0] * grid[1]})."
+        )
+    pixel_mask = mim_mask.bool().view(batch, *grid).repeat_interleave(ph, 1).repeat_interleave(pw, 2)
+    return pixel_values.masked_fill(pixel_mask[:, None], 0.0)
+
+
+def max_across_ranks(value: int, device) -> int:
+    """The largest `value` over all ranks (e.g. the longest local text length); `value` itself without
+    torch.distributed. One host sync, only under torch.distributed."""
+    _, world = distributed_rank_and_world()
+    if world == 1:
+        return value
+    tensor = torch.tensor([value], device=device)
+    torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.MAX)
+    return int(tensor.item())
+
+
+__all__ = [
+    "contrastive_loss",
+    "cycle_consistency_loss",
+    "distributed_rank_and_world",
+    "gather_across_ranks",
+    "listwise_loss",
+    "mask_image_patches",
+    "masked_patch_loss",
+    "masked_token_loss",
+    "match_loss",
+    "max_across_ranks",
+    "mine_hard_negatives",
+    "pad_sequence_dim",
+]
