@@ -7,8 +7,12 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# `make lint` and `make format` need only ruff (pinned: a new release may add rules or reformat), installed into the
+# same venv without the package, so linting a fresh clone does not install torch.
+RUFF_VERSION := 0.17.6
+RUFF_STAMP := $(VENV)/.ruff-$(RUFF_VERSION)
 
-.PHONY: test demo install clean
+.PHONY: test demo install lint format clean
 
 install: $(STAMP)
 
@@ -22,6 +26,19 @@ test: $(STAMP)
 
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) examples/run_demo.py
+
+$(RUFF_STAMP):
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check ruff==$(RUFF_VERSION)
+	touch $(RUFF_STAMP)
+
+# Both checks always run (one report for lint findings and unformatted files); either failing fails the target.
+lint: $(RUFF_STAMP)
+	$(PY) -m ruff check . ; status=$$?; $(PY) -m ruff format --check . && exit $$status
+
+format: $(RUFF_STAMP)
+	$(PY) -m ruff check --fix .
+	$(PY) -m ruff format .
 
 clean:
 	rm -rf $(VENV) outputs build dist *.egg-info
