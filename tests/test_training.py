@@ -11,8 +11,9 @@ import datasets
 import numpy as np
 import pytest
 import torch
+import transformers
 from conftest import IMAGE_SIZE, TEXT_CONFIGS, VISION_CONFIGS, VOCAB, make_config, random_images
-from transformers import BertTokenizer, TrainerCallback, TrainingArguments, ViTImageProcessor
+from transformers import BertTokenizer, Trainer, TrainerCallback, TrainingArguments, ViTImageProcessor
 
 from modeling_bridge import BridgeConfig, BridgeForPreTraining, BridgeModel, BridgeProcessor
 from modeling_bridge.configuration_bridge import LOSS_WEIGHT_FIELDS
@@ -26,6 +27,8 @@ from modeling_bridge.training import (
     set_tower_trainable_blocks,
     transformer_blocks,
 )
+from modeling_bridge.training import trainer as trainer_module
+from modeling_bridge.training.trainer import PRIVATE_TRAINER_METHODS, check_private_trainer_api
 
 # ---------------------------------------------------------------------------------------------- stages
 
@@ -254,8 +257,11 @@ class _CountSteps(TrainerCallback):
 
 
 class _Crash(TrainerCallback):
+    def __init__(self, step=SAVE_STEPS + 1):
+        self.step = step
+
     def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == SAVE_STEPS + 1:
+        if state.global_step == self.step:
             raise RuntimeError("killed")
 
 
@@ -265,17 +271,19 @@ def _processor():
     return BridgeProcessor(image_processor=image_processor, tokenizer=tokenizer)
 
 
-def _train(output_dir, resume=False, callbacks=(), logging_steps=1):
+def _train(output_dir, resume=False, callbacks=(), logging_steps=1, num_rows=16, eval_rows=0, **arguments):
+    """Train the test model from its seed-0 initialisation; `arguments` override TrainingArguments."""
     torch.manual_seed(0)
     model = BridgeForPreTraining(make_config(**WEIGHTS))  # dropouts on: their randomness must be restored too
-    args = TrainingArguments(
-        output_dir=str(output_dir), max_steps=MAX_STEPS, save_steps=SAVE_STEPS, per_device_train_batch_size=BATCH,
-        learning_rate=1e-3, logging_steps=logging_steps, remove_unused_columns=False, report_to=[], seed=0,
-        dataloader_num_workers=0, use_cpu=True, disable_tqdm=True, save_only_model=False,
-    )
+    args = TrainingArguments(**{
+        "output_dir": str(output_dir), "max_steps": MAX_STEPS, "save_steps": SAVE_STEPS,
+        "per_device_train_batch_size": BATCH, "learning_rate": 1e-3, "logging_steps": logging_steps,
+        "remove_unused_columns": False, "report_to": [], "seed": 0, "dataloader_num_workers": 0, "use_cpu": True,
+        "disable_tqdm": True, "save_only_model": False, **arguments,
+    })
     collator = BridgeDataCollator(_processor(), mlm_probability=0.3, mim_probability=0.25, num_patches=16)
-    trainer = BridgeTrainer(model=model, args=args, train_dataset=_dataset(), data_collator=collator,
-                            callbacks=list(callbacks))
+    trainer = BridgeTrainer(model=model, args=args, train_dataset=_dataset(num_rows), data_collator=collator,
+                            eval_dataset=_dataset(eval_rows) if eval_rows else None, callbacks=list(callbacks))
     trainer.train(resume_from_checkpoint=resume or None)
     return trainer
 
@@ -331,6 +339,125 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path, uninterrupted):
     assert not torch.equal(initial["bridge.vision_model.layers.1.mlp.fc1.weight"],
                            expected["bridge.vision_model.layers.1.mlp.fc1.weight"])
     assert sum(not torch.equal(initial[n], expected[n]) for n in expected) > 0.9 * len(expected)
+
+
+def test_killed_run_with_gradient_accumulation_resumes_to_the_same_losses(tmp_path):
+    """5 batches per epoch in steps of 2 + 2 + 1: the collator seeds follow Trainer's skipping across an uneven epoch
+    (resumed at step 2 of 3, then the next epoch)."""
+    run = dict(num_rows=5 * BATCH, gradient_accumulation_steps=2, max_steps=5, save_steps=2)
+    reference = _train(tmp_path / "reference", **run)
+    with pytest.raises(RuntimeError, match="killed"):
+        _train(tmp_path / "killed", callbacks=[_Crash(step=3)], **run)
+    counter = _CountSteps()
+    resumed = _train(tmp_path / "killed", resume=True, callbacks=[counter], **run)
+    assert counter.steps == [3, 4, 5]
+
+    def logged(trainer):
+        return {e["step"]: e["loss"] for e in trainer.state.log_history if "loss" in e}
+
+    assert sorted(logged(resumed)) == [1, 2, 3, 4, 5]  # 1 and 2 from the checkpoint's log history
+    assert logged(resumed) == pytest.approx(logged(reference), abs=1e-4)
+    for (name, param), expected in zip(resumed.model.named_parameters(), reference.model.parameters()):
+        torch.testing.assert_close(param.detach(), expected.detach(), atol=1e-6, rtol=0, msg=lambda m: f"{name}: {m}")
+
+
+class _Stop(Exception):
+    pass
+
+
+class _CaptureWeightsAndStop(TrainerCallback):
+    """The weights training starts from (after the checkpoint was loaded), then stops the run."""
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self.weights = {n: t.detach().clone() for n, t in model.state_dict().items()}
+        raise _Stop
+
+
+@pytest.mark.parametrize("workaround", [True, False], ids=["workaround", "trainer_loading"])
+def test_resume_restores_the_vision_blocks_only_with_the_workaround(uninterrupted, tmp_path, monkeypatch, workaround):
+    """transformers #43701: Trainer's own resume loading leaves the ViT blocks at their initial weights, since
+    save_pretrained wrote them under legacy names; BridgeTrainer then loads through from_pretrained's mapping."""
+    checkpoint = uninterrupted[0] / "checkpoint-3"
+    expected = BridgeForPreTraining.from_pretrained(checkpoint).state_dict()
+    torch.manual_seed(0)
+    initial = BridgeForPreTraining(make_config(**WEIGHTS)).state_dict()
+    vision_blocks = {n for n in expected if n.startswith("bridge.vision_model.layers.")}
+    assert vision_blocks and all(not torch.equal(initial[n], expected[n]) for n in vision_blocks)  # all trained
+
+    monkeypatch.setattr(trainer_module, "_TRAINER_RESTORES_VIT", None)  # probe again, as a new process would
+    probe = BridgeTrainer(model=BridgeForPreTraining(make_config()),
+                          args=TrainingArguments(output_dir=str(tmp_path / "probe"), use_cpu=True, report_to=[]))
+    trainer_restores = trainer_module.trainer_restores_vit_weights(probe)
+    if not workaround:  # what BridgeTrainer does when the probe says Trainer's loading is fine
+        monkeypatch.setattr(trainer_module, "trainer_restores_vit_weights", lambda trainer: True)
+    capture = _CaptureWeightsAndStop()
+    with pytest.raises(_Stop):
+        _train(tmp_path / "run", resume=str(checkpoint), callbacks=[capture])
+
+    lost = {n for n, value in capture.weights.items() if not torch.equal(value, expected[n])}
+    if workaround:
+        assert lost == set()
+        return
+    assert trainer_restores == (lost == set())  # the probe tells whether Trainer's own loading is enough
+    if tuple(int(part) for part in transformers.__version__.split(".")[:2]) <= (5, 24):
+        assert lost, f"transformers {transformers.__version__} is known to have #43701"
+    if lost:
+        assert lost == vision_blocks
+        assert all(torch.equal(capture.weights[n], initial[n]) for n in lost)  # silently left at their init
+
+
+class _FirstEvaluationIsBest(TrainerCallback):
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        metrics["eval_order"] = state.global_step  # metric_for_best_model="order", lower is better
+
+
+def test_best_checkpoint_is_loaded_at_the_end_with_its_vision_blocks(tmp_path):
+    """load_best_model_at_end goes through the same workaround, and the best checkpoint is the renamed folder; a
+    staging folder left by a save killed at the same step is not merged into the new checkpoint."""
+    stale = tmp_path / ".staging-checkpoint-2" / "checkpoint-2"
+    stale.mkdir(parents=True)
+    (stale / "stale.bin").write_bytes(b"from a killed save")
+    trainer = _train(tmp_path, callbacks=[_FirstEvaluationIsBest()], max_steps=4, save_steps=2, eval_rows=4,
+                     eval_strategy="steps", eval_steps=2, load_best_model_at_end=True, metric_for_best_model="order",
+                     greater_is_better=False)
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint-2", "checkpoint-4"]
+    assert "stale.bin" not in os.listdir(tmp_path / "checkpoint-2")
+    assert trainer.state.best_model_checkpoint == str(tmp_path / "checkpoint-2")
+
+    best = BridgeForPreTraining.from_pretrained(tmp_path / "checkpoint-2").state_dict()
+    last = BridgeForPreTraining.from_pretrained(tmp_path / "checkpoint-4").state_dict()
+    name = "bridge.vision_model.layers.1.attention.q_proj.weight"
+    assert not torch.equal(best[name], last[name])
+    for key, value in trainer.model.state_dict().items():
+        assert torch.equal(value, best[key]), key
+
+
+def test_private_trainer_methods_match_this_transformers():
+    """BridgeTrainer overrides these private Trainer methods; the installed transformers must define them as it
+    expects (`BridgeTrainer()` runs the same check)."""
+    check_private_trainer_api()
+    for name in PRIVATE_TRAINER_METHODS:
+        assert name in vars(Trainer), name
+
+
+def test_changed_private_trainer_methods_fail_loudly(tmp_path, monkeypatch):
+    class Changed(Trainer):
+        def _save_checkpoint(self, model, trial, metrics=None):
+            pass
+
+    Changed._load_best_model = None  # gone
+    with pytest.raises(RuntimeError) as caught:
+        check_private_trainer_api(Changed)
+    message = str(caught.value)
+    assert "_save_checkpoint(model, trial, metrics) instead of _save_checkpoint(model, trial)" in message
+    assert "_load_best_model is gone" in message
+    assert "_load_from_checkpoint" not in message and "_get_output_dir" not in message
+
+    monkeypatch.setattr(Trainer, "_load_from_checkpoint", lambda self, checkpoint: None)
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[])
+    with pytest.raises(RuntimeError, match=r"_load_from_checkpoint\(checkpoint\) instead of "
+                                           r"_load_from_checkpoint\(resume_from_checkpoint, model\)"):
+        BridgeTrainer(model=BridgeForPreTraining(make_config()), args=args)
 
 
 def test_evaluation_reports_eval_loss_with_mlm_off(tmp_path):

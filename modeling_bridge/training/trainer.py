@@ -1,41 +1,147 @@
-"""Trainer integration: per-component loss logging and crash-safe saving (checkpoints with the usual permissions)."""
+"""Trainer integration: per-component loss logging, exact resume and crash-safe checkpoints.
 
+Public Trainer hooks do most of it: `compute_loss` and `log` (component logging), `get_train_dataloader` and a
+`TrainerCallback` (per-batch collator seeds). Two things have no public hook and override private Trainer methods;
+they sit together at the end of `BridgeTrainer`, and `check_private_trainer_api` (run by `BridgeTrainer.__init__`)
+stops with a clear error if transformers changes one of those methods' signatures:
+
+- crash-safe checkpoints (`_save_checkpoint`, redirecting `_get_output_dir`): Trainer writes `checkpoint-N` in place,
+  file by file, and its only hook, `on_save`, runs after the writes;
+- the resume workaround for transformers issue #43701 (`_load_from_checkpoint`, `_load_best_model`), used only while
+  `trainer_restores_vit_weights` finds that Trainer's own loading still loses a ViT tower's weights.
+"""
+
+import inspect
+import logging
 import os
 import shutil
+import tempfile
 from collections import defaultdict
 
 import torch
-from transformers import PreTrainedModel, Trainer
+import transformers
+from transformers import PreTrainedModel, Trainer, TrainerCallback, ViTConfig, ViTModel
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, WEIGHTS_INDEX_NAME, WEIGHTS_NAME
+from transformers.utils import logging as transformers_logging
 
 from ..saving import apply_default_permissions, replace_directory, save_pretrained_atomically
 
 LOSS_COMPONENTS = ("itc_loss", "unimodal_itc_loss", "cross_itc_loss", "itm_loss", "mlm_loss", "mim_loss", "cycle_loss")
 
+# The private Trainer methods BridgeTrainer overrides or replaces, with the parameters (after self) it expects.
+PRIVATE_TRAINER_METHODS = {
+    "_save_checkpoint": ("model", "trial"),
+    "_get_output_dir": ("trial",),
+    "_load_from_checkpoint": ("resume_from_checkpoint", "model"),
+    "_load_best_model": (),
+}
 
-class _BatchSeededCollator:
-    """Calls `collator` with torch's generator seeded from (seed, rank, batch index), restoring the global state after:
-    batch i gets the same random masks whenever it is built, before or after a resume."""
 
-    def __init__(self, collator, seed: int, rank: int):
+def check_private_trainer_api(trainer_class: type = Trainer) -> None:
+    """Raise a RuntimeError naming every method of `PRIVATE_TRAINER_METHODS` that `trainer_class` lacks or defines
+    with other parameters: after such a change, BridgeTrainer's overrides would be bypassed or called wrongly."""
+    problems = []
+    for name, expected in PRIVATE_TRAINER_METHODS.items():
+        method = getattr(trainer_class, name, None)
+        if not callable(method):
+            problems.append(f"{name} is gone")
+            continue
+        found = tuple(inspect.signature(method).parameters)[1:]
+        if found != expected:
+            problems.append(f"{name}({', '.join(found)}) instead of {name}({', '.join(expected)})")
+    if problems:
+        raise RuntimeError(
+            f"BridgeTrainer overrides private methods of transformers' Trainer that transformers "
+            f"{transformers.__version__} changed: {'; '.join(problems)}. Crash-safe checkpoints and the resume "
+            "workaround in modeling_bridge/training/trainer.py must be updated for this version (or install the "
+            "transformers version it was written for)."
+        )
+
+
+_TRAINER_RESTORES_VIT: bool | None = None  # trainer_restores_vit_weights' answer, the same for the whole process
+
+
+def trainer_restores_vit_weights(trainer: Trainer) -> bool:
+    """Whether Trainer's own checkpoint loading restores a ViT model saved by `save_pretrained` (transformers issue
+    #43701): probed once per process on a tiny ViT, so the workaround turns itself off once transformers is fixed.
+
+    transformers 5.x `save_pretrained` writes ViT and DINOv2 blocks under their legacy names
+    (`encoder.layer.N.attention.attention.query` for `layers.N.attention.q_proj`); only `from_pretrained` maps them
+    back, while Trainer's resume calls `load_state_dict(strict=False)` on the raw file, skips them with a warning and
+    continues from the initial vision blocks."""
+    global _TRAINER_RESTORES_VIT
+    if _TRAINER_RESTORES_VIT is None:
+        config = ViTConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=8,
+                           image_size=4, patch_size=2)
+        trainer_logger = logging.getLogger("transformers.trainer")
+        bars, level = transformers_logging.is_progress_bar_enabled(), trainer_logger.level
+        transformers_logging.disable_progress_bar()
+        trainer_logger.setLevel(logging.ERROR)  # its missing/unexpected keys warnings are the expected outcome here
+        try:
+            with torch.random.fork_rng(devices=[]), tempfile.TemporaryDirectory() as folder:
+                saved = ViTModel(config, add_pooling_layer=False)
+                saved.save_pretrained(folder)
+                loaded = ViTModel(config, add_pooling_layer=False)
+                with torch.no_grad():
+                    for parameter in loaded.parameters():
+                        parameter.zero_()
+                Trainer._load_from_checkpoint(trainer, folder, loaded)
+                expected = saved.state_dict()
+                _TRAINER_RESTORES_VIT = all(torch.equal(value, expected[name])
+                                            for name, value in loaded.state_dict().items())
+        finally:
+            trainer_logger.setLevel(level)
+            if bars:
+                transformers_logging.enable_progress_bar()
+    return _TRAINER_RESTORES_VIT
+
+
+class _SeededCollation(TrainerCallback):
+    """Collates training batch i under its own seed, a function of (seed, rank, i), leaving torch's global generator
+    untouched, so batch i gets the same MLM/MIM masks whenever it is built, before or after a resume.
+
+    BridgeDataCollator draws its masks from the global generator, and accelerate's dataloader collates one batch
+    ahead: the uninterrupted run built batch k+1 before step k's forward pass, while the checkpoint of step k holds
+    the generator state after it, so a resumed run could not rebuild batch k+1's masks. Trainer's checkpointed RNG
+    state then covers the rest (dropout, negative sampling) exactly.
+
+    `on_epoch_begin` (before the epoch's first batch is collated) sets the index of the batch the epoch builds first:
+    Trainer starts epoch `global_step // steps_per_epoch` and, resuming, skips the batches of the steps already taken
+    in it (unless `ignore_data_skip`), without collating them."""
+
+    def __init__(self):
+        self.collator, self.seed, self.rank, self.next_index = None, 0, 0, 0
+
+    def wrap(self, collator, seed: int, rank: int):
         self.collator, self.seed, self.rank = collator, seed, rank
-        self.next_index, self.batches_per_epoch = 0, 0
+        return self.collate
 
-    def __call__(self, rows):
-        seed = (self.seed * 1_000_003 + self.rank) * 1_000_003 + self.next_index
+    def collate(self, rows):
+        seed = ((self.seed * 1_000_003 + self.rank) * 1_000_003 + self.next_index) % 2**63
         self.next_index += 1
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed % 2**63)
+            torch.random.default_generator.manual_seed(seed)
             return self.collator(rows)
+
+    def on_epoch_begin(self, args, state, control, train_dataloader=None, **kwargs):
+        if self.collator is None or train_dataloader is None:
+            return
+        batches_per_epoch = len(train_dataloader)
+        steps_per_epoch = max(1, -(-batches_per_epoch // args.gradient_accumulation_steps))
+        epochs, steps = divmod(state.global_step, steps_per_epoch)
+        skipped = 0 if args.ignore_data_skip else steps * args.gradient_accumulation_steps
+        self.next_index = epochs * batches_per_epoch + skipped
 
 
 class BridgeTrainer(Trainer):
     """`Trainer` that logs every loss component of `BridgeForPreTraining` (averaged over the logging window, as
-    Trainer does for `loss`) and writes each checkpoint to a staging folder renamed into place when complete, so a
-    run killed mid-save never leaves a checkpoint that `resume_from_checkpoint` would pick up half-written."""
+    Trainer does for `loss`), resumes a killed run to the same weights, and writes each checkpoint to a staging folder
+    renamed into place when complete, so a run killed mid-save never leaves a checkpoint that
+    `resume_from_checkpoint` would pick up half-written."""
 
     def __init__(self, *args, **kwargs):
+        check_private_trainer_api()
         super().__init__(*args, **kwargs)
         if self.args.label_names is None:
             # Trainer would take forward's `mlm_labels` for the label column and, with MLM off, drop `eval_loss`.
@@ -43,39 +149,19 @@ class BridgeTrainer(Trainer):
             self.label_names = []
         self._component_sums = defaultdict(float)
         self._component_counts = defaultdict(int)
-        self._train_collator, self._sync_batch_index = None, False
+        self._seeded_collation = _SeededCollation()
+        self.add_callback(self._seeded_collation)
 
-    # Collator randomness (BridgeDataCollator's MLM/MIM masks draw from torch's global generator) and exact resume:
-    # accelerate's dataloader collates one batch ahead, so the uninterrupted run built batch k+1 before step k's
-    # forward pass, while the checkpoint of step k holds the generator state after it; a run resumed mid-epoch could
-    # not rebuild batch k+1's masks and drifted from the uninterrupted run. Each training batch is therefore collated
-    # under its own seed, a function of (args.seed, rank, batch index in the run), with the global generator left
-    # untouched; Trainer's checkpointed RNG state then covers the rest (dropout, negative sampling) exactly.
     def get_train_dataloader(self):
-        collator = self.data_collator
         if self.args.dataloader_num_workers > 0 or isinstance(self.train_dataset, torch.utils.data.IterableDataset):
+            self._seeded_collation.collator = None
             return super().get_train_dataloader()  # worker processes / streams: Trainer's own seeding applies
-        self.data_collator = self._train_collator = _BatchSeededCollator(collator, self.args.seed,
-                                                                          self.args.process_index)
+        collator = self.data_collator
+        self.data_collator = self._seeded_collation.wrap(collator, self.args.seed, self.args.process_index)
         try:
-            dataloader = super().get_train_dataloader()
+            return super().get_train_dataloader()
         finally:
             self.data_collator = collator
-        self._train_collator.batches_per_epoch = len(dataloader)
-        return dataloader
-
-    def train(self, *args, **kwargs):
-        self._sync_batch_index = True
-        return super().train(*args, **kwargs)
-
-    def get_batch_samples(self, epoch_iterator, num_batches, device):
-        if self._sync_batch_index and self._train_collator is not None:  # the first fetch of this train() call
-            self._sync_batch_index = False
-            per_epoch = max(1, -(-self._train_collator.batches_per_epoch // self.args.gradient_accumulation_steps))
-            epochs, steps = divmod(self.state.global_step, per_epoch)
-            skipped = 0 if self.args.ignore_data_skip else steps * self.args.gradient_accumulation_steps
-            self._train_collator.next_index = epochs * self._train_collator.batches_per_epoch + skipped
-        return super().get_batch_samples(epoch_iterator, num_batches, device)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
@@ -96,62 +182,70 @@ class BridgeTrainer(Trainer):
             self._component_counts.clear()
         super().log(logs, start_time)
 
-    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
-        if not self._load_weights_like_from_pretrained(resume_from_checkpoint, self.model if model is None else model):
-            super()._load_from_checkpoint(resume_from_checkpoint, model)
-
-    def _load_best_model(self):
-        if not self._load_weights_like_from_pretrained(self.state.best_model_checkpoint, self.model):
-            super()._load_best_model()
-
-    def _load_weights_like_from_pretrained(self, checkpoint: str, model) -> bool:
-        """Restore `model`'s weights from a checkpoint folder the way `from_pretrained` reads them.
-
-        Trainer's own path (transformers 5.x) calls `model.load_state_dict(file, strict=False)` on the raw file, but
-        `save_pretrained` writes some towers' weights under their legacy names (ViT and DINOv2 blocks: `encoder.layer.
-        N.attention.attention.query` for `layers.N.attention.q_proj`), and only `from_pretrained` maps them back. The
-        raw load skipped those weights with a warning, so a resumed run silently continued from the initial vision
-        blocks (transformers issue #43701). Returns False where Trainer's own path applies (DeepSpeed, FSDP, PEFT)."""
-        if (
-            not isinstance(model, PreTrainedModel) or self.is_deepspeed_enabled or self.is_fsdp_enabled
-            or not any(os.path.isfile(os.path.join(checkpoint, name))
-                       for name in (SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME, WEIGHTS_NAME, WEIGHTS_INDEX_NAME))
-        ):
-            return False
-        loaded, info = type(model).from_pretrained(checkpoint, dtype=model.dtype, output_loading_info=True)
-        if info.get("missing_keys"):
-            raise ValueError(f"{checkpoint} lacks weights of the model being trained: {sorted(info['missing_keys'])}.")
-        model.load_state_dict(loaded.state_dict())  # strict: every parameter and buffer is restored
-        return True
+    # ---- Private Trainer methods (PRIVATE_TRAINER_METHODS; signatures checked by check_private_trainer_api) ----
 
     def _save_checkpoint(self, model, trial):
+        """Let Trainer write checkpoint-N under `<run dir>/.staging-checkpoint-N/`, then rename it into place and
+        rotate the checkpoints of the run dir. `get_last_checkpoint` never picks a staging folder."""
         run_dir = self._get_output_dir(trial=trial)
         name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
         staging_root = os.path.join(run_dir, f".staging-{name}")
-        get_output_dir = self._get_output_dir
-        self._get_output_dir = lambda trial=None: staging_root  # Trainer writes everything under this root
-        save_total_limit, self.args.save_total_limit = self.args.save_total_limit, None
+        if self.args.should_save:
+            shutil.rmtree(staging_root, ignore_errors=True)  # left by a save killed at this step: start clean
+        self.accelerator.wait_for_everyone()
+        self._get_output_dir = lambda trial=None: staging_root  # Trainer writes (and rotates) under this root
         try:
             super()._save_checkpoint(model, trial)
         finally:
-            self._get_output_dir = get_output_dir
-            self.args.save_total_limit = save_total_limit
+            del self._get_output_dir  # the class's method again
         self.accelerator.wait_for_everyone()  # every rank has written its RNG state
         if self.args.should_save:
+            staged = os.path.join(staging_root, name)
+            if not os.path.isdir(staged):
+                raise RuntimeError(f"Trainer (transformers {transformers.__version__}) wrote no {staged}: "
+                                   "BridgeTrainer._save_checkpoint no longer matches Trainer._save_checkpoint.")
             # Trainer creates the staging folders with os.makedirs (umask modes); the weights need fixing, though.
-            apply_default_permissions(os.path.join(staging_root, name))
-            replace_directory(os.path.join(staging_root, name), os.path.join(run_dir, name))
+            apply_default_permissions(staged)
+            replace_directory(staged, os.path.join(run_dir, name))
             shutil.rmtree(staging_root, ignore_errors=True)
             best = self.state.best_model_checkpoint
             if best and best.startswith(staging_root):
                 self.state.best_model_checkpoint = os.path.join(run_dir, os.path.relpath(best, staging_root))
-            rotate_checkpoints(
-                output_dir=run_dir,
-                save_total_limit=self.args.save_total_limit,
-                best_model_checkpoint=self.state.best_model_checkpoint,
-                use_mtime=True,
-            )
+            rotate_checkpoints(output_dir=run_dir, save_total_limit=self.args.save_total_limit,
+                               best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)
         self.accelerator.wait_for_everyone()
 
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        model = self.model if model is None else model
+        if self._needs_from_pretrained_loading(resume_from_checkpoint, model):
+            self._load_like_from_pretrained(resume_from_checkpoint, model)
+        else:
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
 
-__all__ = ["BridgeTrainer", "replace_directory", "save_pretrained_atomically"]
+    def _load_best_model(self):
+        if self._needs_from_pretrained_loading(self.state.best_model_checkpoint, self.model):
+            self._load_like_from_pretrained(self.state.best_model_checkpoint, self.model)
+        else:
+            super()._load_best_model()
+
+    def _needs_from_pretrained_loading(self, checkpoint: str, model) -> bool:
+        """#43701 applies: a full `PreTrainedModel` checkpoint (not DeepSpeed, FSDP or a PEFT adapter, which take
+        Trainer's own path) and a Trainer whose own loading loses ViT weights."""
+        return (
+            isinstance(model, PreTrainedModel) and not self.is_deepspeed_enabled and not self.is_fsdp_enabled
+            and any(os.path.isfile(os.path.join(checkpoint, name))
+                    for name in (SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME, WEIGHTS_NAME, WEIGHTS_INDEX_NAME))
+            and not trainer_restores_vit_weights(self)
+        )
+
+    @staticmethod
+    def _load_like_from_pretrained(checkpoint: str, model) -> None:
+        """Restore every parameter and buffer of `model` from `checkpoint` through `from_pretrained`'s key mapping."""
+        loaded, info = type(model).from_pretrained(checkpoint, dtype=model.dtype, output_loading_info=True)
+        if info.get("missing_keys"):
+            raise ValueError(f"{checkpoint} lacks weights of the model being trained: {sorted(info['missing_keys'])}.")
+        model.load_state_dict(loaded.state_dict())  # strict
+
+
+__all__ = ["BridgeTrainer", "check_private_trainer_api", "replace_directory", "save_pretrained_atomically",
+           "trainer_restores_vit_weights"]
