@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import AutoConfig, AutoModel, PreTrainedModel
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPooling
@@ -55,24 +56,33 @@ BRIDGE_AUTO_MAP = {
 @dataclass
 class BridgeInteractionOutput(ModelOutput):
     r"""
-    Result of running the interaction stack on aligned (image, text) pairs: pair b is image b with text b.
+    Result of running the interaction encoder on image-text pairs (one row per pair, or (N, M, ...) from
+    `BridgeModel.pairwise_interaction`).
 
-    vision_last_hidden_state (`torch.FloatTensor` of shape `(batch, Nv, dv)`): vision states after the last layer.
-    text_last_hidden_state (`torch.FloatTensor` of shape `(batch, Nt, dt)`): text states after the last layer.
-    cross_image_embeds (`torch.FloatTensor` of shape `(batch, projection_dim)`): normalised fused image embeddings.
-    cross_text_embeds (`torch.FloatTensor` of shape `(batch, projection_dim)`): normalised fused text embeddings.
+    pooled_vision / pooled_text (`torch.FloatTensor` of shape `(pairs, shared_dim)`): pooled shared-space states of
+        each pair, what the cross projections read (`config.cross_embed_source`).
+    cross_image_embeds / cross_text_embeds (`torch.FloatTensor` of shape `(pairs, projection_dim)`): normalised fused
+        embeddings (added by `BridgeModel.interact`).
+    fused_logits (`torch.FloatTensor` of shape `(pairs,)`): `logit_scale * <c_v, c_t>`.
+    itm_logits (`torch.FloatTensor` of shape `(pairs, 2)`): ITM head `[no-match, match]` logits.
+    vision_last_hidden_state / text_last_hidden_state (`torch.FloatTensor` of shape `(pairs, N, d)`): states after
+        the last layer, with `output_last_hidden_state=True`.
     vision_hidden_states / text_hidden_states (`tuple(torch.FloatTensor)`): the stack's input and every layer's
         output (L + 1 tensors), when `output_hidden_states=True`.
-    text_attentions (`tuple(torch.FloatTensor)` of shape `(batch, heads, Nt, Nv)`): text-queries-vision attention
+    text_attentions (`tuple(torch.FloatTensor)` of shape `(pairs, heads, Nt, Nv)`): text-queries-vision attention
         probabilities per layer, when `output_attentions=True`.
-    vision_attentions (`tuple(torch.FloatTensor)` of shape `(batch, heads, Nv, Nt)`): vision-queries-text attention
+    vision_attentions (`tuple(torch.FloatTensor)` of shape `(pairs, heads, Nv, Nt)`): vision-queries-text attention
         probabilities per layer, when `output_attentions=True`.
     """
 
-    vision_last_hidden_state: torch.FloatTensor | None = None
-    text_last_hidden_state: torch.FloatTensor | None = None
+    pooled_vision: torch.FloatTensor | None = None
+    pooled_text: torch.FloatTensor | None = None
     cross_image_embeds: torch.FloatTensor | None = None
     cross_text_embeds: torch.FloatTensor | None = None
+    fused_logits: torch.FloatTensor | None = None
+    itm_logits: torch.FloatTensor | None = None
+    vision_last_hidden_state: torch.FloatTensor | None = None
+    text_last_hidden_state: torch.FloatTensor | None = None
     vision_hidden_states: tuple[torch.FloatTensor, ...] | None = None
     text_hidden_states: tuple[torch.FloatTensor, ...] | None = None
     text_attentions: tuple[torch.FloatTensor, ...] | None = None
@@ -145,37 +155,51 @@ class BridgeScalar(nn.Module):
         return self.value
 
 
-class BridgeModalityStates(NamedTuple):
-    """A stream projected into the shared space for one layer: what it contributes as queries, keys and values.
-
-    None of it depends on the partner modality, so in pairwise scoring layer 1 computes it once per image / text.
-    """
+class BridgeStreamProjection(NamedTuple):
+    """One stream's part of an interaction layer's attention: its shared-space states `Z` and what it contributes as
+    queries (to its own attention) and as keys and values (to the partner's). None of it depends on the partner, so
+    the encoder computes layer 1's once per image / text and indexes it for every pair (the "layer-1 cache")."""
 
     shared: torch.Tensor  # Z, (B, N, ds)
     query: torch.Tensor  # L2-normalised queries, (B, heads, N, head_dim)
     key: torch.Tensor  # L2-normalised keys for the partner's queries, (B, heads, N, head_dim)
     value: torch.Tensor  # values for the partner's queries, (B, heads, N, head_dim)
 
-    def select(self, index: torch.Tensor) -> "BridgeModalityStates":
-        return BridgeModalityStates(*(t.index_select(0, index) for t in self))
+    def select(self, index: torch.Tensor) -> "BridgeStreamProjection":
+        return BridgeStreamProjection(*(t.index_select(0, index) for t in self))
 
 
 def _softplus_inverse(x: float) -> float:
     return x + math.log(-math.expm1(-x))
 
 
+def bridge_eager_attention_forward(module, query, key, value, attention_mask, scaling=1.0, dropout=0.0, **kwargs):
+    """Eager attention of the attention interface's signature, returning the probabilities (for
+    `output_attentions` and the cycle-consistency loss). Softmax statistics in at least float32."""
+    scores = torch.matmul(query, key.transpose(2, 3)) * scaling
+    if attention_mask is not None:
+        scores = scores + attention_mask
+    probs = scores.softmax(dim=-1, dtype=torch.promote_types(scores.dtype, torch.float32)).to(query.dtype)
+    attended = torch.matmul(F.dropout(probs, p=dropout, training=module.training), value)
+    return attended.transpose(1, 2).contiguous(), probs
+
+
 class BridgeCrossAttention(nn.Module):
     """Cross-only multi-head attention of one direction (queries from one stream, keys/values from the other).
 
-    Scores are cosine similarities divided by a learned temperature (no 1/sqrt(d)), plus a learned positional bias
-    shared across heads, plus the key padding mask.
+    Scores are cosine similarities divided by a learned temperature (hence `scaling=1.0`, no 1/sqrt(d)), plus a
+    learned positional bias shared across heads, plus the key padding mask, as one additive mask. Dispatches through
+    transformers' attention interface (`config._attn_implementation`: eager, sdpa, ...), eager when the
+    probabilities are requested.
     """
 
     def __init__(self, config: BridgeConfig, num_query_positions: int, num_key_positions: int):
         super().__init__()
+        self.config = config
         self.num_heads = config.num_interaction_heads
         self.head_dim = config.shared_dim // config.num_interaction_heads
         self.attention_dropout = config.attention_dropout
+        self.is_causal = False
         self.q_proj = nn.Linear(config.shared_dim, config.shared_dim)
         self.k_proj = nn.Linear(config.shared_dim, config.shared_dim)
         self.v_proj = nn.Linear(config.shared_dim, config.shared_dim)
@@ -187,8 +211,18 @@ class BridgeCrossAttention(nn.Module):
             nn.Parameter(torch.zeros(num_query_positions, num_key_positions)) if config.use_positional_bias else None
         )
 
-    def split_heads(self, x: torch.Tensor) -> torch.Tensor:
+    def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
         return x.unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2)
+
+    def project_query(self, shared: torch.Tensor) -> torch.Tensor:
+        """L2-normalised queries (B, heads, N, head_dim) of the querying stream's shared states."""
+        return F.normalize(self._split_heads(self.q_proj(shared)), dim=-1, eps=1e-8)
+
+    def project_key_value(self, shared: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """L2-normalised keys and values (B, heads, N, head_dim) of the attended stream's shared states."""
+        return F.normalize(self._split_heads(self.k_proj(shared)), dim=-1, eps=1e-8), self._split_heads(
+            self.v_proj(shared)
+        )
 
     def get_temperature(self) -> torch.Tensor:
         return F.softplus(self.temperature())
@@ -199,27 +233,26 @@ class BridgeCrossAttention(nn.Module):
         key: torch.Tensor,
         value: torch.Tensor,
         key_padding_bias: torch.Tensor | None = None,
-        use_eager: bool = False,
+        output_attentions: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """query (B, h, Lq, dh) and key (B, h, Lk, dh) are already L2-normalised; key_padding_bias is (B, 1, 1, Lk)."""
+        """query / key / value from `project_query` / `project_key_value` (possibly the layer-1 cache);
+        key_padding_bias (B, 1, 1, Lk). Returns the output (B, Lq, ds) and the probabilities (eager only)."""
         num_queries, num_keys = query.shape[-2], key.shape[-2]
         query = query / self.get_temperature().to(query.dtype)
         bias = key_padding_bias
         if self.position_bias is not None:
             position_bias = self.position_bias[:num_queries, :num_keys].to(query.dtype)
             bias = position_bias if bias is None else bias + position_bias
-        dropout = self.attention_dropout if self.training else 0.0
-        if use_eager:
-            scores = query @ key.transpose(-1, -2)
-            if bias is not None:
-                scores = scores + bias
-            probs = scores.softmax(dim=-1, dtype=torch.float32).to(query.dtype)
-            attended = F.dropout(probs, p=dropout, training=self.training) @ value
-        else:
-            probs = None
-            attended = F.scaled_dot_product_attention(query, key, value, attn_mask=bias, dropout_p=dropout, scale=1.0)
-        attended = attended.transpose(1, 2).flatten(2)
-        return self.output_dropout(self.o_proj(attended)), probs
+        attention_interface = bridge_eager_attention_forward
+        if not output_attentions:
+            attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(
+                self.config._attn_implementation, bridge_eager_attention_forward
+            )
+        attended, probs = attention_interface(
+            self, query, key, value, bias, dropout=self.attention_dropout if self.training else 0.0, scaling=1.0,
+            is_causal=False,
+        )
+        return self.output_dropout(self.o_proj(attended.flatten(2))), probs
 
 
 class BridgeInteractionLayer(GradientCheckpointingLayer):
@@ -247,23 +280,17 @@ class BridgeInteractionLayer(GradientCheckpointingLayer):
     def project_text(self, text_hidden_state: torch.Tensor) -> torch.Tensor:
         return self.text_to_shared(self.text_norm(text_hidden_state))
 
-    @staticmethod
-    def _modality_states(shared, own: BridgeCrossAttention, partner: BridgeCrossAttention) -> BridgeModalityStates:
-        """`own` is the attention in which this stream queries, `partner` the one it serves keys and values to."""
-        return BridgeModalityStates(
-            shared,
-            F.normalize(own.split_heads(own.q_proj(shared)), dim=-1, eps=1e-8),
-            F.normalize(partner.split_heads(partner.k_proj(shared)), dim=-1, eps=1e-8),
-            partner.split_heads(partner.v_proj(shared)),
+    def project_vision_stream(self, vision_hidden_state: torch.Tensor) -> BridgeStreamProjection:
+        shared = self.project_vision(vision_hidden_state)
+        return BridgeStreamProjection(
+            shared, self.vision_attention.project_query(shared), *self.text_attention.project_key_value(shared)
         )
 
-    def prepare_vision(self, vision_hidden_state: torch.Tensor) -> BridgeModalityStates:
-        return self._modality_states(
-            self.project_vision(vision_hidden_state), self.vision_attention, self.text_attention
+    def project_text_stream(self, text_hidden_state: torch.Tensor) -> BridgeStreamProjection:
+        shared = self.project_text(text_hidden_state)
+        return BridgeStreamProjection(
+            shared, self.text_attention.project_query(shared), *self.vision_attention.project_key_value(shared)
         )
-
-    def prepare_text(self, text_hidden_state: torch.Tensor) -> BridgeModalityStates:
-        return self._modality_states(self.project_text(text_hidden_state), self.text_attention, self.vision_attention)
 
     def gates(self) -> torch.Tensor:
         return torch.stack([torch.sigmoid(self.text_gate()), torch.sigmoid(self.vision_gate())])
@@ -276,32 +303,139 @@ class BridgeInteractionLayer(GradientCheckpointingLayer):
         vision_hidden_state: torch.Tensor,
         text_hidden_state: torch.Tensor,
         text_padding_bias: torch.Tensor | None = None,
-        *prepared: torch.Tensor,
-        use_eager: bool = False,
+        *cache: torch.Tensor,
+        output_attentions: bool = False,
     ):
         """Returns (vision_hidden_state, text_hidden_state, vision_shared, text_shared, text_probs, vision_probs).
 
-        `prepared` optionally holds this layer's projections, precomputed by the caller (they only depend on this
-        layer's own inputs): the fields of `prepare_vision(...)` then of `prepare_text(...)`, eight tensors. They are
-        positional, as every tensor output is a plain tuple entry, because reentrant gradient checkpointing tracks
-        only those. `text_padding_bias` (B, 1, 1, Nt) keeps padded text tokens from being attended to.
+        `cache` optionally holds this layer's stream projections computed ahead (they depend on this layer's own
+        inputs only): the four tensors of `project_vision_stream(...)`, then the four of `project_text_stream(...)`.
+        Inputs and outputs are flat positional tensors because reentrant gradient checkpointing tracks only those.
+        `text_padding_bias` (B, 1, 1, Nt) keeps padded text tokens from being attended to.
         """
-        if prepared:
-            vision_states, text_states = BridgeModalityStates(*prepared[:4]), BridgeModalityStates(*prepared[4:])
+        if cache:
+            vision, text = BridgeStreamProjection(*cache[:4]), BridgeStreamProjection(*cache[4:])
         else:
-            vision_states, text_states = self.prepare_vision(vision_hidden_state), self.prepare_text(text_hidden_state)
-        text_update, text_probs = self.text_attention(
-            text_states.query, vision_states.key, vision_states.value, None, use_eager
-        )
+            vision, text = self.project_vision_stream(vision_hidden_state), self.project_text_stream(text_hidden_state)
+        text_update, text_probs = self.text_attention(text.query, vision.key, vision.value, None, output_attentions)
         vision_update, vision_probs = self.vision_attention(
-            vision_states.query, text_states.key, text_states.value, text_padding_bias, use_eager
+            vision.query, text.key, text.value, text_padding_bias, output_attentions
         )
         text_hidden_state = text_hidden_state + torch.sigmoid(self.text_gate()) * self.shared_to_text(text_update)
         vision_hidden_state = vision_hidden_state + torch.sigmoid(self.vision_gate()) * self.shared_to_vision(
             vision_update
         )
-        return (vision_hidden_state, text_hidden_state, vision_states.shared, text_states.shared, text_probs,
-                vision_probs)
+        return vision_hidden_state, text_hidden_state, vision.shared, text.shared, text_probs, vision_probs
+
+
+class BridgeInteractionEncoder(nn.ModuleList):
+    """The interaction stack and its one primitive: run the layers on given (image index, text index) pairs of
+    already-encoded images and texts, `pair_chunk_size` pairs at a time, with layer 1's stream projections computed
+    once per image and once per text. N x M scoring passes the full index grid, pre-training its positives and mined
+    negatives, re-ranking its top-k candidates. Each pair runs on its own, so its outputs depend on that image and
+    that text only.
+
+    A `ModuleList` of the layers (so checkpoints keep the names `interaction_layers.N.*`) that also owns the loop.
+    """
+
+    def __init__(self, config: BridgeConfig):
+        super().__init__([BridgeInteractionLayer(config) for _ in range(config.num_interaction_layers)])
+        self.config = config
+
+    @staticmethod
+    def text_padding_bias(attention_mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+        """(B, Nt) 1/0 mask -> (B, 1, 1, Nt) additive bias. A finite minimum keeps an all-padding row NaN-free."""
+        if attention_mask is None:
+            return None
+        return ((1.0 - attention_mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min).to(dtype)
+
+    def forward(
+        self,
+        vision_hidden_state: torch.Tensor,
+        text_hidden_state: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        image_index: torch.Tensor | None = None,
+        text_index: torch.Tensor | None = None,
+        output_attentions: bool = False,
+        output_hidden_states: bool = False,
+        output_last_hidden_state: bool = False,
+        pair_chunk_size: int | None = None,
+    ) -> "BridgeInteractionOutput":
+        r"""
+        vision_hidden_state (`(n_images, Nv, dv)`) / text_hidden_state (`(n_texts, Nt, dt)`): tower states.
+        attention_mask (`(n_texts, Nt)`): the texts' padding mask.
+        image_index / text_index (`(num_pairs,)`): pair p is image `image_index[p]` with text `text_index[p]`;
+            both None: aligned pairs (image b with text b).
+        output_last_hidden_state: also return the final states of every pair (MLM / MIM heads read them).
+        pair_chunk_size: pairs per pass through the stack (default `config.pair_chunk_size`); memory stays bounded.
+
+        Returns pooled shared-space states of each pair (`pooled_vision`, `pooled_text`, what the cross projections
+        read; from `config.cross_embed_source`), plus per-pair states and attention maps on request.
+        """
+        if (image_index is None) != (text_index is None):
+            raise ValueError("Give both image_index and text_index (the pairs), or neither (aligned pairs).")
+        if image_index is None:
+            if vision_hidden_state.shape[0] != text_hidden_state.shape[0]:
+                raise ValueError(f"Aligned pairs need as many images ({vision_hidden_state.shape[0]}) as texts "
+                                 f"({text_hidden_state.shape[0]}); pass image_index / text_index for other pairs.")
+            image_index = text_index = torch.arange(vision_hidden_state.shape[0], device=vision_hidden_state.device)
+        first = self[0]
+        vision_cache = first.project_vision_stream(vision_hidden_state)
+        text_cache = first.project_text_stream(text_hidden_state)
+        chunk = pair_chunk_size or self.config.pair_chunk_size
+        outputs = [
+            self._run_pairs(vision_hidden_state, text_hidden_state, attention_mask, vision_cache, text_cache,
+                            images, texts, output_attentions, output_hidden_states, output_last_hidden_state)
+            for images, texts in zip(image_index.split(chunk), text_index.split(chunk))
+        ]
+        if len(outputs) == 1:
+            return outputs[0]
+        merged = {}
+        for key in outputs[0].keys():
+            first_value = outputs[0][key]
+            if isinstance(first_value, tuple):
+                merged[key] = tuple(torch.cat(parts) for parts in zip(*(o[key] for o in outputs)))
+            else:
+                merged[key] = torch.cat([o[key] for o in outputs])
+        return BridgeInteractionOutput(**merged)
+
+    def _run_pairs(self, vision_hidden_state, text_hidden_state, attention_mask, vision_cache, text_cache,
+                   image_index, text_index, output_attentions, output_hidden_states, output_last_hidden_state):
+        vision, text = vision_hidden_state.index_select(0, image_index), text_hidden_state.index_select(0, text_index)
+        mask = None if attention_mask is None else attention_mask.index_select(0, text_index)
+        padding_bias = self.text_padding_bias(mask, text.dtype)
+        cache = (*vision_cache.select(image_index), *text_cache.select(text_index))
+        # Per-layer states are kept only when asked for: holding them all would multiply the memory of each chunk.
+        all_vision, all_text, text_attentions, vision_attentions = [vision], [text], [], []
+        for layer in self:
+            vision, text, vision_shared, text_shared, text_probs, vision_probs = layer(
+                vision, text, padding_bias, *cache, output_attentions=output_attentions
+            )
+            cache = ()  # only the first layer's projections can be computed ahead
+            all_vision.append(vision)
+            all_text.append(text)
+            text_attentions.append(text_probs)
+            vision_attentions.append(vision_probs)
+        if self.config.cross_embed_source == "output":
+            vision_shared, text_shared = self[-1].project_vision(vision), self[-1].project_text(text)
+        return BridgeInteractionOutput(
+            pooled_vision=pool_tokens(vision_shared, self.config.pooling),
+            pooled_text=pool_tokens(text_shared, self.config.pooling, mask),
+            vision_last_hidden_state=vision if output_last_hidden_state else None,
+            text_last_hidden_state=text if output_last_hidden_state else None,
+            vision_hidden_states=tuple(all_vision) if output_hidden_states else None,
+            text_hidden_states=tuple(all_text) if output_hidden_states else None,
+            text_attentions=tuple(text_attentions) if output_attentions else None,
+            vision_attentions=tuple(vision_attentions) if output_attentions else None,
+        )
+
+    def gates(self) -> torch.Tensor:
+        """Sigmoid gates `[text, vision]` per layer, (num_layers, 2)."""
+        return torch.stack([layer.gates() for layer in self])
+
+    def temperatures(self) -> torch.Tensor:
+        """Attention temperatures `[text<-vision, vision<-text]` per layer, (num_layers, 2)."""
+        return torch.stack([layer.temperatures() for layer in self])
 
 
 class BridgeITMHead(nn.Module):
@@ -366,19 +500,15 @@ class BridgePreTrainedModel(PreTrainedModel):
     _default_auto_class = "AutoModel"
 
     def _init_weights(self, module):
-        std = self.config.initializer_range
+        """transformers' own init (normal(initializer_range) linears, unit norms) plus BRIDGE's parameters: each
+        learned scalar at its init value, positional-bias tables at zero. Towers passed in keep their weights
+        (the `init` helpers skip initialised parameters)."""
         if isinstance(module, BridgeScalar):
             init.constant_(module.value, module.init_value)
-        elif isinstance(module, BridgeCrossAttention):
-            if module.position_bias is not None:
-                init.zeros_(module.position_bias)
-        elif isinstance(module, nn.Linear):
-            init.normal_(module.weight, mean=0.0, std=std)
-            if module.bias is not None:
-                init.zeros_(module.bias)
-        elif isinstance(module, nn.LayerNorm):
-            init.ones_(module.weight)
-            init.zeros_(module.bias)
+        elif isinstance(module, BridgeCrossAttention) and module.position_bias is not None:
+            init.zeros_(module.position_bias)
+        else:
+            super()._init_weights(module)
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         # `register_for_auto_class` keeps one class only; the zero-shot pipeline needs all three mappings.
@@ -497,9 +627,7 @@ class BridgeModel(BridgePreTrainedModel):
         self.text_model.config = config.text_config
 
         dv, dt, p = config.vision_config.hidden_size, config.text_config.hidden_size, config.projection_dim
-        self.interaction_layers = nn.ModuleList(
-            [BridgeInteractionLayer(config) for _ in range(config.num_interaction_layers)]
-        )
+        self.interaction_layers = BridgeInteractionEncoder(config)
         self.vision_unimodal_projection = nn.Linear(dv, p)
         self.text_unimodal_projection = nn.Linear(dt, p)
         self.vision_cross_projection = nn.Linear(config.shared_dim, p)
@@ -731,63 +859,32 @@ class BridgeModel(BridgePreTrainedModel):
 
     # ---------------------------------------------------------------- interaction
 
-    def _use_eager_attention(self, output_attentions: bool) -> bool:
-        return bool(output_attentions) or self.config._attn_implementation == "eager"
-
-    def text_padding_bias(self, attention_mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
-        """(B, Nt) 1/0 mask -> (B, 1, 1, Nt) additive bias. A finite minimum keeps an all-padding row NaN-free."""
-        if attention_mask is None:
-            return None
-        return ((1.0 - attention_mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min).to(dtype)
-
     def interact(
         self,
         vision_hidden_state: torch.Tensor,
         text_hidden_state: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
+        image_index: torch.Tensor | None = None,
+        text_index: torch.Tensor | None = None,
         output_attentions: bool = False,
         output_hidden_states: bool = False,
-        vision_states: BridgeModalityStates | None = None,
-        text_states: BridgeModalityStates | None = None,
+        output_last_hidden_state: bool = False,
+        pair_chunk_size: int | None = None,
     ) -> BridgeInteractionOutput:
-        """Run the interaction stack on aligned pairs (image b with text b) and pool the fused embeddings.
-
-        `vision_states`/`text_states` are the first layer's precomputed projections, when the caller has them (both
-        or neither).
-        """
-        padding_bias = self.text_padding_bias(attention_mask, text_hidden_state.dtype)
-        use_eager = self._use_eager_attention(output_attentions)
-        # Per-layer states are kept only when asked for: holding them all would multiply the memory of each chunk.
-        all_vision, all_text = [vision_hidden_state], [text_hidden_state]
-        text_attentions, vision_attentions = [], []
-        prepared = () if vision_states is None else (*vision_states, *text_states)
-        for layer in self.interaction_layers:
-            vision_hidden_state, text_hidden_state, last_vision_shared, last_text_shared, text_probs, vision_probs = (
-                layer(vision_hidden_state, text_hidden_state, padding_bias, *prepared, use_eager=use_eager)
-            )
-            prepared = ()  # only the first layer's projections can be computed ahead
-            if output_hidden_states:
-                all_vision.append(vision_hidden_state)
-                all_text.append(text_hidden_state)
-            if output_attentions:
-                text_attentions.append(text_probs)
-                vision_attentions.append(vision_probs)
-        if self.config.cross_embed_source == "output":
-            last = self.interaction_layers[-1]
-            last_vision_shared = last.project_vision(vision_hidden_state)
-            last_text_shared = last.project_text(text_hidden_state)
-        pooled_vision = pool_tokens(last_vision_shared, self.config.pooling)
-        pooled_text = pool_tokens(last_text_shared, self.config.pooling, attention_mask)
-        return BridgeInteractionOutput(
-            vision_last_hidden_state=vision_hidden_state,
-            text_last_hidden_state=text_hidden_state,
-            cross_image_embeds=F.normalize(self.vision_cross_projection(pooled_vision), dim=-1),
-            cross_text_embeds=F.normalize(self.text_cross_projection(pooled_text), dim=-1),
-            vision_hidden_states=tuple(all_vision) if output_hidden_states else None,
-            text_hidden_states=tuple(all_text) if output_hidden_states else None,
-            text_attentions=tuple(text_attentions) if output_attentions else None,
-            vision_attentions=tuple(vision_attentions) if output_attentions else None,
+        """Run the interaction encoder on (image_index[p], text_index[p]) pairs of encoded images and texts (aligned
+        pairs when both are None; see `BridgeInteractionEncoder`) and add each pair's fused embeddings, fused logit
+        and ITM logits."""
+        out = self.interaction_layers(
+            vision_hidden_state, text_hidden_state, attention_mask, image_index, text_index,
+            output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+            output_last_hidden_state=output_last_hidden_state, pair_chunk_size=pair_chunk_size,
         )
+        cross_image_embeds = F.normalize(self.vision_cross_projection(out.pooled_vision), dim=-1)
+        cross_text_embeds = F.normalize(self.text_cross_projection(out.pooled_text), dim=-1)
+        out["cross_image_embeds"], out["cross_text_embeds"] = cross_image_embeds, cross_text_embeds
+        out["fused_logits"] = self.fused_logits(cross_image_embeds, cross_text_embeds)
+        out["itm_logits"] = self.itm_head(cross_image_embeds, cross_text_embeds)
+        return out
 
     def fused_logits(self, cross_image_embeds: torch.Tensor, cross_text_embeds: torch.Tensor) -> torch.Tensor:
         """logit_scale * <c_v, c_t> for aligned fused embeddings."""
@@ -800,52 +897,25 @@ class BridgeModel(BridgePreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         output_attentions: bool = False,
         output_hidden_states: bool = False,
-    ) -> dict[str, Any]:
-        """Interact every image (N) with every text (M), `pair_chunk_size` pairs at a time.
-
-        Each pair runs through the stack on its own, so its scores depend on that image and that text only. Layer 1's
-        projections depend on one modality only and are computed once per image and once per text.
-        Returns fused logits (N, M) and ITM logits (N, M, 2), plus per-pair embeddings / states / attentions when
-        requested, each shaped (N, M, ...).
-        """
+    ) -> BridgeInteractionOutput:
+        """Interact every image (N) with every text (M): the encoder on the full index grid, `pair_chunk_size` pairs
+        at a time. Every returned tensor is shaped (N, M, ...): fused logits (N, M), ITM logits (N, M, 2), and per-pair
+        embeddings / states / attentions on request."""
         n_images, n_texts = vision_hidden_state.shape[0], text_hidden_state.shape[0]
-        first = self.interaction_layers[0]
-        vision_states, text_states = first.prepare_vision(vision_hidden_state), first.prepare_text(text_hidden_state)
         pair_ids = torch.arange(n_images * n_texts, device=vision_hidden_state.device)
-        chunks = []
-        for chunk in pair_ids.split(self.config.pair_chunk_size):
-            image_index, text_index = chunk // n_texts, chunk % n_texts
-            out = self.interact(
-                vision_hidden_state.index_select(0, image_index),
-                text_hidden_state.index_select(0, text_index),
-                None if attention_mask is None else attention_mask.index_select(0, text_index),
-                output_attentions=output_attentions,
-                output_hidden_states=output_hidden_states,
-                vision_states=vision_states.select(image_index),
-                text_states=text_states.select(text_index),
-            )
-            out["fused_logits"] = self.fused_logits(out.cross_image_embeds, out.cross_text_embeds)
-            out["itm_logits"] = self.itm_head(out.cross_image_embeds, out.cross_text_embeds)
-            chunks.append(out)
+        out = self.interact(
+            vision_hidden_state, text_hidden_state, attention_mask, pair_ids // n_texts, pair_ids % n_texts,
+            output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+        )
 
-        def gather(key):
-            first_value = chunks[0][key]
-            if isinstance(first_value, tuple):
-                return tuple(torch.cat(parts).unflatten(0, (n_images, n_texts)) for parts in zip(*(c[key] for c in chunks)))
-            return torch.cat([c[key] for c in chunks]).unflatten(0, (n_images, n_texts))
+        def grid(value):
+            return tuple(grid(v) for v in value) if isinstance(value, tuple) else value.unflatten(0, (n_images, n_texts))
 
-        keys = ["fused_logits", "itm_logits"]
-        if output_hidden_states:
-            keys += ["cross_image_embeds", "cross_text_embeds", "vision_hidden_states", "text_hidden_states"]
-        if output_attentions:
-            keys += ["text_attentions", "vision_attentions"]
-        return {key: gather(key) for key in keys}
+        return BridgeInteractionOutput(**{key: grid(value) for key, value in out.items()})
 
     def interaction_statistics(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Gates `[text, vision]` and temperatures `[text<-vision, vision<-text]`, each (num_layers, 2)."""
-        gates = torch.stack([layer.gates() for layer in self.interaction_layers])
-        temperatures = torch.stack([layer.temperatures() for layer in self.interaction_layers])
-        return gates, temperatures
+        return self.interaction_layers.gates(), self.interaction_layers.temperatures()
 
     # ---------------------------------------------------------------- forward
 
@@ -925,8 +995,8 @@ class BridgeModel(BridgePreTrainedModel):
             itm_logits=pairs.get("itm_logits"),
             image_embeds=image_embeds,
             text_embeds=text_embeds,
-            cross_image_embeds=pairs.get("cross_image_embeds"),
-            cross_text_embeds=pairs.get("cross_text_embeds"),
+            cross_image_embeds=pairs.get("cross_image_embeds") if output_hidden_states else None,
+            cross_text_embeds=pairs.get("cross_text_embeds") if output_hidden_states else None,
             vision_model_output=vision_outputs,
             text_model_output=text_outputs,
             interaction_vision_hidden_states=pairs.get("vision_hidden_states"),
@@ -1063,7 +1133,8 @@ class BridgeForPreTraining(BridgePreTrainedModel):
             # score ITM negatives by combining fused embeddings of two different aligned pairs.
             attention_mask = attention_mask[:, : text.last_hidden_state.shape[1]]  # local length again
             out = bridge.interact(
-                vision.last_hidden_state, text.last_hidden_state, attention_mask, output_attentions=output_attentions
+                vision.last_hidden_state, text.last_hidden_state, attention_mask, output_attentions=output_attentions,
+                pair_chunk_size=batch,
             )
             all_cross_image = gather_across_ranks(out.cross_image_embeds)
             all_cross_text = gather_across_ranks(out.cross_text_embeds)
@@ -1072,7 +1143,7 @@ class BridgeForPreTraining(BridgePreTrainedModel):
                 + F.cross_entropy(scale * out.cross_text_embeds @ all_cross_image.t(), targets)
             ) / 2
             itm_logits = torch.cat([
-                bridge.itm_head(out.cross_image_embeds, out.cross_text_embeds),
+                out.itm_logits,
                 bridge.itm_head(
                     all_cross_image[negative_images.flatten()], out.cross_text_embeds.repeat_interleave(k, 0)
                 ),
@@ -1093,18 +1164,12 @@ class BridgeForPreTraining(BridgePreTrainedModel):
             text_index = torch.cat([targets, anchors, negative_texts.flatten()])
             all_vision_states = gather_across_ranks(vision.last_hidden_state)
             all_text_states = gather_across_ranks(pad_sequence_dim(text.last_hidden_state, length))
-            # Layer 1's projections depend on one modality only: computed once per image / text, then indexed.
-            first = bridge.interaction_layers[0]
+            # One pass over all pairs (layer 1's projections computed once per image / text inside).
             out = bridge.interact(
-                all_vision_states.index_select(0, image_index),
-                all_text_states.index_select(0, text_index),
-                all_attention_mask.index_select(0, text_index),
-                output_attentions=output_attentions,
-                vision_states=first.prepare_vision(all_vision_states).select(image_index),
-                text_states=first.prepare_text(all_text_states).select(text_index),
+                all_vision_states, all_text_states, all_attention_mask, image_index, text_index,
+                output_attentions=output_attentions, pair_chunk_size=image_index.numel(),
             )
-            fused = bridge.fused_logits(out.cross_image_embeds, out.cross_text_embeds)
-            itm_logits = bridge.itm_head(out.cross_image_embeds, out.cross_text_embeds)
+            fused, itm_logits = out.fused_logits, out.itm_logits
             text_anchored = slice(batch, batch + batch * k)
             image_anchored = slice(batch + batch * k, None)
             cross_itc = (
@@ -1147,7 +1212,8 @@ class BridgeForPreTraining(BridgePreTrainedModel):
         if use_mim:
             masked_pixels = mask_image_patches(pixel_values, mim_mask, config.vision_config.patch_size)
             vision_states = bridge.get_image_features(masked_pixels).last_hidden_state
-        out = bridge.interact(vision_states, text_states, attention_mask)
+        out = bridge.interact(vision_states, text_states, attention_mask, output_last_hidden_state=True,
+                              pair_chunk_size=vision_states.shape[0])
         mlm_loss = mim_loss = mlm_logits = mim_logits = None
         if use_mlm:
             mlm_logits = bridge.mlm_head(out.text_last_hidden_state)
