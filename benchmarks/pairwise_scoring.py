@@ -15,6 +15,7 @@ import torch
 
 from modeling_bridge import BridgeConfig, BridgeModel
 
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -48,18 +49,29 @@ def main():
         return model(input_ids=input_ids, pixel_values=pixel_values, score="fused").logits_per_image
 
     def per_pair():
-        return torch.stack([
-            torch.cat([model(input_ids=input_ids[j:j + 1], pixel_values=pixel_values[i:i + 1], score="fused")
-                       .logits_per_image[0] for j in range(args.n_texts)])
-            for i in range(args.n_images)
-        ])
+        return torch.stack(
+            [
+                torch.cat(
+                    [
+                        model(
+                            input_ids=input_ids[j : j + 1], pixel_values=pixel_values[i : i + 1], score="fused"
+                        ).logits_per_image[0]
+                        for j in range(args.n_texts)
+                    ]
+                )
+                for i in range(args.n_images)
+            ]
+        )
 
     torch.testing.assert_close(batched(), per_pair(), atol=1e-5, rtol=1e-5)
     t_batched, t_pairs = best_time(batched, args.repeats), best_time(per_pair, args.repeats)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, config {Path(args.config).name}, "
-          f"{args.n_images} images x {args.n_texts} texts of {args.text_length} tokens")
-    print(f"per-pair model calls / BridgeModel.forward time ratio: {t_pairs / t_batched:.1f}x "
-          f"(same scores within 1e-5)")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, config {Path(args.config).name}, "
+        f"{args.n_images} images x {args.n_texts} texts of {args.text_length} tokens"
+    )
+    print(
+        f"per-pair model calls / BridgeModel.forward time ratio: {t_pairs / t_batched:.1f}x (same scores within 1e-5)"
+    )
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer, ViTImageProcessor
 
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 import run_demo  # noqa: E402  (builds the demo's towers and models)
 
@@ -60,8 +61,10 @@ def main():
         "bridge": (bridge.train(), dict(batch)),
         "dual_encoder": (baseline.train(), {**batch, "return_loss": True}),
     }
-    optimizers = {name: torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-                  for name, (model, _) in runs.items()}
+    optimizers = {
+        name: torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+        for name, (model, _) in runs.items()
+    }
     times = {name: [] for name in runs}
     for round_index in range(args.rounds + 2):
         for name, (model, inputs) in runs.items():
@@ -69,8 +72,10 @@ def main():
             if round_index >= 2:  # the first two rounds warm up allocators and kernels
                 times[name].append(elapsed)
     rate = {name: args.batch_size / statistics.median(values) for name, values in times.items()}
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch_size}, "
-          f"{args.rounds} alternating rounds, k={args.num_hard_negatives} mined negatives per anchor")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch_size}, "
+        f"{args.rounds} alternating rounds, k={args.num_hard_negatives} mined negatives per anchor"
+    )
     for name, value in rate.items():
         print(f"{name:<13} median {value:7.1f} samples/s")
     print(f"BRIDGE / dual encoder throughput ratio: {rate['bridge'] / rate['dual_encoder']:.2f}")

@@ -28,8 +28,12 @@ def parse_args(argv=None):
     parser.add_argument("--shared_dim", type=int)
     parser.add_argument("--num_interaction_heads", type=int)
     parser.add_argument("--projection_dim", type=int)
-    parser.add_argument("--config_overrides", type=json.loads, default={},
-                        help='other BridgeConfig fields as JSON, e.g. \'{"pooling": "cls"}\'')
+    parser.add_argument(
+        "--config_overrides",
+        type=json.loads,
+        default={},
+        help='other BridgeConfig fields as JSON, e.g. \'{"pooling": "cls"}\'',
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the new layers' initialisation")
     add_hub_arguments(parser)
     return parser.parse_args(argv)
@@ -43,8 +47,11 @@ def main(argv=None):
     # A path that does not exist would otherwise reach transformers as a malformed Hub id.
     args.vision_model = check_model_source(args.vision_model, "--vision_model")
     args.text_model = check_model_source(args.text_model, "--text_model")
-    fields = {k: getattr(args, k) for k in ("num_interaction_layers", "shared_dim", "num_interaction_heads",
-                                             "projection_dim") if getattr(args, k) is not None}
+    fields = {
+        k: getattr(args, k)
+        for k in ("num_interaction_layers", "shared_dim", "num_interaction_heads", "projection_dim")
+        if getattr(args, k) is not None
+    }
     fields.update(args.config_overrides)
     torch.manual_seed(args.seed)
     model = BridgeModel.from_vision_text_pretrained(args.vision_model, args.text_model, **fields)

@@ -20,7 +20,9 @@ from modeling_bridge.original_checkpoint import check_model_source, convert_orig
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", required=True, help=".pth of the original code ({'model': ...} or a state dict)")
+    parser.add_argument(
+        "--checkpoint", required=True, help=".pth of the original code ({'model': ...} or a state dict)"
+    )
     parser.add_argument("--config", help="its training YAML (default: the config stored in the checkpoint)")
     parser.add_argument("--output_dir", required=True, help="folder to write the converted model to")
     parser.add_argument("--vision_model", help="vision tower config/image processor: folder or Hub id (default: YAML)")
@@ -35,8 +37,9 @@ def main(argv=None):
     for flag in ("vision_model", "text_model"):  # before reading the checkpoint, which may be large
         if getattr(args, flag) is not None:
             setattr(args, flag, check_model_source(getattr(args, flag), f"--{flag}"))
-    model, processor, parsed = convert_original_checkpoint(args.checkpoint, args.config, args.vision_model,
-                                                            args.text_model)
+    model, processor, parsed = convert_original_checkpoint(
+        args.checkpoint, args.config, args.vision_model, args.text_model
+    )
     description = (
         f"Converted from a checkpoint of the original BRIDGE code ({parsed.vision_source} + {parsed.text_source}). "
         'It pools the fused embeddings from the last layer\'s input (`cross_embed_source="layer_input"`), as the '

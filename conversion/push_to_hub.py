@@ -34,8 +34,10 @@ def check_bridge_folder(model_dir: Path) -> None:
     try:
         model_type = json.loads((model_dir / "config.json").read_text()).get("model_type")
     except (ValueError, AttributeError) as error:  # not JSON, or JSON that is not an object
-        raise ValueError(f"{model_dir / 'config.json'} is not a readable model config ({error}); pass the folder "
-                         "of a saved BRIDGE model.") from error
+        raise ValueError(
+            f"{model_dir / 'config.json'} is not a readable model config ({error}); pass the folder "
+            "of a saved BRIDGE model."
+        ) from error
     if model_type != "bridge":
         raise ValueError(
             f"{model_dir} is not a BRIDGE model folder: its config.json has model_type {model_type!r}, not 'bridge'. "
@@ -56,8 +58,9 @@ def main(argv=None):
         raise ValueError("--output_dir must differ from --model_dir (the folder is rewritten, not edited in place).")
     model = BridgeModel.from_pretrained(model_dir)
     processor_dir = Path(args.processor_dir or model_dir)
-    processor = BridgeProcessor.from_pretrained(processor_dir) if (processor_dir / "processor_config.json").is_file() \
-        else None
+    processor = (
+        BridgeProcessor.from_pretrained(processor_dir) if (processor_dir / "processor_config.json").is_file() else None
+    )
     publish(model, processor, args, base_models=args.base_model, description=args.description)
 
 

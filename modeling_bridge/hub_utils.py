@@ -18,6 +18,7 @@ from huggingface_hub.utils import validate_repo_id
 
 from .saving import apply_default_permissions, check_output_dir, make_staging_dir, replace_directory
 
+
 BRIDGE_TAGS = ["bridge", "vision-language", "zero-shot-image-classification", "image-text-retrieval", "custom_code"]
 
 
@@ -119,8 +120,10 @@ def save_hub_folder(
         (card or build_model_card(model.config)).save(staging / "README.md")
         missing = [f for f in code_files if not (staging / f).is_file()]
         if missing:
-            raise RuntimeError(f"save_pretrained did not write the Hub code files {missing}; is `modeling_bridge` "
-                               "imported (it registers the classes for auto_map)?")
+            raise RuntimeError(
+                f"save_pretrained did not write the Hub code files {missing}; is `modeling_bridge` "
+                "imported (it registers the classes for auto_map)?"
+            )
         apply_default_permissions(staging)
         check_output_dir(output_dir, overwrite=overwrite, protect=protect, replace_previous_save=False)
         replace_directory(staging, target)
@@ -189,8 +192,9 @@ def upload_hub_folder(
     api = HfApi(endpoint=endpoint, token=token)
     try:
         api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-        commit = api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model",
-                                   commit_message=commit_message)
+        commit = api.upload_folder(
+            folder_path=str(folder), repo_id=repo_id, repo_type="model", commit_message=commit_message
+        )
     except Exception as error:  # network, auth, permission: all end the command with one line
         raise HubUploadError(f"upload of {folder} to {api.endpoint}/{repo_id} failed: {_one_line(error)}") from error
     return str(getattr(commit, "commit_url", commit))
@@ -200,31 +204,43 @@ def add_hub_arguments(parser) -> None:
     """The output options shared by the conversion commands."""
     group = parser.add_argument_group("Hub")
     group.add_argument("--push_to_hub", metavar="REPO_ID", help="upload the folder to this Hub repo (one commit)")
-    group.add_argument("--local_dir_only", action="store_true",
-                       help="write the Hub-ready folder but do not upload it")
+    group.add_argument("--local_dir_only", action="store_true", help="write the Hub-ready folder but do not upload it")
     group.add_argument("--max_shard_size", default="5GB", help="shard the safetensors weights past this size")
     group.add_argument("--license", default="apache-2.0", help="license in the model card metadata")
     group.add_argument("--private", action="store_true", help="create the Hub repo as private")
     group.add_argument("--token", help="Hugging Face token (default: HF_TOKEN or the stored login)")
-    group.add_argument("--overwrite", action="store_true",
-                       help="replace a non-empty output_dir (never a file, nor a folder holding an input)")
+    group.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a non-empty output_dir (never a file, nor a folder holding an input)",
+    )
 
 
 def publish(model, processor, args, base_models, description=None) -> Path:
-    """Write the Hub-ready folder for a command's `args` and upload it unless `--local_dir_only` / no `--push_to_hub`.
-    """
+    """Write the Hub-ready folder for a command's `args` and upload it unless `--local_dir_only` / no `--push_to_hub`."""
     if args.push_to_hub and not args.local_dir_only and processor is None:
         raise ValueError(
             "no processor (image processor + tokenizer) was found for the towers, and a Hub repo without one cannot "
             "serve AutoProcessor or the zero-shot pipeline; pass --vision_model / --text_model folders that hold them."
         )
-    card = build_model_card(model.config, base_models=base_models, license=args.license, repo_id=args.push_to_hub,
-                            description=description)
+    card = build_model_card(
+        model.config, base_models=base_models, license=args.license, repo_id=args.push_to_hub, description=description
+    )
     # Every existing path the command was given (model folder, checkpoint, towers, config) is an input to keep.
-    inputs = {value: f"--{name}" for name, value in vars(args).items()
-              if name != "output_dir" and isinstance(value, str) and value and os.path.exists(value)}
-    folder = save_hub_folder(model, processor, args.output_dir, card=card, max_shard_size=args.max_shard_size,
-                             overwrite=args.overwrite, protect=inputs)
+    inputs = {
+        value: f"--{name}"
+        for name, value in vars(args).items()
+        if name != "output_dir" and isinstance(value, str) and value and os.path.exists(value)
+    }
+    folder = save_hub_folder(
+        model,
+        processor,
+        args.output_dir,
+        card=card,
+        max_shard_size=args.max_shard_size,
+        overwrite=args.overwrite,
+        protect=inputs,
+    )
     print(f"wrote {folder}")
     if args.push_to_hub and not args.local_dir_only:
         url = upload_hub_folder(folder, args.push_to_hub, token=args.token, private=args.private or None)

@@ -82,7 +82,9 @@ _TOP_RENAMES = {
 _TOWER_PREFIXES = {"vision_encoder.vit.": "vision_model.", "text_encoder.bert.": "text_model."}
 # Keys the original holds but that never affect its outputs: the towers' pooling layers (built by
 # `ViTModel/BertModel.from_pretrained`, never called) and position/token-type id buffers of older transformers.
-_UNUSED = re.compile(r"^(vision_encoder\.vit|text_encoder\.bert)\.(pooler\..*|embeddings\.(position_ids|token_type_ids))$")
+_UNUSED = re.compile(
+    r"^(vision_encoder\.vit|text_encoder\.bert)\.(pooler\..*|embeddings\.(position_ids|token_type_ids))$"
+)
 # Modules of the original that BridgeModel does not have.
 _UNSUPPORTED = {
     "vision_encoder.projection.": "a Linear from the vision tower's hidden size to `vision_config.hidden_dim`",
@@ -95,7 +97,7 @@ def original_to_bridge_key(key: str) -> str | None:
     """Our (on-disk) name for an original key, or None when the key is not part of the original's schema."""
     for prefix, ours in _TOWER_PREFIXES.items():
         if key.startswith(prefix):
-            return ours + key[len(prefix):]
+            return ours + key[len(prefix) :]
     match = re.fullmatch(r"interaction_layers\.(\d+)\.(\w+)(\.(?:weight|bias))?", key)
     if match:
         index, name, suffix = match.group(1), match.group(2), match.group(3) or ""
@@ -114,13 +116,19 @@ def original_to_bridge_key(key: str) -> str | None:
 
 # The inverse of the tables above, built once: messages about a checkpoint must use the names the user's file has.
 _REVERSE_LAYER = {
-    **{f"{ours}.{suffix}": f"{original}.{suffix}" for original, ours in _LAYER_RENAMES.items()
-       for suffix in ("weight", "bias")},
+    **{
+        f"{ours}.{suffix}": f"{original}.{suffix}"
+        for original, ours in _LAYER_RENAMES.items()
+        for suffix in ("weight", "bias")
+    },
     **{ours: original for original, ours in _LAYER_SCALARS.items()},
 }
 _REVERSE_TOP = {
-    **{f"{ours}.{suffix}": f"{original}.{suffix}" for original, ours in _TOP_RENAMES.items()
-       for suffix in ("weight", "bias")},
+    **{
+        f"{ours}.{suffix}": f"{original}.{suffix}"
+        for original, ours in _TOP_RENAMES.items()
+        for suffix in ("weight", "bias")
+    },
     "logit_scale.value": "logit_scale",
     "itc_alpha.value": "itc_alpha",
 }
@@ -131,7 +139,7 @@ def bridge_to_original_key(key: str) -> str | None:
     None for a key the original has no counterpart of."""
     for prefix, ours in _TOWER_PREFIXES.items():
         if key.startswith(ours):
-            return prefix + key[len(ours):]
+            return prefix + key[len(ours) :]
     match = re.fullmatch(r"interaction_layers\.(\d+)\.(.+)", key)
     if match:
         original = _REVERSE_LAYER.get(match.group(2))
@@ -167,7 +175,7 @@ def load_original_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.T
     if not state_dict:
         raise ConversionError(f"{path} holds no tensors under 'model', 'model_state_dict' or at its top level.")
     if all(k.startswith("module.") for k in state_dict):  # saved from a DistributedDataParallel wrapper
-        state_dict = {k[len("module."):]: v for k, v in state_dict.items()}
+        state_dict = {k[len("module.") :]: v for k, v in state_dict.items()}
     return state_dict, config
 
 
@@ -255,8 +263,9 @@ class OriginalConfig:
     base_models: list[str] = field(default_factory=list)
 
 
-def parse_original_config(config: dict, source: str, vision_model: str | None = None,
-                          text_model: str | None = None) -> OriginalConfig:
+def parse_original_config(
+    config: dict, source: str, vision_model: str | None = None, text_model: str | None = None
+) -> OriginalConfig:
     """Translate the original schema (`vision_config`, `text_config`, `cross_modal_config`, `pooling_config`) to
     BridgeConfig fields, with the original's defaults for omitted entries."""
     names = {}
@@ -293,13 +302,16 @@ def parse_original_config(config: dict, source: str, vision_model: str | None = 
     )
     hub_ids = [n for n in names.values() if isinstance(n, str) and not os.path.isabs(n)]
     sources = {}
-    for section, override, flag in (("vision_config", vision_model, "--vision_model"),
-                                    ("text_config", text_model, "--text_model")):
+    for section, override, flag in (
+        ("vision_config", vision_model, "--vision_model"),
+        ("text_config", text_model, "--text_model"),
+    ):
         if override is not None:
             sources[section] = check_model_source(override, flag)
         else:
-            sources[section] = check_model_source(names[section], f"`{section}.model_name` in {source}",
-                                                  f"fix it there or pass {flag} DIR")
+            sources[section] = check_model_source(
+                names[section], f"`{section}.model_name` in {source}", f"fix it there or pass {flag} DIR"
+            )
     return OriginalConfig(
         vision_source=sources["vision_config"],
         text_source=sources["text_config"],
@@ -317,8 +329,12 @@ def looks_like_local_path(name: str) -> bool:
     """Whether `name` can only mean a local path: absolute, starting with `./`, `../` or `~`, or not of the form
     of a Hub id (`name` or `namespace/name` of letters, digits, `_`, `.`, `-`: so a backslash, a drive letter or a
     second `/` mark a path)."""
-    return (os.path.isabs(name) or name in (".", "..") or name.startswith(("./", "../", ".\\", "..\\", "~"))
-            or not _HUB_ID.fullmatch(name))
+    return (
+        os.path.isabs(name)
+        or name in (".", "..")
+        or name.startswith(("./", "../", ".\\", "..\\", "~"))
+        or not _HUB_ID.fullmatch(name)
+    )
 
 
 def check_model_source(name: str, label: str, fix: str = "check the path") -> str:
@@ -328,15 +344,20 @@ def check_model_source(name: str, label: str, fix: str = "check the path") -> st
     path = Path(name).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
-            raise FileNotFoundError(f"{label}: the folder {path} holds no config.json, so it is not a saved model; "
-                                    f"{fix} (the folder that save_pretrained wrote, or a Hub id).")
+            raise FileNotFoundError(
+                f"{label}: the folder {path} holds no config.json, so it is not a saved model; "
+                f"{fix} (the folder that save_pretrained wrote, or a Hub id)."
+            )
         return str(path)
     if path.exists():
-        raise NotADirectoryError(f"{label}: {path} is a file, not a model folder (with config.json) or a Hub id; "
-                                 f"{fix}.")
+        raise NotADirectoryError(
+            f"{label}: {path} is a file, not a model folder (with config.json) or a Hub id; {fix}."
+        )
     if looks_like_local_path(name):
-        raise FileNotFoundError(f"{label}: the folder {path} does not exist (a local path, not a Hub id, which is "
-                                f"'name' or 'namespace/name'); {fix}.")
+        raise FileNotFoundError(
+            f"{label}: the folder {path} does not exist (a local path, not a Hub id, which is "
+            f"'name' or 'namespace/name'); {fix}."
+        )
     return name
 
 
@@ -419,7 +440,8 @@ def map_original_state_dict(state_dict: dict[str, torch.Tensor], config: BridgeC
     bias_keys = {k for k in expected if k.endswith("position_bias")}
     wrong_shape = sorted(
         f"{origin[k]} {tuple(mapped[k].shape)} (expected {tuple(expected[k])})"
-        for k in mapped if k in expected and k not in bias_keys and mapped[k].shape != expected[k]
+        for k in mapped
+        if k in expected and k not in bias_keys and mapped[k].shape != expected[k]
     )
     if unknown or missing or wrong_shape:
         raise ConversionError(
@@ -434,8 +456,12 @@ def map_original_state_dict(state_dict: dict[str, torch.Tensor], config: BridgeC
     return {k: v.contiguous().clone() for k, v in mapped.items()}
 
 
-_PROJECTIONS = ("vision_unimodal_projection.weight", "text_unimodal_projection.weight",
-                "vision_cross_projection.weight", "text_cross_projection.weight")
+_PROJECTIONS = (
+    "vision_unimodal_projection.weight",
+    "text_unimodal_projection.weight",
+    "vision_cross_projection.weight",
+    "text_cross_projection.weight",
+)
 
 
 def _check_projection_dim(mapped: dict, expected: dict, origin: dict, config: BridgeConfig) -> None:
@@ -443,11 +469,15 @@ def _check_projection_dim(mapped: dict, expected: dict, origin: dict, config: Br
     name its cause, the YAML entry, instead of listing the shapes."""
     found = {origin[k]: mapped[k].shape[0] for k in _PROJECTIONS if k in mapped and mapped[k].dim() == 2}
     sizes = set(found.values())
-    if len(sizes) == 1 and config.projection_dim not in sizes and all(
-            mapped[k].shape[1] == expected[k][1] for k in _PROJECTIONS if k in mapped and k in expected):
+    if (
+        len(sizes) == 1
+        and config.projection_dim not in sizes
+        and all(mapped[k].shape[1] == expected[k][1] for k in _PROJECTIONS if k in mapped and k in expected)
+    ):
         size = sizes.pop()
-        default = " (the original's default when pooling_config does not set it)" if config.projection_dim == 256 \
-            else ""
+        default = (
+            " (the original's default when pooling_config does not set it)" if config.projection_dim == 256 else ""
+        )
         raise ConversionError(
             f"pooling_config.projection_dim={config.projection_dim}{default} but the checkpoint's projections have "
             f"{size} ({', '.join(sorted(found))}); set `projection_dim: {size}` under pooling_config in the YAML the "
@@ -482,8 +512,10 @@ def build_config(parsed: OriginalConfig) -> BridgeConfig:
     fixed to its training text length, fills its top-left corner."""
     vision = _tower_config(ViTConfig, parsed.vision_source, "--vision_model")
     text = _tower_config(BertConfig, parsed.text_source, "--text_model")
-    for name, tower, hidden_dim in (("vision", vision, parsed.vision_hidden_dim),
-                                    ("text", text, parsed.text_hidden_dim)):
+    for name, tower, hidden_dim in (
+        ("vision", vision, parsed.vision_hidden_dim),
+        ("text", text, parsed.text_hidden_dim),
+    ):
         if hidden_dim is not None and hidden_dim != tower.hidden_size:
             raise ConversionError(
                 f"{name}_config.hidden_dim={hidden_dim} differs from the {name} tower's hidden_size="

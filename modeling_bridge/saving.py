@@ -27,6 +27,7 @@ import stat
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+
 # Names (glob patterns) of the files `save_pretrained` writes for the objects this package saves: transformers
 # models (single file or shards, safetensors or legacy .bin), PEFT adapters (and their model card), processors,
 # image processors, tokenizers (fast, WordPiece/BPE vocabularies, sentencepiece models, chat templates), and the
@@ -74,8 +75,12 @@ def foreign_entries(folder: str | os.PathLike) -> list[str]:
         for entry in entries:
             if entry.is_dir(follow_symlinks=False):
                 foreign.append(entry.name + "/")
-            elif (entry.is_symlink() or not entry.is_file(follow_symlinks=False) or entry.name.startswith(".")
-                  or not any(fnmatch.fnmatchcase(entry.name, p) for p in SAVE_FILE_PATTERNS)):
+            elif (
+                entry.is_symlink()
+                or not entry.is_file(follow_symlinks=False)
+                or entry.name.startswith(".")
+                or not any(fnmatch.fnmatchcase(entry.name, p) for p in SAVE_FILE_PATTERNS)
+            ):
                 foreign.append(entry.name)
     return sorted(foreign)
 
@@ -97,40 +102,52 @@ def check_output_dir(
     target = _absolute(output_dir)
     real = target.resolve()
     labelled = protect.items() if isinstance(protect, Mapping) else ((path, None) for path in protect)
-    named = [(path, f"{label} {os.fspath(path)}" if label else f"{os.fspath(path)}, which this run reads or writes")
-             for path, label in labelled if path is not None]
+    named = [
+        (path, f"{label} {os.fspath(path)}" if label else f"{os.fspath(path)}, which this run reads or writes")
+        for path, label in labelled
+        if path is not None
+    ]
     for path, what in (*named, (os.getcwd(), "the current folder")):
         protected = _absolute(path).resolve()
         if real == protected or real in protected.parents:
             relation = "is the same folder as" if real == protected else "is a parent folder of"
-            raise ValueError(f"{output_dir} {relation} {what}; saving there would delete it. Choose another output "
-                             "folder.")
+            raise ValueError(
+                f"{output_dir} {relation} {what}; saving there would delete it. Choose another output folder."
+            )
     for ancestor in target.parents:  # the first existing ancestor must be a folder to create the target in
         if os.path.lexists(ancestor):
             if not ancestor.is_dir():
-                raise NotADirectoryError(f"{ancestor} is a file, so {output_dir} cannot be created there. Choose "
-                                         "another output folder.")
+                raise NotADirectoryError(
+                    f"{ancestor} is a file, so {output_dir} cannot be created there. Choose another output folder."
+                )
             break
     if os.path.islink(target):
-        raise FileExistsError(f"{output_dir} is a symbolic link; it is not replaced. Give the folder it points to, "
-                              "or another output folder.")
+        raise FileExistsError(
+            f"{output_dir} is a symbolic link; it is not replaced. Give the folder it points to, "
+            "or another output folder."
+        )
     if not os.path.lexists(target):
         return target
     if not target.is_dir():
-        raise FileExistsError(f"{output_dir} exists and is a file, not a folder; it is not replaced. Remove it or "
-                              "choose another output folder.")
+        raise FileExistsError(
+            f"{output_dir} exists and is a file, not a folder; it is not replaced. Remove it or "
+            "choose another output folder."
+        )
     if overwrite:
         return target
     foreign = foreign_entries(target) if replace_previous_save else sorted(os.listdir(target))
     if foreign:
-        shown = ", ".join(repr(name) for name in foreign[:5]) + (f" and {len(foreign) - 5} more"
-                                                                   if len(foreign) > 5 else "")
+        shown = ", ".join(repr(name) for name in foreign[:5]) + (
+            f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
+        )
         if replace_previous_save:
             reason = f"holds files that no model or processor save writes ({shown}), so it is not replaced"
         else:
             reason = "is not empty"
-        raise FileExistsError(f"{output_dir} {reason}; pass overwrite=True (--overwrite on the command line) to "
-                              f"replace it, or choose another output folder.")
+        raise FileExistsError(
+            f"{output_dir} {reason}; pass overwrite=True (--overwrite on the command line) to "
+            f"replace it, or choose another output folder."
+        )
     return target
 
 

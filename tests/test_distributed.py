@@ -24,9 +24,10 @@ import time
 import pytest
 import torch
 import torch.multiprocessing as mp
-from conftest import IMAGE_SIZE, TEXT_CONFIGS, VISION_CONFIGS, VOCAB
 
+from conftest import IMAGE_SIZE, TEXT_CONFIGS, VISION_CONFIGS, VOCAB
 from modeling_bridge import BridgeConfig, BridgeForPreTraining
+
 
 WORLD = 2
 LOCAL_BATCH = 3
@@ -37,8 +38,16 @@ VARIANTS = {
     "pairwise": dict(fused_objective="pairwise", cycle_loss_weight=0.3, mlm_loss_weight=0.5, mim_loss_weight=0.25),
     "aligned": dict(fused_objective="aligned", cycle_loss_weight=0.3),
 }
-COMPONENTS = ("loss", "itc_loss", "unimodal_itc_loss", "cross_itc_loss", "itm_loss", "cycle_loss", "mlm_loss",
-              "mim_loss")
+COMPONENTS = (
+    "loss",
+    "itc_loss",
+    "unimodal_itc_loss",
+    "cross_itc_loss",
+    "itm_loss",
+    "cycle_loss",
+    "mlm_loss",
+    "mim_loss",
+)
 
 # Rounding. The two runs compute the same sums in different orders: per-rank partial sums and an all-reduce mean
 # against one sum over the global batch, rows padded to 5 or 7 tokens against 7, CPU kernels that block and
@@ -81,9 +90,21 @@ def _model(variant: str) -> BridgeForPreTraining:
     for tower in (vision, text):
         tower.hidden_dropout_prob = tower.attention_probs_dropout_prob = 0.0
     config = BridgeConfig.from_vision_text_configs(
-        vision, text, num_interaction_layers=2, shared_dim=16, num_interaction_heads=2, projection_dim=8,
-        max_text_positions=16, pair_chunk_size=4, interaction_dropout=0.0, attention_dropout=0.0, itm_dropout=0.0,
-        num_hard_negatives=2, itm_margin_min=0.0, itm_margin_max=0.0, **VARIANTS[variant],
+        vision,
+        text,
+        num_interaction_layers=2,
+        shared_dim=16,
+        num_interaction_heads=2,
+        projection_dim=8,
+        max_text_positions=16,
+        pair_chunk_size=4,
+        interaction_dropout=0.0,
+        attention_dropout=0.0,
+        itm_dropout=0.0,
+        num_hard_negatives=2,
+        itm_margin_min=0.0,
+        itm_margin_max=0.0,
+        **VARIANTS[variant],
     )
     torch.manual_seed(0)
     model = BridgeForPreTraining(config)
@@ -109,10 +130,16 @@ def _rank_batches() -> list[dict[str, torch.Tensor]]:
         mlm_input_ids[:, 1], mlm_labels[:, 1] = 4, input_ids[:, 1]  # one [MASK] per row
         mim_mask = torch.zeros(LOCAL_BATCH, NUM_PATCHES, dtype=torch.bool)
         mim_mask.scatter_(1, torch.rand(LOCAL_BATCH, NUM_PATCHES, generator=g).argsort(1)[:, :4], True)
-        batches.append(dict(
-            pixel_values=torch.randn(LOCAL_BATCH, 3, IMAGE_SIZE, IMAGE_SIZE, generator=g), input_ids=input_ids,
-            attention_mask=attention_mask, mlm_input_ids=mlm_input_ids, mlm_labels=mlm_labels, mim_mask=mim_mask,
-        ))
+        batches.append(
+            dict(
+                pixel_values=torch.randn(LOCAL_BATCH, 3, IMAGE_SIZE, IMAGE_SIZE, generator=g),
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                mlm_input_ids=mlm_input_ids,
+                mlm_labels=mlm_labels,
+                mim_mask=mim_mask,
+            )
+        )
     return batches
 
 
@@ -123,8 +150,15 @@ def _global_batch(batches):
         return torch.nn.functional.pad(t, (0, width - t.shape[1]), value=value) if t.dim() == 2 else t
 
     pad_value = {"mlm_labels": -100}
-    return {key: torch.cat([pad(b[key], pad_value.get(key, 0)) if key not in ("pixel_values", "mim_mask")
-                            else b[key] for b in batches]) for key in batches[0]}
+    return {
+        key: torch.cat(
+            [
+                pad(b[key], pad_value.get(key, 0)) if key not in ("pixel_values", "mim_mask") else b[key]
+                for b in batches
+            ]
+        )
+        for key in batches[0]
+    }
 
 
 def _worker(rank: int, init_file: str, out_dir: str, batches):
@@ -136,11 +170,14 @@ def _worker(rank: int, init_file: str, out_dir: str, batches):
             ddp = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
             out = ddp(**batches[rank])
             out.loss.backward()
-            torch.save({
-                "components": {name: out[name].detach() for name in COMPONENTS if out.get(name) is not None},
-                "logits_per_image": out.logits_per_image.detach(),
-                "grads": {n: None if p.grad is None else p.grad.clone() for n, p in model.named_parameters()},
-            }, os.path.join(out_dir, f"{variant}-{rank}.pt"))
+            torch.save(
+                {
+                    "components": {name: out[name].detach() for name in COMPONENTS if out.get(name) is not None},
+                    "logits_per_image": out.logits_per_image.detach(),
+                    "grads": {n: None if p.grad is None else p.grad.clone() for n, p in model.named_parameters()},
+                },
+                os.path.join(out_dir, f"{variant}-{rank}.pt"),
+            )
     finally:
         torch.distributed.destroy_process_group()
 
@@ -181,8 +218,12 @@ def test_ddp_matches_one_process_over_the_global_batch(ddp_results, variant):
 
     # each rank scores its own images against the texts of every rank: the rows of the global score matrix
     logits = reference.logits_per_image.detach()
-    torch.testing.assert_close(torch.cat([r["logits_per_image"] for r in results[variant]]), logits,
-                               atol=_tolerance(logits.abs().max().item()), rtol=0)
+    torch.testing.assert_close(
+        torch.cat([r["logits_per_image"] for r in results[variant]]),
+        logits,
+        atol=_tolerance(logits.abs().max().item()),
+        rtol=0,
+    )
 
     grads = {name: param.grad for name, param in model.named_parameters() if param.grad is not None}
     block_scale = {}
@@ -197,8 +238,9 @@ def test_ddp_matches_one_process_over_the_global_batch(ddp_results, variant):
             continue
         for rank, grad in enumerate(rank_grads):  # DDP all-reduces, so every rank holds the same averaged gradient
             assert grad is not None, f"{name}: no gradient on rank {rank}"
-            torch.testing.assert_close(grad, param.grad, atol=atol[name], rtol=0,
-                                       msg=lambda m: f"{name}, rank {rank}: {m}")
+            torch.testing.assert_close(
+                grad, param.grad, atol=atol[name], rtol=0, msg=lambda m: f"{name}, rank {rank}: {m}"
+            )
         checked += 1
     # the towers, the interaction stack and the heads all train, and all were compared
     trained = [n for n, g in grads.items() if g.abs().sum() > 0]
@@ -210,8 +252,12 @@ def test_ddp_matches_one_process_over_the_global_batch(ddp_results, variant):
     # right value) fall outside it in every tensor whose gradient stands above the rounding floor of its block: all
     # of them but the four tower key biases (exactly zero, see above) and, at most, a scalar (a gate or temperature
     # whose gradient cancels down to ~1e-4 of its layer's).
-    key_biases = {n for n in grads if n.startswith(("bridge.vision_model.", "bridge.text_model."))
-                  and n.endswith(("attention.k_proj.bias", "attention.self.key.bias"))}
+    key_biases = {
+        n
+        for n in grads
+        if n.startswith(("bridge.vision_model.", "bridge.text_model."))
+        and n.endswith(("attention.k_proj.bias", "attention.self.key.bias"))
+    }
     assert len(key_biases) == 4 and all(grads[n].abs().max() <= atol[n] for n in key_biases)
     undetected = {n for n, g in grads.items() if (WORLD - 1) * g.abs().max() <= atol[n]}
     assert undetected - key_biases <= {n for n, g in grads.items() if g.numel() == 1}, sorted(undetected)

@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_config
 from transformers import AutoModel
 
+from conftest import make_config
 from modeling_bridge import BridgeModel
 from modeling_bridge.training import load_training_stage
+
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 import run_pretraining  # noqa: E402
@@ -30,18 +31,51 @@ def tiny_source(tmp_path, processor):
 
 
 def _args(source, output_dir, *extra):
-    return ["--config_name", str(source / "bridge.json"), "--processor_name_or_path", str(source / "processor"),
-            "--dataset", "bridge-shapes", "--shapes_num_train", "16", "--shapes_image_size", "32",
-            "--output_dir", str(output_dir),
-            "--per_device_train_batch_size", "4", "--report_to", "none", "--use_cpu", "true",
-            "--disable_tqdm", "true", "--seed", "0", *extra]
+    return [
+        "--config_name",
+        str(source / "bridge.json"),
+        "--processor_name_or_path",
+        str(source / "processor"),
+        "--dataset",
+        "bridge-shapes",
+        "--shapes_num_train",
+        "16",
+        "--shapes_image_size",
+        "32",
+        "--output_dir",
+        str(output_dir),
+        "--per_device_train_batch_size",
+        "4",
+        "--report_to",
+        "none",
+        "--use_cpu",
+        "true",
+        "--disable_tqdm",
+        "true",
+        "--seed",
+        "0",
+        *extra,
+    ]
 
 
 def test_stage_b_run_saves_a_model_that_auto_loads_and_reports_every_component(tiny_source, tmp_path):
     out = tmp_path / "run"
-    trainer = run_pretraining.main(_args(tiny_source, out, "--stage", str(tiny_source / "stage_b_tiny.json"),
-                                         "--max_steps", "2", "--logging_steps", "1", "--eval_split", "test",
-                                         "--max_eval_samples", "8"))
+    trainer = run_pretraining.main(
+        _args(
+            tiny_source,
+            out,
+            "--stage",
+            str(tiny_source / "stage_b_tiny.json"),
+            "--max_steps",
+            "2",
+            "--logging_steps",
+            "1",
+            "--eval_split",
+            "test",
+            "--max_eval_samples",
+            "8",
+        )
+    )
     logged = [entry for entry in trainer.state.log_history if "loss" in entry]
     assert {"itc_loss", "itm_loss", "mlm_loss", "mim_loss", "cycle_loss"} <= set(logged[-1])
     evaluated = [entry for entry in trainer.state.log_history if "eval_loss" in entry]
@@ -59,8 +93,20 @@ def test_stage_b_run_saves_a_model_that_auto_loads_and_reports_every_component(t
 def test_resume_from_checkpoint_continues_the_run(tiny_source, tmp_path):
     out = tmp_path / "run"
     run_pretraining.main(_args(tiny_source, out, "--max_steps", "2", "--save_steps", "2"))
-    trainer = run_pretraining.main(_args(tiny_source, out, "--max_steps", "4", "--save_steps", "2",
-                                         "--resume_from_checkpoint", "True", "--learning_rate", "3e-4"))
+    trainer = run_pretraining.main(
+        _args(
+            tiny_source,
+            out,
+            "--max_steps",
+            "4",
+            "--save_steps",
+            "2",
+            "--resume_from_checkpoint",
+            "True",
+            "--learning_rate",
+            "3e-4",
+        )
+    )
     assert trainer.state.global_step == 4
     assert trainer.args.learning_rate == 3e-4  # a command-line value wins over the stage's
     state = json.loads((out / "checkpoint-4" / "trainer_state.json").read_text())
@@ -76,8 +122,9 @@ def test_bad_model_arguments_are_named(tiny_source, tmp_path):
 
 @pytest.fixture
 def tower_dirs(tmp_path, processor):
-    from conftest import TEXT_CONFIGS, VISION_CONFIGS
     from transformers import AutoModel
+
+    from conftest import TEXT_CONFIGS, VISION_CONFIGS
 
     AutoModel.from_config(VISION_CONFIGS["vit"]()).save_pretrained(tmp_path / "vit")
     processor.image_processor.save_pretrained(tmp_path / "vit")
@@ -87,29 +134,74 @@ def tower_dirs(tmp_path, processor):
 
 
 def _short(output_dir, *extra):
-    return ["--dataset", "bridge-shapes", "--shapes_num_train", "8", "--shapes_image_size", "32", "--output_dir",
-            str(output_dir), "--per_device_train_batch_size", "4", "--max_steps", "1", "--report_to", "none",
-            "--use_cpu", "true", "--disable_tqdm", "true", "--save_strategy", "no", *extra]
+    return [
+        "--dataset",
+        "bridge-shapes",
+        "--shapes_num_train",
+        "8",
+        "--shapes_image_size",
+        "32",
+        "--output_dir",
+        str(output_dir),
+        "--per_device_train_batch_size",
+        "4",
+        "--max_steps",
+        "1",
+        "--report_to",
+        "none",
+        "--use_cpu",
+        "true",
+        "--disable_tqdm",
+        "true",
+        "--save_strategy",
+        "no",
+        *extra,
+    ]
 
 
 def test_config_overrides_size_the_interaction_of_every_model_source(tiny_source, tower_dirs, tmp_path):
     vit, bert = tower_dirs
     size = {"num_interaction_layers": 1, "shared_dim": 24, "num_interaction_heads": 4, "max_text_positions": 12}
-    run_pretraining.main(_short(tmp_path / "towers", "--vision_model", str(vit), "--text_model", str(bert),
-                                "--config_overrides", json.dumps(size)))
+    run_pretraining.main(
+        _short(
+            tmp_path / "towers",
+            "--vision_model",
+            str(vit),
+            "--text_model",
+            str(bert),
+            "--config_overrides",
+            json.dumps(size),
+        )
+    )
     saved = json.loads((tmp_path / "towers" / "model" / "config.json").read_text())
     assert {k: saved[k] for k in size} == size
 
-    run_pretraining.main(_short(tmp_path / "random", "--config_name", str(tiny_source / "bridge.json"),
-                                "--processor_name_or_path", str(tiny_source / "processor"),
-                                "--config_overrides", json.dumps(size)))
+    run_pretraining.main(
+        _short(
+            tmp_path / "random",
+            "--config_name",
+            str(tiny_source / "bridge.json"),
+            "--processor_name_or_path",
+            str(tiny_source / "processor"),
+            "--config_overrides",
+            json.dumps(size),
+        )
+    )
     saved = json.loads((tmp_path / "random" / "model" / "config.json").read_text())
     assert {k: saved[k] for k in size} == size
 
     # A saved model takes the fields that keep its weights' shapes; --num_hard_negatives wins over the JSON.
-    trainer = run_pretraining.main(_short(
-        tmp_path / "again", "--model_name_or_path", str(tmp_path / "towers" / "model"),
-        "--config_overrides", '{"negative_mining": "hardest", "num_hard_negatives": 1}', "--num_hard_negatives", "2"))
+    trainer = run_pretraining.main(
+        _short(
+            tmp_path / "again",
+            "--model_name_or_path",
+            str(tmp_path / "towers" / "model"),
+            "--config_overrides",
+            '{"negative_mining": "hardest", "num_hard_negatives": 1}',
+            "--num_hard_negatives",
+            "2",
+        )
+    )
     assert (trainer.model.config.negative_mining, trainer.model.config.num_hard_negatives) == ("hardest", 2)
     saved = json.loads((tmp_path / "again" / "model" / "config.json").read_text())
     assert (saved["negative_mining"], saved["num_hard_negatives"], saved["shared_dim"]) == ("hardest", 2, 24)
@@ -124,19 +216,33 @@ def test_lora_example_masks_patches_of_rectangular_images(tmp_path):
     from conftest import TEXT_CONFIGS, VOCAB
     from modeling_bridge import BridgeConfig, BridgeForPreTraining, BridgeProcessor
 
-    spec = importlib.util.spec_from_file_location("run_lora_finetuning",
-                                                  Path(run_pretraining.__file__).parent / "run_lora_finetuning.py")
+    spec = importlib.util.spec_from_file_location(
+        "run_lora_finetuning", Path(run_pretraining.__file__).parent / "run_lora_finetuning.py"
+    )
     run_lora = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = run_lora
     try:
         spec.loader.exec_module(run_lora)
     finally:
         del sys.modules[spec.name]
-    vision = ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-                       image_size=(32, 48), patch_size=(8, 16))
+    vision = ViTConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        image_size=(32, 48),
+        patch_size=(8, 16),
+    )
     config = BridgeConfig.from_vision_text_configs(
-        vision, TEXT_CONFIGS["bert"](), num_interaction_layers=1, shared_dim=16, num_interaction_heads=2,
-        projection_dim=8, max_text_positions=16, mim_loss_weight=0.5)
+        vision,
+        TEXT_CONFIGS["bert"](),
+        num_interaction_layers=1,
+        shared_dim=16,
+        num_interaction_heads=2,
+        projection_dim=8,
+        max_text_positions=16,
+        mim_loss_weight=0.5,
+    )
     torch.manual_seed(0)
     BridgeForPreTraining(config).save_pretrained(tmp_path / "base")
     tokenizer = BertTokenizer(vocab={w: i for i, w in enumerate(VOCAB)})
@@ -152,12 +258,11 @@ def test_demo_scores_galleries_without_tokenizer_warnings(processor):
     processor call that left truncation unset warned that it is ignored."""
     import warnings
 
+    import run_demo
     from transformers import BertTokenizer
 
     from conftest import VOCAB, make_model, random_images
     from modeling_bridge import BridgeProcessor
-
-    import run_demo
 
     tokenizer = BertTokenizer(vocab={w: i for i, w in enumerate(VOCAB)}, model_max_length=32, max_length=128)
     saved_max_length = BridgeProcessor(image_processor=processor.image_processor, tokenizer=tokenizer)

@@ -20,6 +20,7 @@ from transformers import (
 from conftest import BLOCK_PACKAGE_PRELUDE, IMAGE_SIZE, random_images, random_inputs
 from modeling_bridge import BridgeModel, BridgeProcessor, BridgeZeroShotImageClassificationPipeline
 
+
 LABELS = ["a red circle", "a blue square", "a green triangle"]
 
 
@@ -32,8 +33,15 @@ def saved(tmp_path, model, processor):
 
 def test_save_writes_weights_code_files_and_auto_map(saved):
     files = set(os.listdir(saved))
-    assert {"config.json", "model.safetensors", "configuration_bridge.py", "modeling_bridge.py", "loss_bridge.py",
-            "processing_bridge.py", "processor_config.json"} <= files
+    assert {
+        "config.json",
+        "model.safetensors",
+        "configuration_bridge.py",
+        "modeling_bridge.py",
+        "loss_bridge.py",
+        "processing_bridge.py",
+        "processor_config.json",
+    } <= files
     auto_map = json.loads((saved / "config.json").read_text())["auto_map"]
     assert auto_map == {
         "AutoConfig": "configuration_bridge.BridgeConfig",
@@ -42,7 +50,8 @@ def test_save_writes_weights_code_files_and_auto_map(saved):
         "AutoModelForPreTraining": "modeling_bridge.BridgeForPreTraining",
     }
     assert json.loads((saved / "processor_config.json").read_text())["auto_map"] == {
-        "AutoProcessor": "processing_bridge.BridgeProcessor"}
+        "AutoProcessor": "processing_bridge.BridgeProcessor"
+    }
     # Hub code imports nothing but torch, transformers and its siblings
     for name in ("configuration_bridge.py", "modeling_bridge.py", "loss_bridge.py", "processing_bridge.py"):
         source = (saved / name).read_text()
@@ -75,8 +84,9 @@ def test_processor_round_trip_and_image_modes(saved, processor):
     loaded = AutoProcessor.from_pretrained(saved)
     assert isinstance(loaded, BridgeProcessor)
     for mode in ("RGB", "L", "RGBA"):
-        batch = loaded(images=random_images(2, mode), text=["a red circle", "a blue square left of a circle"],
-                       return_tensors="pt")
+        batch = loaded(
+            images=random_images(2, mode), text=["a red circle", "a blue square left of a circle"], return_tensors="pt"
+        )
         assert batch["pixel_values"].shape == (2, 3, IMAGE_SIZE, IMAGE_SIZE)
         assert batch["input_ids"].shape[0] == 2 and batch["attention_mask"][0].sum() < batch["input_ids"].shape[1]
     original = processor(images=random_images(1), text=LABELS, return_tensors="pt")
@@ -104,8 +114,10 @@ def test_importing_the_package_registers_no_pipeline_class():
     from transformers.pipelines import PIPELINE_REGISTRY
 
     impl = PIPELINE_REGISTRY.supported_tasks["zero-shot-image-classification"]["impl"]
-    assert impl in (ZeroShotImageClassificationPipeline,
-                    "transformers.pipelines.zero_shot_image_classification.ZeroShotImageClassificationPipeline")
+    assert impl in (
+        ZeroShotImageClassificationPipeline,
+        "transformers.pipelines.zero_shot_image_classification.ZeroShotImageClassificationPipeline",
+    )
 
 
 def test_stock_pipeline_truncates_long_labels_like_the_tokenizer(saved, processor):
@@ -116,16 +128,18 @@ def test_stock_pipeline_truncates_long_labels_like_the_tokenizer(saved, processo
     result = {r["label"]: r["score"] for r in classifier(image, candidate_labels=[long_label, "a green triangle"])}
     model = BridgeModel.from_pretrained(saved).eval()
     texts = [f"This is a photo of {label}." for label in (long_label, "a green triangle")]
-    inputs = processor(images=image, text=texts, truncation=True, max_length=model.config.max_text_positions,
-                       return_tensors="pt")
+    inputs = processor(
+        images=image, text=texts, truncation=True, max_length=model.config.max_text_positions, return_tensors="pt"
+    )
     with torch.no_grad():
         probs = model(**inputs).logits_per_image.softmax(-1)[0]
     assert result == pytest.approx({long_label: probs[0].item(), "a green triangle": probs[1].item()}, abs=1e-6)
 
 
 def test_bridge_pipeline_class_takes_a_string_label_and_refuses_none(saved):
-    classifier = pipeline("zero-shot-image-classification", model=str(saved),
-                          pipeline_class=BridgeZeroShotImageClassificationPipeline)
+    classifier = pipeline(
+        "zero-shot-image-classification", model=str(saved), pipeline_class=BridgeZeroShotImageClassificationPipeline
+    )
     image = random_images(1)[0]
     assert classifier(image, candidate_labels="a red circle") == [{"score": 1.0, "label": "a red circle"}]
     many = classifier(image, candidate_labels=["a red circle", "blue " * 40])
@@ -180,9 +194,15 @@ def test_remote_code_loads_without_the_package(saved, model, tmp_path):
     script = tmp_path / "remote.py"
     script.write_text(REMOTE_SCRIPT)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
-    done = subprocess.run([sys.executable, str(script), str(saved), str(tmp_path / "inputs.pt"),
-                           str(tmp_path / "out.json")], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          stdin=subprocess.DEVNULL, timeout=300)
+    done = subprocess.run(
+        [sys.executable, str(script), str(saved), str(tmp_path / "inputs.pt"), str(tmp_path / "out.json")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     out = json.loads((tmp_path / "out.json").read_text())
     assert out["class"].startswith("transformers_modules.") and out["class"].endswith("modeling_bridge.BridgeModel")
@@ -210,6 +230,7 @@ def test_unexpected_interaction_keys_are_reported_by_name(saved):
     def add_layer(weights):
         for key in [k for k in weights if k.startswith("interaction_layers.1.")]:
             weights[key.replace("interaction_layers.1.", "interaction_layers.2.")] = weights[key].clone()
+
     _edit_weights(saved, add_layer)
     with pytest.raises(ValueError, match=r"Unexpected keys: \[.*'interaction_layers\.2\.text_gate\.value'"):
         AutoModel.from_pretrained(saved)

@@ -14,6 +14,7 @@ from peft.utils import ModulesToSaveWrapper
 from safetensors.torch import load_file
 from transformers import AutoModel, AutoModelForPreTraining
 
+from conftest import make_config, random_inputs
 from modeling_bridge import BridgeForPreTraining, BridgeModel
 from modeling_bridge.training import (
     default_lora_target_modules,
@@ -24,7 +25,6 @@ from modeling_bridge.training import (
 from modeling_bridge.training import lora as lora_module
 from modeling_bridge.training.lora import LoraAdapterMismatchError, load_lora_adapter
 
-from conftest import make_config, random_inputs
 
 ROOT = Path(__file__).resolve().parents[1]
 LAYERS = range(2)  # conftest: 2 tower blocks, 2 interaction layers
@@ -32,20 +32,29 @@ LAYERS = range(2)  # conftest: 2 tower blocks, 2 interaction layers
 # Written out by hand from the towers' real module names, independently of the code under test.
 TOWER_QKV = {
     "vit": [f"bridge.vision_model.layers.{i}.attention.{p}" for i in LAYERS for p in ("q_proj", "k_proj", "v_proj")],
-    "clip_vision_model": [f"bridge.vision_model.encoder.layers.{i}.self_attn.{p}" for i in LAYERS
-                          for p in ("q_proj", "k_proj", "v_proj")],
-    "siglip_vision_model": [f"bridge.vision_model.encoder.layers.{i}.self_attn.{p}" for i in LAYERS
-                            for p in ("q_proj", "k_proj", "v_proj")],
-    "dinov2": [f"bridge.vision_model.encoder.layer.{i}.attention.{p}" for i in LAYERS
-               for p in ("q_proj", "k_proj", "v_proj")],
-    "bert": [f"bridge.text_model.encoder.layer.{i}.attention.self.{p}" for i in LAYERS
-             for p in ("query", "key", "value")],
+    "clip_vision_model": [
+        f"bridge.vision_model.encoder.layers.{i}.self_attn.{p}" for i in LAYERS for p in ("q_proj", "k_proj", "v_proj")
+    ],
+    "siglip_vision_model": [
+        f"bridge.vision_model.encoder.layers.{i}.self_attn.{p}" for i in LAYERS for p in ("q_proj", "k_proj", "v_proj")
+    ],
+    "dinov2": [
+        f"bridge.vision_model.encoder.layer.{i}.attention.{p}" for i in LAYERS for p in ("q_proj", "k_proj", "v_proj")
+    ],
+    "bert": [
+        f"bridge.text_model.encoder.layer.{i}.attention.self.{p}" for i in LAYERS for p in ("query", "key", "value")
+    ],
 }
 TOWER_QKV["roberta"] = TOWER_QKV["bert"]
-INTERACTION = [f"bridge.interaction_layers.{i}.{d}_attention.{p}" for i in LAYERS for d in ("text", "vision")
-               for p in ("q_proj", "k_proj", "v_proj", "o_proj")]
+INTERACTION = [
+    f"bridge.interaction_layers.{i}.{d}_attention.{p}"
+    for i in LAYERS
+    for d in ("text", "vision")
+    for p in ("q_proj", "k_proj", "v_proj", "o_proj")
+]
 SCALARS = {"bridge.logit_scale", "bridge.itc_alpha"} | {
-    f"bridge.interaction_layers.{i}.{name}" for i in LAYERS
+    f"bridge.interaction_layers.{i}.{name}"
+    for i in LAYERS
     for name in ("text_gate", "vision_gate", "text_attention.temperature", "vision_attention.temperature")
 }
 PEFT_PREFIX = "base_model.model."
@@ -76,8 +85,12 @@ def _scores(model, inputs):
     pixel_values, input_ids, attention_mask = inputs
     model.eval()
     with torch.no_grad():
-        return {score: bridge(input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask,
-                              score=score).logits_per_image for score in ("unimodal", "fused", "itm")}
+        return {
+            score: bridge(
+                input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask, score=score
+            ).logits_per_image
+            for score in ("unimodal", "fused", "itm")
+        }
 
 
 def _realign_parameters(model):
@@ -102,8 +115,10 @@ def _train_steps(model, steps=2, lr=1e-2):
     model.eval()
 
 
-@pytest.mark.parametrize("vision,text", [("vit", "bert"), ("clip_vision_model", "roberta"),
-                                         ("siglip_vision_model", "bert"), ("dinov2", "roberta")])
+@pytest.mark.parametrize(
+    "vision,text",
+    [("vit", "bert"), ("clip_vision_model", "roberta"), ("siglip_vision_model", "bert"), ("dinov2", "roberta")],
+)
 def test_lora_targets_exactly_the_attention_projections(vision, text):
     base = _pretraining_model(vision, text)
     expected = set(INTERACTION) | set(TOWER_QKV[vision]) | set(TOWER_QKV[text])
@@ -116,8 +131,11 @@ def test_lora_targets_exactly_the_attention_projections(vision, text):
 def test_only_lora_and_scalar_parameters_train():
     peft_model = make_lora_model(_pretraining_model(), r=4)
     trainable = {n.removeprefix(PEFT_PREFIX) for n, p in peft_model.named_parameters() if p.requires_grad}
-    lora = {f"{m}.lora_{ab}.default.weight" for m in set(INTERACTION) | set(TOWER_QKV["vit"]) | set(TOWER_QKV["bert"])
-            for ab in "AB"}
+    lora = {
+        f"{m}.lora_{ab}.default.weight"
+        for m in set(INTERACTION) | set(TOWER_QKV["vit"]) | set(TOWER_QKV["bert"])
+        for ab in "AB"
+    }
     scalars = {f"{m}.modules_to_save.default.value" for m in SCALARS}
     assert trainable == lora | scalars
     config = peft_model.peft_config["default"]
@@ -173,12 +191,18 @@ def test_adapter_save_reload_and_merge_reproduce_the_trained_scores(tmp_path):
 
 
 # Layer 1 of the interaction, as a 2-layer adapter saves it: written out by hand.
-LAYER_1_LORA = [f"bridge.interaction_layers.1.{d}_attention.{p}" for d in ("text", "vision")
-                for p in ("q_proj", "k_proj", "v_proj", "o_proj")]
-LAYER_1_SCALARS = [f"bridge.interaction_layers.1.{name}" for name in
-                   ("text_gate", "vision_gate", "text_attention.temperature", "vision_attention.temperature")]
+LAYER_1_LORA = [
+    f"bridge.interaction_layers.1.{d}_attention.{p}"
+    for d in ("text", "vision")
+    for p in ("q_proj", "k_proj", "v_proj", "o_proj")
+]
+LAYER_1_SCALARS = [
+    f"bridge.interaction_layers.1.{name}"
+    for name in ("text_gate", "vision_gate", "text_attention.temperature", "vision_attention.temperature")
+]
 LAYER_1_KEYS = {f"{PEFT_PREFIX}{m}.lora_{ab}.weight" for m in LAYER_1_LORA for ab in "AB"} | {
-    f"{PEFT_PREFIX}{m}.value" for m in LAYER_1_SCALARS}
+    f"{PEFT_PREFIX}{m}.value" for m in LAYER_1_SCALARS
+}
 
 
 def _saved_adapter(path, model, **lora_kwargs):
@@ -241,8 +265,12 @@ def test_adapter_for_one_interaction_layer_is_refused_on_a_two_layer_base(tmp_pa
 
 def test_adapter_config_naming_absent_modules_is_refused(tmp_path):
     adapter_dir = tmp_path / "adapter"
-    _saved_adapter(adapter_dir, _pretraining_model(), modules_to_save=["logit_scale"],
-                   target_modules=["bridge.interaction_layers.0.text_attention.q_proj"])
+    _saved_adapter(
+        adapter_dir,
+        _pretraining_model(),
+        modules_to_save=["logit_scale"],
+        target_modules=["bridge.interaction_layers.0.text_attention.q_proj"],
+    )
     config_file = adapter_dir / "adapter_config.json"
     config = json.loads(config_file.read_text())
     config["target_modules"].append("bridge.no_such_block.q_proj")
@@ -251,8 +279,10 @@ def test_adapter_config_naming_absent_modules_is_refused(tmp_path):
     PeftModel.from_pretrained(_pretraining_model(), adapter_dir)  # PEFT ignores both names
     with pytest.raises(LoraAdapterMismatchError) as info:
         load_lora_adapter(_pretraining_model(), adapter_dir)
-    assert info.value.absent_entries == ["target_modules 'bridge.no_such_block.q_proj'",
-                                         "modules_to_save 'no_such_scalar'"]
+    assert info.value.absent_entries == [
+        "target_modules 'bridge.no_such_block.q_proj'",
+        "modules_to_save 'no_such_scalar'",
+    ]
     assert info.value.unmatched_keys == [] and info.value.untrained_modules == []
     assert "names modules this model lacks" in str(info.value) and "no_such_scalar" in str(info.value)
 
@@ -266,8 +296,9 @@ def test_adapter_for_pretraining_model_on_a_bare_bridge_model_names_the_class(tm
 
 
 @pytest.mark.parametrize("is_trainable", [False, True])
-@pytest.mark.parametrize("model_class,auto_class", [(BridgeForPreTraining, AutoModelForPreTraining),
-                                                    (BridgeModel, AutoModel)])
+@pytest.mark.parametrize(
+    "model_class,auto_class", [(BridgeForPreTraining, AutoModelForPreTraining), (BridgeModel, AutoModel)]
+)
 def test_load_lora_adapter_reproduces_the_adapted_scores(tmp_path, model_class, auto_class, is_trainable):
     base_dir, adapter_dir = tmp_path / "base", tmp_path / "adapter"
     torch.manual_seed(0)
@@ -347,14 +378,43 @@ def test_example_trains_saves_and_verifies_an_adapter(tmp_path, processor):
     base.save_pretrained(base_dir)
     processor.save_pretrained(base_dir)
     example = _load_example()
-    results = example.main([
-        "--model_name_or_path", str(base_dir), "--dataset", "bridge-shapes", "--shapes_num_train", "16",
-        "--shapes_image_size", "32", "--max_train_samples", "16", "--max_steps", "2",
-        "--per_device_train_batch_size", "8", "--learning_rate", "1e-2", "--output_dir", str(output_dir),
-        "--save_strategy", "no", "--report_to", "none", "--dataloader_num_workers", "0", "--use_cpu",
-        "--do_train", "--do_eval", "--eval_split", "test", "--max_eval_samples", "4",
-        "--merged_dir", str(output_dir / "merged"),
-    ])
+    results = example.main(
+        [
+            "--model_name_or_path",
+            str(base_dir),
+            "--dataset",
+            "bridge-shapes",
+            "--shapes_num_train",
+            "16",
+            "--shapes_image_size",
+            "32",
+            "--max_train_samples",
+            "16",
+            "--max_steps",
+            "2",
+            "--per_device_train_batch_size",
+            "8",
+            "--learning_rate",
+            "1e-2",
+            "--output_dir",
+            str(output_dir),
+            "--save_strategy",
+            "no",
+            "--report_to",
+            "none",
+            "--dataloader_num_workers",
+            "0",
+            "--use_cpu",
+            "--do_train",
+            "--do_eval",
+            "--eval_split",
+            "test",
+            "--max_eval_samples",
+            "4",
+            "--merged_dir",
+            str(output_dir / "merged"),
+        ]
+    )
     adapter_dir = output_dir / "adapter"
     assert results["adapter_dir"] == str(adapter_dir)
     files = {p.name for p in adapter_dir.iterdir()}

@@ -19,7 +19,9 @@ import zipfile
 from pathlib import Path
 
 import pytest
+
 from conftest import make_config
+
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESETS = ("stage_a.json", "stage_b.json", "stage_c.json")
@@ -36,8 +38,9 @@ def _setuptools_major() -> int:
 
 def _run(command, **kwargs):
     result = subprocess.run(command, capture_output=True, text=True, **kwargs)
-    assert result.returncode == 0, (f"{' '.join(map(str, command))} failed:\n{result.stdout[-3000:]}\n"
-                                    f"{result.stderr[-3000:]}")
+    assert result.returncode == 0, (
+        f"{' '.join(map(str, command))} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    )
     return result
 
 
@@ -45,8 +48,10 @@ def _run(command, **kwargs):
 def installed_wheel(tmp_path_factory):
     """(python of a fresh venv holding only the wheel, the wheel's path)."""
     if _setuptools_major() < MIN_SETUPTOOLS:
-        pytest.skip(f"building the wheel offline (--no-build-isolation) needs setuptools>={MIN_SETUPTOOLS} in this "
-                    "environment; `pip install -e '.[test]'` installs it")
+        pytest.skip(
+            f"building the wheel offline (--no-build-isolation) needs setuptools>={MIN_SETUPTOOLS} in this "
+            "environment; `pip install -e '.[test]'` installs it"
+        )
     tmp = tmp_path_factory.mktemp("packaging")
     # Build from a copy, so that the build leaves no build/ or egg-info folder in the shared checkout.
     source = tmp / "source"
@@ -54,17 +59,32 @@ def installed_wheel(tmp_path_factory):
     for name in ("pyproject.toml", "README.md", "LICENSE"):
         if (ROOT / name).exists():
             shutil.copy2(ROOT / name, source / name)
-    shutil.copytree(ROOT / "modeling_bridge", source / "modeling_bridge",
-                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    _run([sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", "--no-build-isolation", "--no-index",
-          "-q", "-w", str(tmp / "dist")])
+    shutil.copytree(
+        ROOT / "modeling_bridge", source / "modeling_bridge", ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
+    )
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            str(source),
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "-q",
+            "-w",
+            str(tmp / "dist"),
+        ]
+    )
     (wheel,) = (tmp / "dist").glob("modeling_bridge-*.whl")
 
     venv = tmp / "venv"
     _run([sys.executable, "-m", "venv", "--without-pip", str(venv)])
     python = venv / "bin" / "python"
-    _run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "--no-index", "-q",
-          str(wheel)])
+    _run(
+        [sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "--no-index", "-q", str(wheel)]
+    )
     venv_site = Path(_run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"]).stdout.strip())
     ours = {sysconfig.get_paths()[key] for key in ("purelib", "platlib")}
     (venv_site / "borrowed_dependencies.pth").write_text("".join(f"{path}\n" for path in sorted(ours)))
@@ -85,11 +105,32 @@ def test_installed_wheel_loads_presets_and_runs_the_pretraining_example(installe
     processor.save_pretrained(tmp_path / "processor")
     work = tmp_path / "cwd"  # neither the checkout nor the venv: nothing relative to the current folder helps
     work.mkdir()
-    args = ["--stage", "a", "--config_name", str(tmp_path / "bridge.json"),
-            "--processor_name_or_path", str(tmp_path / "processor"), "--dataset", "bridge-shapes",
-            "--max_train_samples", "8", "--output_dir", str(tmp_path / "run"),
-            "--per_device_train_batch_size", "4", "--max_steps", "1", "--report_to", "none", "--use_cpu", "true",
-            "--disable_tqdm", "true", "--seed", "0"]
+    args = [
+        "--stage",
+        "a",
+        "--config_name",
+        str(tmp_path / "bridge.json"),
+        "--processor_name_or_path",
+        str(tmp_path / "processor"),
+        "--dataset",
+        "bridge-shapes",
+        "--max_train_samples",
+        "8",
+        "--output_dir",
+        str(tmp_path / "run"),
+        "--per_device_train_batch_size",
+        "4",
+        "--max_steps",
+        "1",
+        "--report_to",
+        "none",
+        "--use_cpu",
+        "true",
+        "--disable_tqdm",
+        "true",
+        "--seed",
+        "0",
+    ]
     # One interpreter for both checks: importing torch and transformers dominates the time.
     script = f"""
 import dataclasses, json, runpy, sys
@@ -108,7 +149,7 @@ except SystemExit as exit:
     env.update(HF_HUB_OFFLINE="1", PYTHONNOUSERSITE="1")
     result = _run([python, "-c", script], cwd=work, env=env, timeout=300)
     (line,) = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
-    found = json.loads(line[len("RESULT "):])
+    found = json.loads(line[len("RESULT ") :])
 
     venv = python.parent.parent
     assert Path(found["file"]).resolve().is_relative_to(venv.resolve()), found["file"]  # the wheel, not the checkout

@@ -18,6 +18,7 @@ from conftest import BLOCK_PACKAGE_PRELUDE, make_model, random_inputs
 from modeling_bridge import BridgeModel, hub_utils
 from modeling_bridge.hub_utils import HubUploadError, build_model_card, save_hub_folder, upload_hub_folder
 
+
 ROOT = Path(__file__).resolve().parents[1]
 BASES = ["google/vit-base-patch16-224-in21k", "sentence-transformers/all-MiniLM-L6-v2"]
 
@@ -37,14 +38,24 @@ def hub_folder(tmp_path, model, processor):
 
 def test_folder_has_sharded_safetensors_code_files_and_auto_map(hub_folder, model):
     files = {p.name for p in hub_folder.iterdir()}
-    assert {"config.json", "model.safetensors.index.json", "configuration_bridge.py", "modeling_bridge.py",
-            "processing_bridge.py", "processor_config.json", "tokenizer_config.json", "README.md"} <= files
+    assert {
+        "config.json",
+        "model.safetensors.index.json",
+        "configuration_bridge.py",
+        "modeling_bridge.py",
+        "processing_bridge.py",
+        "processor_config.json",
+        "tokenizer_config.json",
+        "README.md",
+    } <= files
     shards = sorted(f for f in files if f.endswith(".safetensors"))
     assert len(shards) > 1 and not any(f.endswith((".bin", ".pt")) for f in files)
     index = json.loads((hub_folder / "model.safetensors.index.json").read_text())
     assert set(index["weight_map"].values()) == set(shards)
-    assert json.loads((hub_folder / "config.json").read_text())["auto_map"]["AutoModelForZeroShotImageClassification"] \
+    assert (
+        json.loads((hub_folder / "config.json").read_text())["auto_map"]["AutoModelForZeroShotImageClassification"]
         == "modeling_bridge.BridgeModel"
+    )
     reloaded = BridgeModel.from_pretrained(hub_folder)
     for key, value in model.state_dict().items():
         assert torch.equal(reloaded.state_dict()[key], value), key
@@ -66,8 +77,9 @@ def test_model_card_parses_and_carries_the_metadata(hub_folder):
     assert local.data.base_model == [BASES[1]]
 
 
-def test_an_existing_folder_is_replaced_only_when_asked_and_never_half_written(tmp_path, model, processor,
-                                                                               monkeypatch):
+def test_an_existing_folder_is_replaced_only_when_asked_and_never_half_written(
+    tmp_path, model, processor, monkeypatch
+):
     target = tmp_path / "hub"
     save_hub_folder(model, processor, target)
     with pytest.raises(FileExistsError, match="is not empty; pass overwrite=True"):
@@ -109,9 +121,21 @@ def test_hub_folder_loads_as_remote_code_and_runs_the_pipeline(hub_folder, model
     torch.save(inputs, tmp_path / "inputs.pt")
     (tmp_path / "remote.py").write_text(REMOTE_SCRIPT)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
-    done = subprocess.run([sys.executable, str(tmp_path / "remote.py"), str(hub_folder), str(tmp_path / "inputs.pt"),
-                           str(tmp_path / "out.json")], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          stdin=subprocess.DEVNULL, timeout=300)
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(tmp_path / "remote.py"),
+            str(hub_folder),
+            str(tmp_path / "inputs.pt"),
+            str(tmp_path / "out.json"),
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     out = json.loads((tmp_path / "out.json").read_text())
     assert out["module"].startswith("transformers_modules.")
@@ -142,9 +166,22 @@ def test_push_command_uploads_the_folder_in_one_commit(tmp_path, model, processo
     monkeypatch.setattr(hub_utils, "HfApi", RecordingApi)
     RecordingApi.calls = []
     cli = load_cli()
-    code = cli.run_command(cli.main, ["--model_dir", str(tmp_path / "trained"), "--output_dir", str(tmp_path / "hub"),
-                                      "--push_to_hub", "someone/bridge", "--token", "hf_test", "--private",
-                                      "--base_model", BASES[0]])
+    code = cli.run_command(
+        cli.main,
+        [
+            "--model_dir",
+            str(tmp_path / "trained"),
+            "--output_dir",
+            str(tmp_path / "hub"),
+            "--push_to_hub",
+            "someone/bridge",
+            "--token",
+            "hf_test",
+            "--private",
+            "--base_model",
+            BASES[0],
+        ],
+    )
     assert code == 0, capsys.readouterr().err
     uploads = [c for c in RecordingApi.calls if c[0] == "upload_folder"]
     assert RecordingApi.calls[:2] == [("init", "hf_test"), ("create_repo", "someone/bridge", True)]
@@ -155,9 +192,21 @@ def test_push_command_uploads_the_folder_in_one_commit(tmp_path, model, processo
 
     # --local_dir_only writes the folder and uploads nothing.
     RecordingApi.calls = []
-    assert cli.run_command(cli.main, ["--model_dir", str(tmp_path / "trained"), "--output_dir",
-                                      str(tmp_path / "hub2"), "--push_to_hub", "someone/bridge",
-                                      "--local_dir_only"]) == 0
+    assert (
+        cli.run_command(
+            cli.main,
+            [
+                "--model_dir",
+                str(tmp_path / "trained"),
+                "--output_dir",
+                str(tmp_path / "hub2"),
+                "--push_to_hub",
+                "someone/bridge",
+                "--local_dir_only",
+            ],
+        )
+        == 0
+    )
     assert RecordingApi.calls == [] and (tmp_path / "hub2" / "config.json").is_file()
 
 
@@ -167,8 +216,14 @@ def test_missing_token_and_bad_inputs_give_one_line(tmp_path, model, processor, 
     monkeypatch.setattr(hub_utils, "get_token", lambda: None)
     cli = load_cli()
     capsys.readouterr()  # drop what saving the fixtures logged
-    argv = ["--model_dir", str(tmp_path / "trained"), "--output_dir", str(tmp_path / "hub"),
-            "--push_to_hub", "someone/bridge"]
+    argv = [
+        "--model_dir",
+        str(tmp_path / "trained"),
+        "--output_dir",
+        str(tmp_path / "hub"),
+        "--push_to_hub",
+        "someone/bridge",
+    ]
     assert cli.run_command(cli.main, argv) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: no Hugging Face token") and err.count("\n") == 1
@@ -177,10 +232,13 @@ def test_missing_token_and_bad_inputs_give_one_line(tmp_path, model, processor, 
         upload_hub_folder(tmp_path / "trained", "someone/bridge")
     with pytest.raises(FileNotFoundError, match="holds no config.json"):
         upload_hub_folder(tmp_path / "trained" / "nothing", "someone/bridge", token="x")
-    for bad, message in ((["--model_dir", str(tmp_path / "none"), "--output_dir", str(tmp_path / "x")],
-                          "holds no config.json"),
-                         (["--model_dir", str(tmp_path / "trained"), "--output_dir", str(tmp_path / "trained")],
-                          "--output_dir must differ")):
+    for bad, message in (
+        (["--model_dir", str(tmp_path / "none"), "--output_dir", str(tmp_path / "x")], "holds no config.json"),
+        (
+            ["--model_dir", str(tmp_path / "trained"), "--output_dir", str(tmp_path / "trained")],
+            "--output_dir must differ",
+        ),
+    ):
         assert cli.run_command(cli.main, bad) == 1
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1
@@ -195,10 +253,16 @@ def test_unreachable_endpoint_gives_one_line_and_a_nonzero_exit(hub_folder, tmp_
         f"sys.exit(run_command(lambda argv: upload_hub_folder({str(hub_folder)!r}, 'someone/bridge')))\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
-    env.update(HF_ENDPOINT=f"http://127.0.0.1:{port}", HF_TOKEN="hf_fake", HF_HUB_ETAG_TIMEOUT="2",
-               HF_HUB_DOWNLOAD_TIMEOUT="2", HF_HOME=str(tmp_path / "hf_home"))
-    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
-                          stdin=subprocess.DEVNULL, timeout=120)
+    env.update(
+        HF_ENDPOINT=f"http://127.0.0.1:{port}",
+        HF_TOKEN="hf_fake",
+        HF_HUB_ETAG_TIMEOUT="2",
+        HF_HUB_DOWNLOAD_TIMEOUT="2",
+        HF_HOME=str(tmp_path / "hf_home"),
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120
+    )
     assert done.returncode == 1
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, done.stderr
@@ -209,20 +273,36 @@ def test_unreachable_endpoint_gives_one_line_and_a_nonzero_exit(hub_folder, tmp_
 def test_a_folder_that_is_not_bridge_is_refused_with_what_to_run_instead(tmp_path, capsys):
     from transformers import ViTConfig, ViTModel
 
-    ViTModel(ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64,
-                       image_size=32, patch_size=8)).save_pretrained(tmp_path / "vit")
+    ViTModel(
+        ViTConfig(
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=4,
+            intermediate_size=64,
+            image_size=32,
+            patch_size=8,
+        )
+    ).save_pretrained(tmp_path / "vit")
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "config.json").write_text("{not json")
     cli = load_cli()
     for folder, expected in (
-        ("vit", f"error: {tmp_path / 'vit'} is not a BRIDGE model folder: its config.json has model_type 'vit', not "
-                "'bridge'. To build a BRIDGE model around pretrained towers, run conversion/build_from_encoders.py "
-                "--vision_model DIR --text_model DIR;"),
+        (
+            "vit",
+            f"error: {tmp_path / 'vit'} is not a BRIDGE model folder: its config.json has model_type 'vit', not "
+            "'bridge'. To build a BRIDGE model around pretrained towers, run conversion/build_from_encoders.py "
+            "--vision_model DIR --text_model DIR;",
+        ),
         ("broken", f"error: {tmp_path / 'broken' / 'config.json'} is not a readable model config ("),
     ):
         capsys.readouterr()
-        assert cli.run_command(cli.main, ["--model_dir", str(tmp_path / folder), "--output_dir",
-                                          str(tmp_path / "hub"), "--local_dir_only"]) == 1
+        assert (
+            cli.run_command(
+                cli.main,
+                ["--model_dir", str(tmp_path / folder), "--output_dir", str(tmp_path / "hub"), "--local_dir_only"],
+            )
+            == 1
+        )
         err = capsys.readouterr().err
         assert err.startswith(expected) and err.count("\n") == 1, err
     assert not (tmp_path / "hub").exists()

@@ -4,6 +4,7 @@ import os
 import re
 from pathlib import Path
 
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -7,11 +7,11 @@ import stat
 import numpy as np
 import pytest
 import torch
-from conftest import make_config, make_model
 from datasets import Dataset
 from PIL import Image
 from transformers import TrainingArguments
 
+from conftest import make_config, make_model
 from modeling_bridge import BridgeForPreTraining, BridgeModel
 from modeling_bridge.data import BridgeDataCollator
 from modeling_bridge.hub_utils import publish, save_hub_folder
@@ -94,8 +94,14 @@ def test_a_previous_save_is_replaced_and_a_failed_save_keeps_it(tmp_path, proces
 def test_a_peft_adapter_folder_and_a_sharded_hub_folder_count_as_previous_saves(tmp_path, processor):
     adapter = tmp_path / "adapter"
     adapter.mkdir()
-    for name in ("adapter_config.json", "adapter_model.safetensors", "README.md", "processor_config.json",
-                 "tokenizer.json", "tokenizer_config.json"):
+    for name in (
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "README.md",
+        "processor_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ):
         (adapter / name).write_text("{}")
     assert foreign_entries(adapter) == []
     hub = save_hub_folder(make_model(), processor, tmp_path / "hub", max_shard_size="60KB")
@@ -109,8 +115,10 @@ def test_an_empty_folder_is_used(tmp_path):
     assert os.listdir(tmp_path / "empty") == ["config.json"]
 
 
-@pytest.mark.parametrize("extra, shown", [("notes.txt", "'notes.txt'"), ("runs/", "'runs/'"),
-                                          (".git/", "'.git/'"), (".hidden", "'.hidden'")])
+@pytest.mark.parametrize(
+    "extra, shown",
+    [("notes.txt", "'notes.txt'"), ("runs/", "'runs/'"), (".git/", "'.git/'"), (".hidden", "'.hidden'")],
+)
 def test_a_folder_holding_anything_else_is_refused_unless_overwrite(tmp_path, extra, shown):
     out = tmp_path / "model"
     out.mkdir()
@@ -121,7 +129,8 @@ def test_a_folder_holding_anything_else_is_refused_unless_overwrite(tmp_path, ex
         save_pretrained_atomically(out, _Writes("config.json", "new"))
     assert str(error.value) == (
         f"{out} holds files that no model or processor save writes ({shown}), so it is not replaced; pass "
-        "overwrite=True (--overwrite on the command line) to replace it, or choose another output folder.")
+        "overwrite=True (--overwrite on the command line) to replace it, or choose another output folder."
+    )
     assert _snapshot(out) == before and sorted(os.listdir(tmp_path)) == ["model"]
 
     save_pretrained_atomically(out, _Writes("config.json", "new"), overwrite=True)
@@ -132,8 +141,11 @@ def test_a_file_or_a_link_is_never_replaced(tmp_path):
     target = tmp_path / "model"
     target.write_text("precious")
     for overwrite in (False, True):
-        with pytest.raises(FileExistsError, match=r"model exists and is a file, not a folder; it is not replaced\. "
-                                                  r"Remove it or choose another output folder\."):
+        with pytest.raises(
+            FileExistsError,
+            match=r"model exists and is a file, not a folder; it is not replaced\. "
+            r"Remove it or choose another output folder\.",
+        ):
             save_pretrained_atomically(target, _Writes("config.json", "{}"), overwrite=overwrite)
     assert target.read_text() == "precious"
 
@@ -159,10 +171,13 @@ def test_an_input_folder_or_a_parent_of_one_is_never_replaced(tmp_path, monkeypa
     for target, relation in ((model_dir, "is the same folder as"), (tmp_path / "run", "is a parent folder of")):
         for overwrite in (False, True):
             with pytest.raises(ValueError) as error:
-                save_pretrained_atomically(target, _Writes("config.json", "new"), overwrite=overwrite,
-                                           protect=[None, str(model_dir)])
-            assert str(error.value) == (f"{target} {relation} {model_dir}, which this run reads or writes; saving "
-                                        "there would delete it. Choose another output folder.")
+                save_pretrained_atomically(
+                    target, _Writes("config.json", "new"), overwrite=overwrite, protect=[None, str(model_dir)]
+                )
+            assert str(error.value) == (
+                f"{target} {relation} {model_dir}, which this run reads or writes; saving "
+                "there would delete it. Choose another output folder."
+            )
     assert (model_dir / "config.json").read_text() == "input"
     assert sorted(os.listdir(tmp_path / "run")) == ["model"]
     # Compared after resolving links: a link to a parent of the input is the same folder.
@@ -171,8 +186,11 @@ def test_an_input_folder_or_a_parent_of_one_is_never_replaced(tmp_path, monkeypa
         check_output_dir(tmp_path / "alias" / "model" / "..", protect=[model_dir])
 
     monkeypatch.chdir(model_dir)
-    with pytest.raises(ValueError, match=r"run is a parent folder of the current folder; saving there would delete "
-                                         r"it\."):
+    with pytest.raises(
+        ValueError,
+        match=r"run is a parent folder of the current folder; saving there would delete "
+        r"it\.",
+    ):
         save_pretrained_atomically(tmp_path / "run", _Writes("config.json", "new"), overwrite=True)
     assert (model_dir / "config.json").read_text() == "input"
 
@@ -190,8 +208,11 @@ def test_hub_folders_share_the_rule_but_ask_for_overwrite_before_replacing_anyth
     target.unlink()
 
     mine = _user_folder(tmp_path / "mine")
-    with pytest.raises(FileExistsError, match=r"mine is not empty; pass overwrite=True \(--overwrite on the command "
-                                              r"line\) to replace it"):
+    with pytest.raises(
+        FileExistsError,
+        match=r"mine is not empty; pass overwrite=True \(--overwrite on the command "
+        r"line\) to replace it",
+    ):
         save_hub_folder(model, processor, tmp_path / "mine")
     assert _snapshot(tmp_path / "mine") == mine
 
@@ -205,9 +226,17 @@ def test_publish_protects_every_input_path_of_the_command(tmp_path, processor):
     model = make_model()
     model.save_pretrained(model_dir)
     before = _snapshot(model_dir)
-    args = argparse.Namespace(model_dir=str(model_dir), output_dir=str(model_dir), push_to_hub=None,
-                              local_dir_only=True, license="apache-2.0", max_shard_size="5GB", overwrite=True,
-                              private=False, token=None)
+    args = argparse.Namespace(
+        model_dir=str(model_dir),
+        output_dir=str(model_dir),
+        push_to_hub=None,
+        local_dir_only=True,
+        license="apache-2.0",
+        max_shard_size="5GB",
+        overwrite=True,
+        private=False,
+        token=None,
+    )
     with pytest.raises(ValueError, match=f"trained is the same folder as --model_dir {model_dir}; saving there"):
         publish(model, processor, args, base_models=[])
     assert _snapshot(model_dir) == before
@@ -226,25 +255,37 @@ def test_saved_folders_get_the_umask_permissions_not_mkdtemp_ones(tmp_path, proc
     hub = save_hub_folder(make_model(), processor, tmp_path / "hub")
     assert _mode(hub) == expected
     for folder in (out, hub):  # safetensors 0.8 writes 0o600 files; a plain open() gives this
-        assert {name: _mode(folder / name) for name in os.listdir(folder)} == dict.fromkeys(os.listdir(folder),
-                                                                                         0o666 & ~umask)
+        assert {name: _mode(folder / name) for name in os.listdir(folder)} == dict.fromkeys(
+            os.listdir(folder), 0o666 & ~umask
+        )
 
 
 def test_trainer_checkpoints_get_the_umask_permissions(tmp_path, processor, umask):
     rng = np.random.default_rng(0)
     images = [Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)) for _ in range(4)]
-    data = Dataset.from_dict({"image": images, "caption": ["a red circle", "a blue square", "a green triangle",
-                                                           "a photo of this"]})
+    data = Dataset.from_dict(
+        {"image": images, "caption": ["a red circle", "a blue square", "a green triangle", "a photo of this"]}
+    )
     torch.manual_seed(0)
     model = BridgeForPreTraining(make_config())
-    args = TrainingArguments(output_dir=str(tmp_path / "run"), max_steps=1, save_steps=1, per_device_train_batch_size=4,
-                             report_to=[], use_cpu=True, remove_unused_columns=False, disable_tqdm=True)
-    BridgeTrainer(model=model, args=args, train_dataset=data,
-                  data_collator=BridgeDataCollator(processor, max_length=16)).train()
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "run"),
+        max_steps=1,
+        save_steps=1,
+        per_device_train_batch_size=4,
+        report_to=[],
+        use_cpu=True,
+        remove_unused_columns=False,
+        disable_tqdm=True,
+    )
+    BridgeTrainer(
+        model=model, args=args, train_dataset=data, data_collator=BridgeDataCollator(processor, max_length=16)
+    ).train()
     assert os.listdir(tmp_path / "run") == ["checkpoint-1"]
     checkpoint = tmp_path / "run" / "checkpoint-1"
     assert _mode(checkpoint) == 0o777 & ~umask
     assert "model.safetensors" in os.listdir(checkpoint)
     assert {name: _mode(checkpoint / name) for name in os.listdir(checkpoint)} == dict.fromkeys(
-        os.listdir(checkpoint), 0o666 & ~umask)
+        os.listdir(checkpoint), 0o666 & ~umask
+    )
     assert isinstance(BridgeModel.from_pretrained(checkpoint), BridgeModel)

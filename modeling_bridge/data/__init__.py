@@ -16,6 +16,7 @@ from .shapes import (
     parse_shapes_caption,
 )
 
+
 __all__ = [
     "SHAPES_BACKGROUND",
     "SHAPES_COLORS",

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from transformers import DataCollatorForLanguageModeling
 
+
 # Tokenizers without a real limit report this huge sentinel as model_max_length.
 _NO_LIMIT = 1_000_000
 
@@ -19,10 +20,13 @@ def num_patch_tokens(config) -> int:
     vision = getattr(config, "vision_config", config)
     image_size, patch_size = getattr(vision, "image_size", None), getattr(vision, "patch_size", None)
     if image_size is None or patch_size is None:
-        raise ValueError(f"cannot count the patches of a {getattr(vision, 'model_type', '?')!r} vision tower: its "
-                         "config has no image_size/patch_size; pass num_patches= to BridgeDataCollator.")
-    (height, width), (patch_h, patch_w) = (tuple(v) if isinstance(v, (list, tuple)) else (v, v)
-                                           for v in (image_size, patch_size))
+        raise ValueError(
+            f"cannot count the patches of a {getattr(vision, 'model_type', '?')!r} vision tower: its "
+            "config has no image_size/patch_size; pass num_patches= to BridgeDataCollator."
+        )
+    (height, width), (patch_h, patch_w) = (
+        tuple(v) if isinstance(v, (list, tuple)) else (v, v) for v in (image_size, patch_size)
+    )
     return (height // patch_h) * (width // patch_w)
 
 
@@ -120,8 +124,14 @@ class BridgeDataCollator:
         truncate = self.max_length is not None
         # Both passed even when off: a tokenizer loaded with truncation settings (tokenizer.json) has a saved
         # `max_length` that, with truncation left unset, would be merged in and warned about on every batch.
-        batch = self.processor(images=images, text=captions, return_tensors="pt", padding=True,
-                               truncation=truncate, max_length=self.max_length)
+        batch = self.processor(
+            images=images,
+            text=captions,
+            return_tensors="pt",
+            padding=True,
+            truncation=truncate,
+            max_length=self.max_length,
+        )
         batch = dict(batch)
         limit = self.processor.tokenizer.model_max_length
         if not truncate and limit is not None and limit < _NO_LIMIT and batch["input_ids"].shape[1] > limit:
@@ -134,8 +144,9 @@ class BridgeDataCollator:
             )
 
         if self._mlm is not None:
-            batch["mlm_input_ids"], batch["mlm_labels"] = self._mask_tokens(batch["input_ids"],
-                                                                            batch["attention_mask"])
+            batch["mlm_input_ids"], batch["mlm_labels"] = self._mask_tokens(
+                batch["input_ids"], batch["attention_mask"]
+            )
         if self.mim_probability > 0:
             batch["mim_mask"] = self._mask_patches(len(rows))
         return batch
@@ -154,8 +165,9 @@ class BridgeDataCollator:
         if empty.any():
             scores = torch.rand(input_ids.shape).masked_fill(special, -1.0)[empty]
             only = torch.ones_like(scores, dtype=torch.bool).scatter_(1, scores.argmax(1, keepdim=True), False)
-            masked_ids[empty], labels[empty] = self._mlm_one.torch_mask_tokens(input_ids[empty].clone(),
-                                                                                special_tokens_mask=only)
+            masked_ids[empty], labels[empty] = self._mlm_one.torch_mask_tokens(
+                input_ids[empty].clone(), special_tokens_mask=only
+            )
         return masked_ids, labels
 
     def _mask_patches(self, batch_size: int) -> torch.Tensor:

@@ -31,6 +31,7 @@ from datasets import Dataset, DatasetDict, Features, Image, List, Value, load_da
 from datasets.utils import disable_progress_bars, enable_progress_bars, is_progress_bar_enabled
 from datasets.utils import tqdm as progress_bar  # tqdm that datasets.disable_progress_bars() also silences
 
+
 _OUTPUT_FEATURES = Features({"image": Image(mode="RGB"), "caption": Value("string"), "image_id": Value("int64")})
 
 
@@ -66,10 +67,25 @@ def load_image_text_dataset(
     """
     if not show_progress:  # also datasets' own bars (loading, casting), through its global switch
         with _datasets_progress_bars_off():
-            return load_image_text_dataset(source, image_column, text_column, image_root, split, skip_invalid,
-                                           verify_images, num_workers, show_progress=True)
-    options = dict(image_column=image_column, text_column=text_column, image_root=image_root,
-                   skip_invalid=skip_invalid, verify_images=verify_images, num_workers=num_workers)
+            return load_image_text_dataset(
+                source,
+                image_column,
+                text_column,
+                image_root,
+                split,
+                skip_invalid,
+                verify_images,
+                num_workers,
+                show_progress=True,
+            )
+    options = dict(
+        image_column=image_column,
+        text_column=text_column,
+        image_root=image_root,
+        skip_invalid=skip_invalid,
+        verify_images=verify_images,
+        num_workers=num_workers,
+    )
     if isinstance(source, Mapping) and not isinstance(source, DatasetDict):
         if split is not None:
             if split not in source:
@@ -83,25 +99,31 @@ def load_image_text_dataset(
             is_list = any(isinstance(c, list) for c in rows[text_column])
             if is_list:  # val/test files: lists of captions; a lone string in such a file is a list of one
                 rows[text_column] = [c if isinstance(c, list) else [c] for c in rows[text_column]]
-            features = Features({image_column: Value("string"),
-                                 text_column: List(Value("string")) if is_list else Value("string")})
+            features = Features(
+                {image_column: Value("string"), text_column: List(Value("string")) if is_list else Value("string")}
+            )
             options["image_root"] = image_root if image_root is not None else path.parent
             return _standardise(Dataset.from_dict(rows, features=features), **options, source_name=str(path))
         if not path.exists():
-            raise FileNotFoundError(f"{source}: no such file or folder (expected a saved dataset, a folder that "
-                                    f"datasets.load_dataset reads, or a Karpathy-style .json file).")
+            raise FileNotFoundError(
+                f"{source}: no such file or folder (expected a saved dataset, a folder that "
+                f"datasets.load_dataset reads, or a Karpathy-style .json file)."
+            )
         source = _load_path(path)
     if isinstance(source, DatasetDict):
         if split is not None:
             if split not in source:
                 raise ValueError(f"split {split!r} not found; the dataset has splits {list(source)}.")
             return _standardise(source[split], **options, source_name=f"split {split!r}")
-        return DatasetDict({name: _standardise(ds, **options, source_name=f"split {name!r}")
-                            for name, ds in source.items()})
+        return DatasetDict(
+            {name: _standardise(ds, **options, source_name=f"split {name!r}") for name, ds in source.items()}
+        )
     if isinstance(source, Dataset):
         return _standardise(source, **options, source_name="dataset")
-    raise TypeError(f"Cannot load image-caption data from {type(source).__name__}; pass a datasets.Dataset or "
-                    f"DatasetDict, a path, or a Karpathy-style .json file.")
+    raise TypeError(
+        f"Cannot load image-caption data from {type(source).__name__}; pass a datasets.Dataset or "
+        f"DatasetDict, a path, or a Karpathy-style .json file."
+    )
 
 
 def _load_path(path: Path) -> Dataset | DatasetDict:
@@ -113,27 +135,34 @@ def _read_karpathy(path: Path, image_key: str, text_key: str) -> dict[str, list]
     with open(path, encoding="utf-8") as f:
         entries = json.load(f)
     if not isinstance(entries, list):
-        raise ValueError(f"{path}: expected a JSON list of {{{image_key!r}: ..., {text_key!r}: ...}} entries "
-                         f"(Karpathy format), got a {type(entries).__name__}.")
+        raise ValueError(
+            f"{path}: expected a JSON list of {{{image_key!r}: ..., {text_key!r}: ...}} entries "
+            f"(Karpathy format), got a {type(entries).__name__}."
+        )
     images, captions = [], []
     for i, entry in enumerate(entries):
         if not isinstance(entry, dict):
             raise ValueError(f"{path}: entry {i} is a {type(entry).__name__}, expected an object.")
         for key in (image_key, text_key):
             if key not in entry:
-                raise ValueError(f"{path}: entry {i} has no {key!r} key; its keys are {sorted(entry)}. Pass "
-                                 f"image_column=/text_column= to name the image path and caption keys.")
+                raise ValueError(
+                    f"{path}: entry {i} has no {key!r} key; its keys are {sorted(entry)}. Pass "
+                    f"image_column=/text_column= to name the image path and caption keys."
+                )
         images.append(entry[image_key])
         captions.append(entry[text_key])
     return {image_key: images, text_key: captions}
 
 
-def _standardise(dataset: Dataset, image_column, text_column, image_root, skip_invalid, verify_images,
-                 num_workers, source_name) -> Dataset:
+def _standardise(
+    dataset: Dataset, image_column, text_column, image_root, skip_invalid, verify_images, num_workers, source_name
+) -> Dataset:
     for kind, column in (("image", image_column), ("text", text_column)):
         if column not in dataset.column_names:
-            raise ValueError(f"The {source_name} has no {kind} column {column!r}; its columns are "
-                             f"{dataset.column_names}. Pass {kind}_column= with the right name.")
+            raise ValueError(
+                f"The {source_name} has no {kind} column {column!r}; its columns are "
+                f"{dataset.column_names}. Pass {kind}_column= with the right name."
+            )
 
     # Images: any Image feature or string path column becomes undecoded {"bytes", "path"} for validation.
     feature = dataset.features[image_column]
@@ -142,8 +171,10 @@ def _standardise(dataset: Dataset, image_column, text_column, image_root, skip_i
             paths = [None if p is None else os.path.join(image_root, p) for p in dataset[image_column]]
             dataset = dataset.remove_columns(image_column).add_column(image_column, paths)
     elif not isinstance(feature, Image):
-        raise ValueError(f"The {source_name}'s image column {image_column!r} has feature {feature}; expected an "
-                         f"Image feature or file paths (strings).")
+        raise ValueError(
+            f"The {source_name}'s image column {image_column!r} has feature {feature}; expected an "
+            f"Image feature or file paths (strings)."
+        )
     dataset = dataset.cast_column(image_column, Image(decode=False))
 
     # Captions: one row per caption; image_id = the source row, i.e. the image.
@@ -155,8 +186,10 @@ def _standardise(dataset: Dataset, image_column, text_column, image_root, skip_i
     elif isinstance(text_feature, Value) and text_feature.dtype in ("string", "large_string"):
         owners = list(range(len(captions)))
     else:
-        raise ValueError(f"The {source_name}'s text column {text_column!r} has feature {text_feature}; expected "
-                         f"strings or lists of strings.")
+        raise ValueError(
+            f"The {source_name}'s text column {text_column!r} has feature {text_feature}; expected "
+            f"strings or lists of strings."
+        )
     images = dataset.select_columns([image_column])
     if image_column != "image":
         images = images.rename_column(image_column, "image")
@@ -164,16 +197,29 @@ def _standardise(dataset: Dataset, image_column, text_column, image_root, skip_i
         images = images.select(owners)
     image_ids = _image_ids(images, owners)
 
-    problems = _find_problems(images, captions, owners, image_ids, verify_images, num_workers,
-                              progress=f"Verifying the images of the {source_name}")
+    problems = _find_problems(
+        images,
+        captions,
+        owners,
+        image_ids,
+        verify_images,
+        num_workers,
+        progress=f"Verifying the images of the {source_name}",
+    )
     if problems:
         summary = _summarise(problems)
         if not skip_invalid:
-            raise ValueError(f"The {source_name} has {len(problems)} invalid row(s): {summary}. Fix or remove them, "
-                             f"or pass skip_invalid=True to drop them.")
+            raise ValueError(
+                f"The {source_name} has {len(problems)} invalid row(s): {summary}. Fix or remove them, "
+                f"or pass skip_invalid=True to drop them."
+            )
         keep = [i for i in range(len(captions)) if i not in problems]
-        warnings.warn(f"load_image_text_dataset: skipped {len(problems)} of {len(captions)} rows of the "
-                      f"{source_name}: {summary}.", UserWarning, stacklevel=3)
+        warnings.warn(
+            f"load_image_text_dataset: skipped {len(problems)} of {len(captions)} rows of the "
+            f"{source_name}: {summary}.",
+            UserWarning,
+            stacklevel=3,
+        )
         images, captions = images.select(keep), [captions[i] for i in keep]
         renumber = {}  # keep image_id contiguous (0..n-1) after dropping every caption of an image
         image_ids = [renumber.setdefault(image_ids[i], len(renumber)) for i in keep]
@@ -206,8 +252,15 @@ def _image_ids(images: Dataset, owners: list[int]) -> list[int]:
     return ids
 
 
-def _find_problems(images: Dataset, captions: list, owners: list[int], image_ids: list[int], verify_images: bool,
-                   num_workers: int | None, progress: str | None = None) -> dict[int, str]:
+def _find_problems(
+    images: Dataset,
+    captions: list,
+    owners: list[int],
+    image_ids: list[int],
+    verify_images: bool,
+    num_workers: int | None,
+    progress: str | None = None,
+) -> dict[int, str]:
     """Row -> problem. Each distinct image is decoded once; `progress` is the label of a progress bar (None: none)."""
     problems = {}
     for i, caption in enumerate(captions):
@@ -237,8 +290,13 @@ def _find_problems(images: Dataset, captions: list, owners: list[int], image_ids
 
     workers = num_workers or min(8, os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        checked = progress_bar(pool.map(check, first_row.values()), total=len(first_row), desc=progress,
-                               unit="image", disable=progress is None)
+        checked = progress_bar(
+            pool.map(check, first_row.values()),
+            total=len(first_row),
+            desc=progress,
+            unit="image",
+            disable=progress is None,
+        )
         results = dict(zip(first_row, list(checked)))  # list(): runs the bar to its end, which closes it
     for i, image_id in enumerate(image_ids):
         if results[image_id] is not None and i not in problems:

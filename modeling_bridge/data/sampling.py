@@ -15,8 +15,10 @@ def twin_adjacent_order(dataset: Dataset, num_rows: int, seed: int = 0, twin_col
     hardest negative there is (same words, different binding), for any model trained on those batches.
     """
     if twin_column not in dataset.column_names:
-        raise ValueError(f"twin_adjacent_order needs a {twin_column!r} column (row index of each row's twin, -1 for "
-                         f"none); the dataset has {dataset.column_names}.")
+        raise ValueError(
+            f"twin_adjacent_order needs a {twin_column!r} column (row index of each row's twin, -1 for "
+            f"none); the dataset has {dataset.column_names}."
+        )
     twins = np.asarray(dataset[twin_column])
     units = [[i] if t < 0 else [i, int(t)] for i, t in enumerate(twins) if t < 0 or i < t]
     if not units:

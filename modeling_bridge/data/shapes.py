@@ -59,6 +59,7 @@ from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, List, Va
 from PIL import Image as PILImage
 from PIL import ImageDraw
 
+
 SHAPES_COLORS: dict[str, tuple[int, int, int]] = {
     "red": (230, 25, 25),
     "green": (25, 200, 40),
@@ -106,8 +107,11 @@ def parse_shapes_caption(caption: str) -> ShapesCaption:
     match = _CAPTION_RE.match(caption)
     if match is not None:
         c1, s1, relation, c2, s2 = match.groups()
-        parsed = (ShapesCaption(objects=((c1, s1),), relation="none") if relation is None
-                  else ShapesCaption(objects=((c1, s1), (c2, s2)), relation=relation))
+        parsed = (
+            ShapesCaption(objects=((c1, s1),), relation="none")
+            if relation is None
+            else ShapesCaption(objects=((c1, s1), (c2, s2)), relation=relation)
+        )
         # Round trip: rejects wrong articles, and pairs that repeat a colour or a shape (never generated).
         if _caption(parsed.objects, parsed.relation) == caption and (relation is None or (c1 != c2 and s1 != s2)):
             return parsed
@@ -177,8 +181,9 @@ class _Geometry:
             r = int(rng.integers(self.r_min, self.r_max + 1))
             lo, hi = (m + r, half - 1 - m - r) if side == 0 else (half + m + r, s - 1 - m - r)
             along = int(rng.integers(lo, hi + 1))
-            across = int(rng.integers(max(half - self.cross_jitter, m + r),
-                                      min(half + self.cross_jitter, s - 1 - m - r) + 1))
+            across = int(
+                rng.integers(max(half - self.cross_jitter, m + r), min(half + self.cross_jitter, s - 1 - m - r) + 1)
+            )
             placed.append((along, across, r) if relation == "left of" else (across, along, r))
         return placed
 
@@ -230,24 +235,28 @@ def _all_captions(families, singles: bool) -> list[str]:
 
 
 def _features(names: list[str]) -> Features:
-    return Features({
-        "image": Image(),
-        "caption": Value("string"),
-        "label": ClassLabel(names=names),
-        "twin": Value("int64"),
-        "family": Value("int64"),
-        "binding": Value("int64"),
-        "relation": Value("string"),
-        "colors": List(Value("string")),
-        "shapes": List(Value("string")),
-        "boxes": List(List(Value("int32"))),
-    })
+    return Features(
+        {
+            "image": Image(),
+            "caption": Value("string"),
+            "label": ClassLabel(names=names),
+            "twin": Value("int64"),
+            "family": Value("int64"),
+            "binding": Value("int64"),
+            "relation": Value("string"),
+            "colors": List(Value("string")),
+            "shapes": List(Value("string")),
+            "boxes": List(List(Value("int32"))),
+        }
+    )
 
 
 def _to_dataset(rows: list[dict], names: list[str]) -> Dataset:
     label_of = {name: i for i, name in enumerate(names)}
-    columns = {key: [label_of[row["caption"]] for row in rows] if key == "label" else [row[key] for row in rows]
-               for key in _features(names)}
+    columns = {
+        key: [label_of[row["caption"]] for row in rows] if key == "label" else [row[key] for row in rows]
+        for key in _features(names)
+    }
     return Dataset.from_dict(columns, features=_features(names))
 
 
@@ -287,8 +296,17 @@ def load_bridge_shapes(
             for order in (0, 1):
                 placements = geometry.pair(rng, relation)
                 for binding in (0, 1):
-                    test_rows.append(_row(image_size, placements, _scene_objects(family, binding, order), relation,
-                                          family, binding, twin=len(test_rows) ^ 1))
+                    test_rows.append(
+                        _row(
+                            image_size,
+                            placements,
+                            _scene_objects(family, binding, order),
+                            relation,
+                            family,
+                            binding,
+                            twin=len(test_rows) ^ 1,
+                        )
+                    )
 
     # Train: singles plus twin pairs from the train families, then one shuffle of the row order.
     rng = np.random.default_rng([seed, 2])
@@ -318,10 +336,12 @@ def load_bridge_shapes(
         twin = int(position[twin_of[k]]) if k in twin_of else -1
         train_rows[position[k]] = _row(image_size, placements, objects, relation, family, binding, twin)
 
-    return DatasetDict({
-        "train": _to_dataset(train_rows, _all_captions(train_families, singles=True)),
-        "test": _to_dataset(test_rows, _all_captions(test_families, singles=False)),
-    })
+    return DatasetDict(
+        {
+            "train": _to_dataset(train_rows, _all_captions(train_families, singles=True)),
+            "test": _to_dataset(test_rows, _all_captions(test_families, singles=False)),
+        }
+    )
 
 
 __all__ = [

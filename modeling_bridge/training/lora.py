@@ -29,12 +29,30 @@ from torch import nn
 
 from .stages import find_bridge_model, transformer_blocks
 
+
 # Leaf names of the query/key/value linears of the attention in common towers: v5 ViT, DINOv2, CLIP, SigLIP use
 # q_proj/k_proj/v_proj; BERT, RoBERTa, ELECTRA query/key/value; DistilBERT, T5 q/k/v; fused projections qkv
 # (DINOv3-style), Wqkv (ModernBERT), query_key_value. Output projections are left out on purpose: their names
 # (`output.dense` in BERT) collide with the feed-forward's, and q/k/v is the usual LoRA placement.
-TOWER_QKV_NAMES = frozenset({"q_proj", "k_proj", "v_proj", "query", "key", "value", "q", "k", "v", "q_lin",
-                             "k_lin", "v_lin", "qkv", "Wqkv", "query_key_value"})
+TOWER_QKV_NAMES = frozenset(
+    {
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "query",
+        "key",
+        "value",
+        "q",
+        "k",
+        "v",
+        "q_lin",
+        "k_lin",
+        "v_lin",
+        "qkv",
+        "Wqkv",
+        "query_key_value",
+    }
+)
 
 # Projections of BRIDGE's own cross-attention (`BridgeCrossAttention`), all four adapted.
 INTERACTION_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -48,8 +66,11 @@ DEFAULT_MODULES_TO_SAVE = ("logit_scale", "itc_alpha", "text_gate", "vision_gate
 
 def _linear_children(module: nn.Module, prefix: str, names: Iterable[str]) -> list[str]:
     wanted = set(names)
-    return [f"{prefix}{name}" for name, child in module.named_modules()
-            if name.rsplit(".", 1)[-1] in wanted and isinstance(child, nn.Linear)]
+    return [
+        f"{prefix}{name}"
+        for name, child in module.named_modules()
+        if name.rsplit(".", 1)[-1] in wanted and isinstance(child, nn.Linear)
+    ]
 
 
 def default_lora_target_modules(model: nn.Module, towers: bool = True, interaction: bool = True) -> list[str]:
@@ -79,8 +100,10 @@ def default_lora_target_modules(model: nn.Module, towers: bool = True, interacti
                         raise ValueError(f"{base}{name}.{projection} is not an nn.Linear; cannot adapt it.")
                     targets.append(f"{base}{name}.{projection}")
         if not targets:
-            raise ValueError(f"{type(bridge).__name__} has no BridgeCrossAttention module to adapt "
-                             f"(num_interaction_layers={getattr(bridge.config, 'num_interaction_layers', '?')}).")
+            raise ValueError(
+                f"{type(bridge).__name__} has no BridgeCrossAttention module to adapt "
+                f"(num_interaction_layers={getattr(bridge.config, 'num_interaction_layers', '?')})."
+            )
     if towers:
         for tower_name in ("vision_model", "text_model"):
             tower = getattr(bridge, tower_name)
@@ -160,8 +183,9 @@ class LoraAdapterMismatchError(ValueError):
     would be dropped), `untrained_modules` (modules the adapter's config adapts in this base but has no weights for)
     and `absent_entries` (`target_modules` / `modules_to_save` entries of adapter_config.json naming no module)."""
 
-    def __init__(self, message: str, unmatched_keys: list[str], untrained_modules: list[str],
-                 absent_entries: list[str]):
+    def __init__(
+        self, message: str, unmatched_keys: list[str], untrained_modules: list[str], absent_entries: list[str]
+    ):
         super().__init__(message)
         self.unmatched_keys = unmatched_keys
         self.untrained_modules = untrained_modules
@@ -229,8 +253,11 @@ def _check_adapter_fits(model: nn.Module, adapter_dir, config: PeftConfig, weigh
         if not all_linear and not targeted:
             absent.insert(0, f"target_modules {config.target_modules!r}")
     else:
-        absent[:0] = [f"target_modules {entry!r}" for entry in sorted(config.target_modules or ())
-                      if not any(n == entry or n.endswith(f".{entry}") for n in modules)]
+        absent[:0] = [
+            f"target_modules {entry!r}"
+            for entry in sorted(config.target_modules or ())
+            if not any(n == entry or n.endswith(f".{entry}") for n in modules)
+        ]
 
     if not (unmatched or untrained or absent):
         return
@@ -241,34 +268,47 @@ def _check_adapter_fits(model: nn.Module, adapter_dir, config: PeftConfig, weigh
     if indices:
         # weights for layers 0..n-1 mean a base with n layers; a gap (layers_to_transform) only bounds it
         expects = f"={len(indices)}" if indices == list(range(len(indices))) else f" >= {indices[-1] + 1}"
-        held = (f"weights for interaction layer(s) {_listing([str(i) for i in indices])}, so it expects "
-                f"num_interaction_layers{expects}")
+        held = (
+            f"weights for interaction layer(s) {_listing([str(i) for i in indices])}, so it expects "
+            f"num_interaction_layers{expects}"
+        )
     else:
         held = "no interaction-layer weights"
-    lines = [f"The LoRA adapter {str(adapter_dir)!r} does not fit this {type(model).__name__}: it has "
-             f"num_interaction_layers={layers}; the adapter holds {held}."]
+    lines = [
+        f"The LoRA adapter {str(adapter_dir)!r} does not fit this {type(model).__name__}: it has "
+        f"num_interaction_layers={layers}; the adapter holds {held}."
+    ]
     if unmatched:
-        lines.append(f"- {len(unmatched)} adapter weight(s) match nothing in this model and would be silently dropped: "
-                     f"{_listing(unmatched)}")
+        lines.append(
+            f"- {len(unmatched)} adapter weight(s) match nothing in this model and would be silently dropped: "
+            f"{_listing(unmatched)}"
+        )
     if untrained:
-        lines.append(f"- {len(untrained)} module(s) that the adapter's config adapts or trains in this model have no "
-                     f"saved weights and would stay untrained: {_listing(untrained)}")
+        lines.append(
+            f"- {len(untrained)} module(s) that the adapter's config adapts or trains in this model have no "
+            f"saved weights and would stay untrained: {_listing(untrained)}"
+        )
     if absent:
         lines.append(f"- adapter_config.json names modules this model lacks: {_listing(absent)}")
     adapter_prefix, base_prefix = _bridge_prefix(saved), _bridge_prefix(modules)
     if adapter_prefix is not None and base_prefix is not None and adapter_prefix != base_prefix:
-        lines.append(f"The adapter's BridgeModel weights sit under {adapter_prefix!r}, this model's under "
-                     f"{base_prefix!r} ('bridge.' in BridgeForPreTraining, '' in BridgeModel): load the base with the "
-                     "class the adapter was trained on.")
+        lines.append(
+            f"The adapter's BridgeModel weights sit under {adapter_prefix!r}, this model's under "
+            f"{base_prefix!r} ('bridge.' in BridgeForPreTraining, '' in BridgeModel): load the base with the "
+            "class the adapter was trained on."
+        )
     trained_on = getattr(config, "base_model_name_or_path", None)
-    lines.append("Load the base model the adapter was trained on"
-                 + (f" (adapter_config.json: base_model_name_or_path={trained_on!r})" if trained_on else "")
-                 + " and pass that.")
+    lines.append(
+        "Load the base model the adapter was trained on"
+        + (f" (adapter_config.json: base_model_name_or_path={trained_on!r})" if trained_on else "")
+        + " and pass that."
+    )
     raise LoraAdapterMismatchError("\n".join(lines), unmatched, untrained, absent)
 
 
-def load_lora_adapter(model: nn.Module, adapter_dir, adapter_name: str = "default", is_trainable: bool = False,
-                      **kwargs) -> PeftModel:
+def load_lora_adapter(
+    model: nn.Module, adapter_dir, adapter_name: str = "default", is_trainable: bool = False, **kwargs
+) -> PeftModel:
     """Put a saved LoRA adapter (folder or Hub id) on a BRIDGE base and return the `PeftModel`; checked first.
 
     `PeftModel.from_pretrained` silently drops adapter weights that match nothing in the base (an adapter for 2
@@ -292,8 +332,9 @@ def load_lora_adapter(model: nn.Module, adapter_dir, adapter_name: str = "defaul
     # model_type "bridge" (the towers' renamings apply to their own checkpoints), so keys are compared as saved.
     weights = load_peft_weights(adapter_dir, device="cpu", key_mapping=kwargs.get("key_mapping"), **location)
     _check_adapter_fits(model, adapter_dir, config, weights)
-    return PeftModel.from_pretrained(model, adapter_dir, adapter_name=adapter_name, is_trainable=is_trainable,
-                                     **kwargs)
+    return PeftModel.from_pretrained(
+        model, adapter_dir, adapter_name=adapter_name, is_trainable=is_trainable, **kwargs
+    )
 
 
 __all__ = [

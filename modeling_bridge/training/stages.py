@@ -15,6 +15,7 @@ from torch import nn
 
 from ..configuration_bridge import LOSS_WEIGHT_FIELDS
 
+
 STAGE_NAMES = ("a", "b", "c")
 _LOSS_NAMES = tuple(name[: -len("_loss_weight")] for name in LOSS_WEIGHT_FIELDS)  # itc, itm, mlm, mim, cycle
 
@@ -49,8 +50,10 @@ class TrainingStage:
             raise ValueError(f"Stage {self.stage!r}: unknown loss weights {unknown}; use {list(_LOSS_NAMES)}.")
         for name, weight in self.loss_weights.items():
             if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight >= 0:
-                raise ValueError(f"Stage {self.stage!r}: loss weight {name}={weight!r} must be a number >= 0 "
-                                 "(0 disables the component).")
+                raise ValueError(
+                    f"Stage {self.stage!r}: loss weight {name}={weight!r} must be a number >= 0 "
+                    "(0 disables the component)."
+                )
 
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> "TrainingStage":
@@ -114,9 +117,12 @@ def set_tower_trainable_blocks(tower: nn.Module, num_blocks: int, tower_name: st
     name, blocks = transformer_blocks(tower)
     if num_blocks > len(blocks):
         label = f"{tower_name} tower ({type(tower).__name__})" if tower_name else type(tower).__name__
-        warnings.warn(f"Cannot train the top {num_blocks} blocks of the {label}: it has {len(blocks)}. Training "
-                      f"all {len(blocks)} instead (its embeddings stay frozen; -1 trains them too).",
-                      UserWarning, stacklevel=3)
+        warnings.warn(
+            f"Cannot train the top {num_blocks} blocks of the {label}: it has {len(blocks)}. Training "
+            f"all {len(blocks)} instead (its embeddings stay frozen; -1 trains them too).",
+            UserWarning,
+            stacklevel=3,
+        )
         num_blocks = len(blocks)
     for block in list(blocks)[-num_blocks:]:
         block.requires_grad_(True)
@@ -124,7 +130,7 @@ def set_tower_trainable_blocks(tower: nn.Module, num_blocks: int, tower_name: st
     prefix = f"{name}."
     last_block_param = max(i for i, n in enumerate(names) if n.startswith(prefix))
     parameters = dict(tower.named_parameters())
-    for n in names[last_block_param + 1:]:
+    for n in names[last_block_param + 1 :]:
         parameters[n].requires_grad_(True)
 
 
@@ -135,8 +141,7 @@ def find_bridge_model(model: nn.Module) -> nn.Module:
         # its own child modules, not attributes: wrappers such as PeftModel forward attribute lookups to the model
         if all(name in module._modules for name in ("vision_model", "text_model", "interaction_layers")):
             return module
-    raise ValueError(f"{type(model).__name__} contains no BridgeModel (vision_model, text_model, "
-                     "interaction_layers).")
+    raise ValueError(f"{type(model).__name__} contains no BridgeModel (vision_model, text_model, interaction_layers).")
 
 
 def apply_training_stage(model: nn.Module, stage: TrainingStage | str | os.PathLike) -> TrainingStage:
@@ -158,8 +163,11 @@ def apply_training_stage(model: nn.Module, stage: TrainingStage | str | os.PathL
             module.requires_grad_(True)
     # Heads of disabled objectives get no gradient; trainable but unused parameters break DDP without
     # find_unused_parameters (Trainer turns it off under gradient checkpointing).
-    for head, weight_field in (("mlm_head", "mlm_loss_weight"), ("mim_head", "mim_loss_weight"),
-                               ("itm_head", "itm_loss_weight")):
+    for head, weight_field in (
+        ("mlm_head", "mlm_loss_weight"),
+        ("mim_head", "mim_loss_weight"),
+        ("itm_head", "itm_loss_weight"),
+    ):
         if getattr(bridge.config, weight_field) == 0:
             getattr(bridge, head).requires_grad_(False)
     set_tower_trainable_blocks(bridge.vision_model, stage.vision_trainable_blocks, "vision")
