@@ -1,9 +1,9 @@
 """Stage-A training throughput on CPU: BRIDGE (pairwise objective) vs a dual encoder of the same towers.
 
-Both models are built as in the demo (a small from-scratch ViT and the pretrained MiniLM-L6), with the towers frozen
-as in stage A (modeling_bridge/training/presets/stage_a.json), and take full optimiser steps on the same collated batch of bridge-shapes
-pairs. Steps alternate between the two models so that both see the same machine load; the ratio of their median
-samples/s is the figure to compare (absolute CPU times on a shared machine are noise).
+Both models are built as in the demo (a small from-scratch ViT and the pretrained MiniLM-L6), with the towers frozen as
+in stage A (modeling_bridge/training/presets/stage_a.json), and take full optimiser steps on the same collated batch of
+bridge-shapes pairs. Steps alternate between the two models so that both see the same machine load; the ratio of their
+median samples/s is the figure to compare (absolute CPU times on a shared machine are noise).
 
     python benchmarks/training_throughput.py [--batch_size 48] [--rounds 12] [--num_hard_negatives 3]
 """

@@ -2,7 +2,8 @@
 """Publish a saved BRIDGE model (e.g. a training output) to the Hub: rewrite it as a Hub-ready folder (sharded
 safetensors, config with auto_map, the three code files, processor files, model card) and upload it in one commit.
 
-    python conversion/push_to_hub.py --model_dir outputs/stage-c --output_dir hub/bridge-coco --push_to_hub user/bridge-coco
+    python conversion/push_to_hub.py --model_dir outputs/stage-c --output_dir hub/bridge-coco \\
+        --push_to_hub user/bridge-coco
     python conversion/push_to_hub.py --model_dir outputs/stage-c --output_dir hub/bridge-coco --local_dir_only
 
 --base_model names the towers' Hub ids for the card's metadata.

@@ -131,10 +131,7 @@ def build_models(args: DemoArguments, text_path: str):
         vision_model=baseline_vision,
         text_model=baseline_text,
     )
-    for model, (v, t) in (
-        (bridge, (bridge.bridge.vision_model, bridge.bridge.text_model)),
-        (baseline, (baseline.vision_model, baseline.text_model)),
-    ):
+    for v, t in ((bridge.bridge.vision_model, bridge.bridge.text_model), (baseline.vision_model, baseline.text_model)):
         set_tower_trainable_blocks(v, -1)  # a from-scratch tower trains fully
         set_tower_trainable_blocks(t, args.text_trainable_blocks)
     return bridge, baseline

@@ -2,11 +2,11 @@
 the towers' attention q/k/v (found per tower type), plus the learned scalars (logit scale, ITC mix, gates,
 temperatures) trained in full. Everything else stays frozen.
 
-The adapter and the processor are written atomically (temporary folder, then rename) to `--adapter_dir`
-(default `<output_dir>/adapter`, so Trainer checkpoints in `output_dir` are never touched). The run ends by
-checking the saved adapter: base + adapter reloaded with `load_lora_adapter` (`PeftModel.from_pretrained`, checked),
-and that reload merged with `merge_and_unload()`, must give the scores the trained model gave before saving (unimodal and fused); the maximum
-differences are printed and the run fails if they exceed `--verify_tolerance`. `--activation_checkpointing`
+The adapter and the processor are written atomically (temporary folder, then rename) to `--adapter_dir` (default
+`<output_dir>/adapter`, so Trainer checkpoints in `output_dir` are never touched). The run ends by checking the saved
+adapter: base + adapter reloaded with `load_lora_adapter` (`PeftModel.from_pretrained`, checked), and that reload
+merged with `merge_and_unload()`, must give the scores the trained model gave before saving (unimodal and fused); the
+maximum differences are printed and the run fails if they exceed `--verify_tolerance`. `--activation_checkpointing`
 works with the frozen towers (transformers v5 checkpoints non-reentrantly by default).
 
 An existing `--adapter_dir` / `--merged_dir` is replaced only if it is a previous save (adapter, model, processor and

@@ -82,8 +82,8 @@ class DataArguments:
     dataset: str = field(
         default="bridge-shapes",
         metadata={
-            "help": "bridge-shapes, a saved datasets folder, a folder datasets.load_dataset reads, or a Karpathy-style "
-            "JSON (with --image_root)."
+            "help": "bridge-shapes, a saved datasets folder, a folder datasets.load_dataset reads, or a "
+            "Karpathy-style JSON (with --image_root)."
         },
     )
     image_root: str | None = field(default=None, metadata={"help": "Image folder of a Karpathy JSON."})

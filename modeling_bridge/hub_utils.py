@@ -101,8 +101,8 @@ def save_hub_folder(
     protect=(),
 ) -> Path:
     """Write a Hub-ready folder: safetensors weights (sharded past `max_shard_size`), `config.json` with `auto_map`,
-    `configuration_bridge.py` / `modeling_bridge.py` / `loss_bridge.py` / `processing_bridge.py`, the processor files and `README.md`
-    (without a processor: a folder that `AutoModel` loads, but not `AutoProcessor` or the pipeline).
+    `configuration_bridge.py` / `modeling_bridge.py` / `loss_bridge.py` / `processing_bridge.py`, the processor files
+    and `README.md` (without a processor: a folder that `AutoModel` loads, but not `AutoProcessor` or the pipeline).
 
     Everything is written to a temporary sibling folder first and renamed into place at the end. The destination
     follows `modeling_bridge.saving.check_output_dir`, stricter in one point: any non-empty `output_dir`, even a
@@ -217,7 +217,8 @@ def add_hub_arguments(parser) -> None:
 
 
 def publish(model, processor, args, base_models, description=None) -> Path:
-    """Write the Hub-ready folder for a command's `args` and upload it unless `--local_dir_only` / no `--push_to_hub`."""
+    """Write the Hub-ready folder for a command's `args` and upload it, unless `--local_dir_only` or no
+    `--push_to_hub`."""
     if args.push_to_hub and not args.local_dir_only and processor is None:
         raise ValueError(
             "no processor (image processor + tokenizer) was found for the towers, and a Hub repo without one cannot "

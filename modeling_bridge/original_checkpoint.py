@@ -447,9 +447,10 @@ def map_original_state_dict(state_dict: dict[str, torch.Tensor], config: BridgeC
         raise ConversionError(
             f"the checkpoint does not match the original architecture described by the config "
             f"(num_layers={config.num_interaction_layers}, shared_dim={config.shared_dim}, towers "
-            f"{config.vision_config.model_type}/{config.text_config.model_type}). Unknown keys: {sorted(unknown) or 'none'}."
-            f" Missing keys: {missing or 'none'}. Wrong shapes: {wrong_shape or 'none'}. Check that --config (and "
-            "--vision_model / --text_model) are the ones the checkpoint was trained with."
+            f"{config.vision_config.model_type}/{config.text_config.model_type}). "
+            f"Unknown keys: {sorted(unknown) or 'none'}. Missing keys: {missing or 'none'}. "
+            f"Wrong shapes: {wrong_shape or 'none'}. Check that --config (and --vision_model / --text_model) are the "
+            "ones the checkpoint was trained with."
         )
     for key in bias_keys:
         mapped[key] = _place_position_bias(mapped[key], tuple(expected[key]), origin[key])

@@ -1,4 +1,5 @@
-"""Bad input gets a clear error naming what was wrong, or is handled as users mean it; never a silently wrong result."""
+"""Bad input gets a clear error naming what was wrong, or is handled as users mean it; never a silently wrong
+result."""
 
 import math
 

@@ -25,7 +25,10 @@ def test_nested_tower_configs_round_trip_through_dicts_and_auto_config(tmp_path)
     config.save_pretrained(tmp_path)
     again = AutoConfig.from_pretrained(tmp_path)
     assert isinstance(again, BridgeConfig)
-    strip = lambda d: {k: v for k, v in d.items() if k != "_name_or_path"}
+
+    def strip(d):
+        return {k: v for k, v in d.items() if k != "_name_or_path"}
+
     assert strip(again.to_dict()) == strip(config.to_dict())
     from_dict = BridgeConfig(vision_config=config.vision_config.to_dict(), text_config=config.text_config.to_dict())
     assert from_dict.vision_config.model_type == "siglip_vision_model"

@@ -239,7 +239,7 @@ def test_ddp_matches_one_process_over_the_global_batch(ddp_results, variant):
         for rank, grad in enumerate(rank_grads):  # DDP all-reduces, so every rank holds the same averaged gradient
             assert grad is not None, f"{name}: no gradient on rank {rank}"
             torch.testing.assert_close(
-                grad, param.grad, atol=atol[name], rtol=0, msg=lambda m: f"{name}, rank {rank}: {m}"
+                grad, param.grad, atol=atol[name], rtol=0, msg=lambda m, where=f"{name}, rank {rank}": f"{where}: {m}"
             )
         checked += 1
     # the towers, the interaction stack and the heads all train, and all were compared

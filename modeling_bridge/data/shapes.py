@@ -328,7 +328,7 @@ def load_bridge_shapes(
     flat = [scene for group in scenes for scene in group]
     twin_of = {}
     k = num_single
-    for group in scenes[num_single:]:
+    for _ in scenes[num_single:]:
         twin_of[k], twin_of[k + 1] = k + 1, k
         k += 2
     train_rows = [None] * num_train
