@@ -161,6 +161,18 @@ def test_the_demo_extra_installs_what_the_demo_imports():
     assert missing == {}
 
 
+def test_the_convert_extra_installs_what_the_conversion_scripts_import():
+    scripts = sorted((ROOT / "conversion").glob("*.py"))
+    names = ", ".join(path.stem for path in scripts)
+    files, _ = _loaded_package_files(f"import sys; sys.path.insert(0, 'conversion'); import {names}")
+    imported = _imported_distributions([*scripts, *files])
+    assert "pyyaml" in imported  # the original checkpoint's config
+    # hub_utils.progress_bars imports datasets inside the function; only the training examples call it.
+    imported["datasets"] = imported.get("datasets", set()) - {"modeling_bridge/hub_utils.py"}
+    missing = {d: f for d, f in imported.items() if f and d not in _installs("convert")}
+    assert missing == {}
+
+
 def test_the_test_extra_installs_what_the_repository_imports():
     """`pip install .[test]` covers every import of the package, the examples, conversion scripts, benchmarks and
     tests (the tests run all of them)."""
