@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+
 tomllib = pytest.importorskip("tomllib")  # Python 3.11+
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -96,18 +97,22 @@ def _python_files(*folders: str) -> list[Path]:
     return sorted(path for folder in folders for path in (ROOT / folder).rglob("*.py"))
 
 
-def _loaded_package_files(code: str) -> tuple[list[Path], dict]:
-    """Run `code` in a fresh interpreter; the files of the `modeling_bridge` modules it loaded, and the JSON object
-    it printed last."""
-    script = code + """
+_REPORT_LOADED = """
 import json, sys
 print(json.dumps({"files": sorted(m.__file__ for n, m in list(sys.modules.items())
                                   if n.split(".")[0] == "modeling_bridge" and getattr(m, "__file__", None)),
                   "result": globals().get("result")}))
 """
+
+
+def _loaded_package_files(code: str) -> tuple[list[Path], dict]:
+    """Run `code` in a fresh interpreter; the files of the `modeling_bridge` modules it loaded, and the JSON object
+    it printed last."""
+    script = code + _REPORT_LOADED
     env = dict(os.environ, HF_HUB_OFFLINE="1")
-    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     output = json.loads(done.stdout.strip().splitlines()[-1])
     return [Path(f) for f in output["files"]], output["result"]
@@ -140,8 +145,11 @@ result = {"loaded": sorted(m for m in ("peft", "datasets", "yaml") if m in sys.m
 """)
     assert ROOT / "modeling_bridge" / "__init__.py" in files
     assert not {"peft", "datasets"} & set(result["loaded"]), result
-    from_package = {name: callers for name, callers in result["importers"].items()
-                    if any(c and c.split(".")[0] == "modeling_bridge" for c in callers)}
+    from_package = {
+        name: callers
+        for name, callers in result["importers"].items()
+        if any(c and c.split(".")[0] == "modeling_bridge" for c in callers)
+    }
     assert from_package == {}, result
 
 

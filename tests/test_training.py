@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from conftest import IMAGE_SIZE, TEXT_CONFIGS, VISION_CONFIGS, VOCAB, make_config, random_images
 from transformers import BertTokenizer, Trainer, TrainerCallback, TrainingArguments, ViTImageProcessor
 
+from conftest import IMAGE_SIZE, TEXT_CONFIGS, VISION_CONFIGS, VOCAB, make_config, random_images
 from modeling_bridge import BridgeConfig, BridgeForPreTraining, BridgeModel, BridgeProcessor
 from modeling_bridge.configuration_bridge import LOSS_WEIGHT_FIELDS
 from modeling_bridge.data import BridgeDataCollator
@@ -30,16 +30,27 @@ from modeling_bridge.training import (
 from modeling_bridge.training import trainer as trainer_module
 from modeling_bridge.training.trainer import PRIVATE_TRAINER_METHODS, check_private_trainer_api
 
+
 # ---------------------------------------------------------------------------------------------- stages
 
 # Written out by hand per tower type (not derived from the code under test): the block stack, and the parameters
 # registered after it (final norms; SigLIP's pooling head also sits there).
-BLOCK_PREFIX = {"vit": "layers.", "clip_vision_model": "encoder.layers.",
-                "siglip_vision_model": "encoder.layers.", "dinov2": "encoder.layer.", "bert": "encoder.layer.",
-                "roberta": "encoder.layer."}
-AFTER_BLOCKS = {"vit": ("layernorm.",), "clip_vision_model": ("post_layernorm.",),
-                "siglip_vision_model": ("post_layernorm.", "head."), "dinov2": ("layernorm.",), "bert": (),
-                "roberta": ()}
+BLOCK_PREFIX = {
+    "vit": "layers.",
+    "clip_vision_model": "encoder.layers.",
+    "siglip_vision_model": "encoder.layers.",
+    "dinov2": "encoder.layer.",
+    "bert": "encoder.layer.",
+    "roberta": "encoder.layer.",
+}
+AFTER_BLOCKS = {
+    "vit": ("layernorm.",),
+    "clip_vision_model": ("post_layernorm.",),
+    "siglip_vision_model": ("post_layernorm.", "head."),
+    "dinov2": ("layernorm.",),
+    "bert": (),
+    "roberta": (),
+}
 NUM_BLOCKS = 2  # conftest's towers
 
 
@@ -79,8 +90,9 @@ def test_apply_training_stage_on_every_tower_type(vision, text):
     for field in LOSS_WEIGHT_FIELDS:
         assert getattr(model.config, field) == stage.loss_weights[field[: -len("_loss_weight")]]
 
-    stage_b = apply_training_stage(model, dataclasses.replace(load_training_stage("b"), vision_trainable_blocks=-1,
-                                                              text_trainable_blocks=-1))
+    stage_b = apply_training_stage(
+        model, dataclasses.replace(load_training_stage("b"), vision_trainable_blocks=-1, text_trainable_blocks=-1)
+    )
     assert model.config.mlm_loss_weight == stage_b.loss_weights["mlm"] and model.config.mlm_loss_weight > 0
     assert model.bridge.config is model.config  # the forward pass reads these weights
 
@@ -124,15 +136,17 @@ def test_stage_b_on_a_two_block_model_trains_every_block_with_a_warning():
         apply_training_stage(model, "b")
     messages = sorted(str(w.message) for w in caught)
     assert len(messages) == 2, messages
-    assert messages[0].startswith("Cannot train the top 4 blocks of the text tower (BertModel): it has 2. "
-                                  "Training all 2 instead")
-    assert messages[1].startswith("Cannot train the top 4 blocks of the vision tower (ViTModel): it has 2. "
-                                  "Training all 2 instead")
+    assert messages[0].startswith(
+        "Cannot train the top 4 blocks of the text tower (BertModel): it has 2. Training all 2 instead"
+    )
+    assert messages[1].startswith(
+        "Cannot train the top 4 blocks of the vision tower (ViTModel): it has 2. Training all 2 instead"
+    )
     for tower, kind in ((model.bridge.vision_model, "vit"), (model.bridge.text_model, "bert")):
         names = [n for n, _ in tower.named_parameters()]
         blocks = {n for n in names if n.startswith(BLOCK_PREFIX[kind])}
         after = {n for n in names if n.startswith(AFTER_BLOCKS[kind])}
-        assert {int(n[len(BLOCK_PREFIX[kind]):].split(".")[0]) for n in blocks} == {0, 1}
+        assert {int(n[len(BLOCK_PREFIX[kind]) :].split(".")[0]) for n in blocks} == {0, 1}
         assert _trainable(tower) == blocks | after  # every block and final norm; the embeddings stay frozen
         assert any(n.startswith("embeddings.") for n in names)
     assert model.config.mlm_loss_weight == 0.5 and model.config.cycle_loss_weight == 0.1
@@ -142,15 +156,19 @@ def test_stage_b_on_a_two_block_model_trains_every_block_with_a_warning():
         apply_training_stage(model, TrainingStage("deep", vision_trainable_blocks=3))
     with pytest.warns(UserWarning, match=r"top 5 blocks of the BertModel: it has 2"):
         set_tower_trainable_blocks(model.bridge.text_model, 5)
-    assert _trainable(model.bridge.text_model) == {n for n, _ in model.bridge.text_model.named_parameters()
-                                                   if n.startswith("encoder.layer.")}
+    assert _trainable(model.bridge.text_model) == {
+        n for n, _ in model.bridge.text_model.named_parameters() if n.startswith("encoder.layer.")
+    }
 
 
 def test_stage_presets_are_package_data():
     """The presets sit inside the package (so a wheel carries them) and load from there, not from the checkout."""
     presets = resources.files("modeling_bridge.training") / "presets"
     assert sorted(p.name for p in presets.iterdir() if p.name.endswith(".json")) == [
-        "stage_a.json", "stage_b.json", "stage_c.json"]
+        "stage_a.json",
+        "stage_b.json",
+        "stage_c.json",
+    ]
     for name in ("a", "b", "c"):
         assert load_training_stage(name) == TrainingStage(**json.loads((presets / f"stage_{name}.json").read_text()))
     assert not (Path(__file__).resolve().parents[1] / "configuration" / "stage_a.json").exists()
@@ -208,8 +226,9 @@ def test_save_pretrained_atomically_keeps_the_old_copy_when_a_save_fails(tmp_pat
     assert sorted(os.listdir(out)) == ["config.json", "model.safetensors"]
 
     with pytest.raises(RuntimeError, match="disk full"):  # the second object fails after writing its file
-        save_pretrained_atomically(str(out), _Writes("config.json", "v2"),
-                                   _Writes("model.safetensors", "w2", fail=True))
+        save_pretrained_atomically(
+            str(out), _Writes("config.json", "v2"), _Writes("model.safetensors", "w2", fail=True)
+        )
     assert sorted(os.listdir(out)) == ["config.json", "model.safetensors"]
     assert (out / "config.json").read_text() == "v1" and (out / "model.safetensors").read_text() == "w1"
     assert sorted(os.listdir(tmp_path)) == ["model"]  # no staging folder left behind
@@ -237,8 +256,9 @@ class _Interrupts:
 # ---------------------------------------------------------------------------------------------- Trainer
 
 MAX_STEPS, SAVE_STEPS, BATCH = 6, 3, 4
-WEIGHTS = dict(itc_loss_weight=1.0, itm_loss_weight=1.0, mlm_loss_weight=0.5, mim_loss_weight=0.5,
-               cycle_loss_weight=0.1)
+WEIGHTS = dict(
+    itc_loss_weight=1.0, itm_loss_weight=1.0, mlm_loss_weight=0.5, mim_loss_weight=0.5, cycle_loss_weight=0.1
+)
 
 
 def _dataset(n=16):
@@ -275,15 +295,33 @@ def _train(output_dir, resume=False, callbacks=(), logging_steps=1, num_rows=16,
     """Train the test model from its seed-0 initialisation; `arguments` override TrainingArguments."""
     torch.manual_seed(0)
     model = BridgeForPreTraining(make_config(**WEIGHTS))  # dropouts on: their randomness must be restored too
-    args = TrainingArguments(**{
-        "output_dir": str(output_dir), "max_steps": MAX_STEPS, "save_steps": SAVE_STEPS,
-        "per_device_train_batch_size": BATCH, "learning_rate": 1e-3, "logging_steps": logging_steps,
-        "remove_unused_columns": False, "report_to": [], "seed": 0, "dataloader_num_workers": 0, "use_cpu": True,
-        "disable_tqdm": True, "save_only_model": False, **arguments,
-    })
+    args = TrainingArguments(
+        **{
+            "output_dir": str(output_dir),
+            "max_steps": MAX_STEPS,
+            "save_steps": SAVE_STEPS,
+            "per_device_train_batch_size": BATCH,
+            "learning_rate": 1e-3,
+            "logging_steps": logging_steps,
+            "remove_unused_columns": False,
+            "report_to": [],
+            "seed": 0,
+            "dataloader_num_workers": 0,
+            "use_cpu": True,
+            "disable_tqdm": True,
+            "save_only_model": False,
+            **arguments,
+        }
+    )
     collator = BridgeDataCollator(_processor(), mlm_probability=0.3, mim_probability=0.25, num_patches=16)
-    trainer = BridgeTrainer(model=model, args=args, train_dataset=_dataset(num_rows), data_collator=collator,
-                            eval_dataset=_dataset(eval_rows) if eval_rows else None, callbacks=list(callbacks))
+    trainer = BridgeTrainer(
+        model=model,
+        args=args,
+        train_dataset=_dataset(num_rows),
+        data_collator=collator,
+        eval_dataset=_dataset(eval_rows) if eval_rows else None,
+        callbacks=list(callbacks),
+    )
     trainer.train(resume_from_checkpoint=resume or None)
     return trainer
 
@@ -299,8 +337,15 @@ def test_component_losses_are_logged_and_add_up_to_the_loss(uninterrupted):
     logs = [entry for entry in trainer.state.log_history if "loss" in entry]
     assert [entry["step"] for entry in logs] == list(range(1, MAX_STEPS + 1))
     for entry in logs:
-        for name in ("itc_loss", "unimodal_itc_loss", "cross_itc_loss", "itm_loss", "mlm_loss", "mim_loss",
-                     "cycle_loss"):
+        for name in (
+            "itc_loss",
+            "unimodal_itc_loss",
+            "cross_itc_loss",
+            "itm_loss",
+            "mlm_loss",
+            "mim_loss",
+            "cycle_loss",
+        ):
             assert name in entry and np.isfinite(entry[name]), name
         # the step's components combine into its loss: each log holds this window's values, not running means
         combined = sum(entry[f"{k[: -len('_loss_weight')]}_loss"] * w for k, w in WEIGHTS.items())
@@ -332,12 +377,15 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path, uninterrupted):
     assert logged(resumed) == pytest.approx(logged(reference), abs=1e-4)  # same batches, same masks, same losses
     assert {"checkpoint-3", "checkpoint-6"} <= set(os.listdir(out))
     for name, param in resumed.model.named_parameters():
-        torch.testing.assert_close(param.detach(), expected[name], atol=1e-6, rtol=0, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(
+            param.detach(), expected[name], atol=1e-6, rtol=0, msg=lambda m, name=name: f"{name}: {m}"
+        )
     torch.manual_seed(0)
     initial = BridgeForPreTraining(make_config(**WEIGHTS)).state_dict()
     # training moved the weights (vision blocks included): the comparison is not between two initialisations
-    assert not torch.equal(initial["bridge.vision_model.layers.1.mlp.fc1.weight"],
-                           expected["bridge.vision_model.layers.1.mlp.fc1.weight"])
+    assert not torch.equal(
+        initial["bridge.vision_model.layers.1.mlp.fc1.weight"], expected["bridge.vision_model.layers.1.mlp.fc1.weight"]
+    )
     assert sum(not torch.equal(initial[n], expected[n]) for n in expected) > 0.9 * len(expected)
 
 
@@ -358,7 +406,9 @@ def test_killed_run_with_gradient_accumulation_resumes_to_the_same_losses(tmp_pa
     assert sorted(logged(resumed)) == [1, 2, 3, 4, 5]  # 1 and 2 from the checkpoint's log history
     assert logged(resumed) == pytest.approx(logged(reference), abs=1e-4)
     for (name, param), expected in zip(resumed.model.named_parameters(), reference.model.parameters()):
-        torch.testing.assert_close(param.detach(), expected.detach(), atol=1e-6, rtol=0, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(
+            param.detach(), expected.detach(), atol=1e-6, rtol=0, msg=lambda m, name=name: f"{name}: {m}"
+        )
 
 
 class _Stop(Exception):
@@ -385,8 +435,10 @@ def test_resume_restores_the_vision_blocks_only_with_the_workaround(uninterrupte
     assert vision_blocks and all(not torch.equal(initial[n], expected[n]) for n in vision_blocks)  # all trained
 
     monkeypatch.setattr(trainer_module, "_TRAINER_RESTORES_VIT", None)  # probe again, as a new process would
-    probe = BridgeTrainer(model=BridgeForPreTraining(make_config()),
-                          args=TrainingArguments(output_dir=str(tmp_path / "probe"), use_cpu=True, report_to=[]))
+    probe = BridgeTrainer(
+        model=BridgeForPreTraining(make_config()),
+        args=TrainingArguments(output_dir=str(tmp_path / "probe"), use_cpu=True, report_to=[]),
+    )
     trainer_restores = trainer_module.trainer_restores_vit_weights(probe)
     if not workaround:  # what BridgeTrainer does when the probe says Trainer's loading is fine
         monkeypatch.setattr(trainer_module, "trainer_restores_vit_weights", lambda trainer: True)
@@ -417,9 +469,18 @@ def test_best_checkpoint_is_loaded_at_the_end_with_its_vision_blocks(tmp_path):
     stale = tmp_path / ".staging-checkpoint-2" / "checkpoint-2"
     stale.mkdir(parents=True)
     (stale / "stale.bin").write_bytes(b"from a killed save")
-    trainer = _train(tmp_path, callbacks=[_FirstEvaluationIsBest()], max_steps=4, save_steps=2, eval_rows=4,
-                     eval_strategy="steps", eval_steps=2, load_best_model_at_end=True, metric_for_best_model="order",
-                     greater_is_better=False)
+    trainer = _train(
+        tmp_path,
+        callbacks=[_FirstEvaluationIsBest()],
+        max_steps=4,
+        save_steps=2,
+        eval_rows=4,
+        eval_strategy="steps",
+        eval_steps=2,
+        load_best_model_at_end=True,
+        metric_for_best_model="order",
+        greater_is_better=False,
+    )
     assert sorted(os.listdir(tmp_path)) == ["checkpoint-2", "checkpoint-4"]
     assert "stale.bin" not in os.listdir(tmp_path / "checkpoint-2")
     assert trainer.state.best_model_checkpoint == str(tmp_path / "checkpoint-2")
@@ -455,8 +516,11 @@ def test_changed_private_trainer_methods_fail_loudly(tmp_path, monkeypatch):
 
     monkeypatch.setattr(Trainer, "_load_from_checkpoint", lambda self, checkpoint: None)
     args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[])
-    with pytest.raises(RuntimeError, match=r"_load_from_checkpoint\(checkpoint\) instead of "
-                                           r"_load_from_checkpoint\(resume_from_checkpoint, model\)"):
+    with pytest.raises(
+        RuntimeError,
+        match=r"_load_from_checkpoint\(checkpoint\) instead of "
+        r"_load_from_checkpoint\(resume_from_checkpoint, model\)",
+    ):
         BridgeTrainer(model=BridgeForPreTraining(make_config()), args=args)
 
 
@@ -465,10 +529,17 @@ def test_evaluation_reports_eval_loss_with_mlm_off(tmp_path):
     eval_loss; BridgeTrainer declares that the model has no label columns."""
     torch.manual_seed(0)
     model = BridgeForPreTraining(make_config())
-    args = TrainingArguments(output_dir=str(tmp_path), per_device_eval_batch_size=4, remove_unused_columns=False,
-                             report_to=[], use_cpu=True, disable_tqdm=True)
-    trainer = BridgeTrainer(model=model, args=args, eval_dataset=_dataset(8),
-                            data_collator=BridgeDataCollator(_processor()))
+    args = TrainingArguments(
+        output_dir=str(tmp_path),
+        per_device_eval_batch_size=4,
+        remove_unused_columns=False,
+        report_to=[],
+        use_cpu=True,
+        disable_tqdm=True,
+    )
+    trainer = BridgeTrainer(
+        model=model, args=args, eval_dataset=_dataset(8), data_collator=BridgeDataCollator(_processor())
+    )
     metrics = trainer.evaluate()
     assert math.isfinite(metrics["eval_loss"]) and metrics["eval_loss"] > 0
 

@@ -27,6 +27,7 @@ from transformers.utils import logging as transformers_logging
 
 from ..saving import apply_default_permissions, replace_directory, save_pretrained_atomically
 
+
 LOSS_COMPONENTS = ("itc_loss", "unimodal_itc_loss", "cross_itc_loss", "itm_loss", "mlm_loss", "mim_loss", "cycle_loss")
 
 # The private Trainer methods BridgeTrainer overrides or replaces, with the parameters (after self) it expects.
@@ -72,8 +73,9 @@ def trainer_restores_vit_weights(trainer: Trainer) -> bool:
     continues from the initial vision blocks."""
     global _TRAINER_RESTORES_VIT
     if _TRAINER_RESTORES_VIT is None:
-        config = ViTConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=8,
-                           image_size=4, patch_size=2)
+        config = ViTConfig(
+            hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=8, image_size=4, patch_size=2
+        )
         trainer_logger = logging.getLogger("transformers.trainer")
         bars, level = transformers_logging.is_progress_bar_enabled(), trainer_logger.level
         transformers_logging.disable_progress_bar()
@@ -88,8 +90,9 @@ def trainer_restores_vit_weights(trainer: Trainer) -> bool:
                         parameter.zero_()
                 Trainer._load_from_checkpoint(trainer, folder, loaded)
                 expected = saved.state_dict()
-                _TRAINER_RESTORES_VIT = all(torch.equal(value, expected[name])
-                                            for name, value in loaded.state_dict().items())
+                _TRAINER_RESTORES_VIT = all(
+                    torch.equal(value, expected[name]) for name, value in loaded.state_dict().items()
+                )
         finally:
             trainer_logger.setLevel(level)
             if bars:
@@ -202,8 +205,10 @@ class BridgeTrainer(Trainer):
         if self.args.should_save:
             staged = os.path.join(staging_root, name)
             if not os.path.isdir(staged):
-                raise RuntimeError(f"Trainer (transformers {transformers.__version__}) wrote no {staged}: "
-                                   "BridgeTrainer._save_checkpoint no longer matches Trainer._save_checkpoint.")
+                raise RuntimeError(
+                    f"Trainer (transformers {transformers.__version__}) wrote no {staged}: "
+                    "BridgeTrainer._save_checkpoint no longer matches Trainer._save_checkpoint."
+                )
             # Trainer creates the staging folders with os.makedirs (umask modes); the weights need fixing, though.
             apply_default_permissions(staged)
             replace_directory(staged, os.path.join(run_dir, name))
@@ -211,8 +216,12 @@ class BridgeTrainer(Trainer):
             best = self.state.best_model_checkpoint
             if best and best.startswith(staging_root):
                 self.state.best_model_checkpoint = os.path.join(run_dir, os.path.relpath(best, staging_root))
-            rotate_checkpoints(output_dir=run_dir, save_total_limit=self.args.save_total_limit,
-                               best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)
+            rotate_checkpoints(
+                output_dir=run_dir,
+                save_total_limit=self.args.save_total_limit,
+                best_model_checkpoint=self.state.best_model_checkpoint,
+                use_mtime=True,
+            )
         self.accelerator.wait_for_everyone()
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
@@ -232,9 +241,13 @@ class BridgeTrainer(Trainer):
         """#43701 applies: a full `PreTrainedModel` checkpoint (not DeepSpeed, FSDP or a PEFT adapter, which take
         Trainer's own path) and a Trainer whose own loading loses ViT weights."""
         return (
-            isinstance(model, PreTrainedModel) and not self.is_deepspeed_enabled and not self.is_fsdp_enabled
-            and any(os.path.isfile(os.path.join(checkpoint, name))
-                    for name in (SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME, WEIGHTS_NAME, WEIGHTS_INDEX_NAME))
+            isinstance(model, PreTrainedModel)
+            and not self.is_deepspeed_enabled
+            and not self.is_fsdp_enabled
+            and any(
+                os.path.isfile(os.path.join(checkpoint, name))
+                for name in (SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME, WEIGHTS_NAME, WEIGHTS_INDEX_NAME)
+            )
             and not trainer_restores_vit_weights(self)
         )
 
@@ -247,5 +260,10 @@ class BridgeTrainer(Trainer):
         model.load_state_dict(loaded.state_dict())  # strict
 
 
-__all__ = ["BridgeTrainer", "check_private_trainer_api", "replace_directory", "save_pretrained_atomically",
-           "trainer_restores_vit_weights"]
+__all__ = [
+    "BridgeTrainer",
+    "check_private_trainer_api",
+    "replace_directory",
+    "save_pretrained_atomically",
+    "trainer_restores_vit_weights",
+]
