@@ -540,6 +540,7 @@ class BridgePreTrainedModel(PreTrainedModel):
             raise
         bridge = getattr(model, model.base_model_prefix, model)
         prefix = "" if bridge is model else f"{model.base_model_prefix}."
+        # BridgeModel's parts only: pre-training heads missing from a BridgeModel folder are new, as in any XForY
         core = tuple(f"{prefix}{name}." for name, _ in bridge.named_children())
         missing = sorted(k for k in info.get("missing_keys", ()) if k.startswith(core))
         unexpected = sorted(k for k in info.get("unexpected_keys", ()) if "interaction_layers." in k)
@@ -602,7 +603,11 @@ def damaged_safetensors_files(folder) -> list[str]:
 
 
 class BridgeModel(BridgePreTrainedModel):
-    """BRIDGE: vision tower + text tower + interaction layers, with unimodal and fused (pairwise) scoring."""
+    """BRIDGE: vision tower + text tower + interaction encoder, the projections, `logit_scale` and the ITM head: what
+    unimodal, fused and ITM scoring need. Training-only heads live in `BridgeForPreTraining`."""
+
+    # Checkpoints saved before the pre-training heads moved to BridgeForPreTraining hold them at the top level.
+    _keys_to_ignore_on_load_unexpected = [r"^(bridge\.)?(mlm_head|mim_head|itc_alpha)\."]
 
     def __init__(
         self,
@@ -633,10 +638,7 @@ class BridgeModel(BridgePreTrainedModel):
         self.vision_cross_projection = nn.Linear(config.shared_dim, p)
         self.text_cross_projection = nn.Linear(config.shared_dim, p)
         self.logit_scale = BridgeScalar(config.logit_scale_init_value)
-        self.itc_alpha = BridgeScalar(config.itc_alpha_init_value)
         self.itm_head = BridgeITMHead(config)
-        self.mlm_head = BridgePredictionHead(dt, config.text_config.vocab_size)
-        self.mim_head = BridgePredictionHead(dv, dv)
         self.post_init()
 
     @classmethod
@@ -1091,8 +1093,30 @@ class BridgeForPreTraining(BridgePreTrainedModel):
     ):
         bridge = BridgeModel(config, vision_model=vision_model, text_model=text_model)
         super().__init__(bridge.config)
+        config = bridge.config
+        dv, dt = config.vision_config.hidden_size, config.text_config.hidden_size
         self.bridge = bridge
+        # Training-only: sigmoid(itc_alpha) mixes cross and unimodal ITC; the MLM head reads the final text states,
+        # the MIM head the final vision states. The MLM decoder is not tied to the text tower's word embeddings: the
+        # original does not tie it, and the recipe freezes the embeddings in every stage, which would freeze it too.
+        self.itc_alpha = BridgeScalar(config.itc_alpha_init_value)
+        self.mlm_head = BridgePredictionHead(dt, config.text_config.vocab_size)
+        self.mim_head = BridgePredictionHead(dv, dv)
         self.post_init()
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """Also reads checkpoints saved before the pre-training heads moved here from BridgeModel (`bridge.mlm_head.*`
+        -> `mlm_head.*`, and the same for `mim_head` and `itc_alpha`)."""
+        legacy = r"^bridge\.(mlm_head|mim_head|itc_alpha)\."
+        key_mapping = {legacy: r"\1.", **(kwargs.pop("key_mapping", None) or {})}
+        loaded = super().from_pretrained(pretrained_model_name_or_path, *args, key_mapping=key_mapping, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded
+        # transformers reverts load-time renamings on save; this one is a migration, so saves use the new layout.
+        conversions = getattr(model, "_weight_conversions", None)
+        if isinstance(conversions, list):
+            model._weight_conversions = [c for c in conversions if legacy not in getattr(c, "source_patterns", ())]
+        return loaded
 
     def get_image_features(self, *args, **kwargs) -> BaseModelOutputWithPooling:
         return self.bridge.get_image_features(*args, **kwargs)
@@ -1216,11 +1240,11 @@ class BridgeForPreTraining(BridgePreTrainedModel):
                               pair_chunk_size=vision_states.shape[0])
         mlm_loss = mim_loss = mlm_logits = mim_logits = None
         if use_mlm:
-            mlm_logits = bridge.mlm_head(out.text_last_hidden_state)
+            mlm_logits = self.mlm_head(out.text_last_hidden_state)
             mlm_loss = masked_token_loss(mlm_logits, mlm_labels)
         if use_mim:
             first_patch = config.num_vision_positions - mim_mask.shape[1]  # CLS / register tokens come first
-            mim_logits = bridge.mim_head(out.vision_last_hidden_state[:, first_patch:])
+            mim_logits = self.mim_head(out.vision_last_hidden_state[:, first_patch:])
             targets = vision.last_hidden_state[:, first_patch:].detach()
             mim_loss = masked_patch_loss(mim_logits, targets, mim_mask)
         return mlm_loss, mim_loss, mlm_logits, mim_logits
@@ -1299,7 +1323,7 @@ class BridgeForPreTraining(BridgePreTrainedModel):
                 )
                 unimodal_itc = (F.cross_entropy(logits_per_image, targets)
                                 + F.cross_entropy(logits_per_text, targets)) / 2
-                share = torch.sigmoid(bridge.itc_alpha())
+                share = torch.sigmoid(self.itc_alpha())
                 losses["itc"] = share * cross_itc + (1 - share) * unimodal_itc
                 losses["itm"] = itm
                 fields.update(

@@ -1,4 +1,5 @@
-"""Conversion of checkpoints of the original BRIDGE research code (github.com/jfeinashley/BRIDGE) to `BridgeModel`.
+"""Conversion of checkpoints of the original BRIDGE research code (github.com/jfeinashley/BRIDGE) to BRIDGE (a
+`BridgeForPreTraining`: the scoring `BridgeModel` under `bridge.` plus the pre-training heads the original holds).
 
 Library code, not Hub code. The original model (`CrossModalVLM`) wraps a `ViTModel` and a `BertModel`
 (`vision_encoder.vit.*`, `text_encoder.bert.*`, both built with their pooling layer, which its forward never uses),
@@ -32,7 +33,7 @@ from safetensors.torch import save_file
 from transformers import AutoImageProcessor, AutoTokenizer, BertConfig, ViTConfig
 
 from .configuration_bridge import BridgeConfig
-from .modeling_bridge import BridgeModel
+from .modeling_bridge import BridgeForPreTraining
 from .processing_bridge import BridgeProcessor
 
 
@@ -386,20 +387,33 @@ def _optional(loader, source: str, what: str):
 # ----------------------------------------------------------------------------------------------------------------
 
 
+# The converted checkpoint is a BridgeForPreTraining (the original holds the pre-training heads too): BridgeModel's
+# weights under `bridge.`, these at the top. Names below are "flat" (without `bridge.`), as the mapping tables write.
+_PRETRAINING_ONLY = ("mlm_head.", "mim_head.", "itc_alpha.")
+
+
+def _flat(key: str) -> str:
+    return key.removeprefix("bridge.")
+
+
+def _checkpoint_key(flat_key: str) -> str:
+    return flat_key if flat_key.startswith(_PRETRAINING_ONLY) else f"bridge.{flat_key}"
+
+
 def _expected_checkpoint_tensors(config: BridgeConfig) -> dict[str, torch.Size]:
-    """On-disk names and shapes of a BridgeModel with this config (what `save_pretrained` would write), found by
-    building it on the meta device: the towers' names are whatever transformers writes for them."""
+    """Flat on-disk names and shapes of a BridgeForPreTraining with this config (what `save_pretrained` would
+    write), found by building it on the meta device: the towers' names are whatever transformers writes for them."""
     from transformers.core_model_loading import revert_weight_conversion
 
     with torch.device("meta"):
-        model = BridgeModel(config)
-    return {k: v.shape for k, v in revert_weight_conversion(model, model.state_dict()).items()}
+        model = BridgeForPreTraining(config)
+    return {_flat(k): v.shape for k, v in revert_weight_conversion(model, model.state_dict()).items()}
 
 
 def _in_memory_tensors(config: BridgeConfig) -> dict[str, torch.Size]:
     with torch.device("meta"):
-        model = BridgeModel(config)
-    return {k: v.shape for k, v in model.state_dict().items()}
+        model = BridgeForPreTraining(config)
+    return {_flat(k): v.shape for k, v in model.state_dict().items()}
 
 
 def map_original_state_dict(state_dict: dict[str, torch.Tensor], config: BridgeConfig) -> dict[str, torch.Tensor]:
@@ -534,8 +548,9 @@ def convert_original_checkpoint(
     config_path: str | os.PathLike | None = None,
     vision_model: str | None = None,
     text_model: str | None = None,
-) -> tuple[BridgeModel, BridgeProcessor | None, OriginalConfig]:
-    """Load an original checkpoint as a BridgeModel (eval mode), with the towers' processor when one is found.
+) -> tuple[BridgeForPreTraining, BridgeProcessor | None, OriginalConfig]:
+    """Load an original checkpoint as a BridgeForPreTraining (eval mode; `.bridge` is the BridgeModel that scores,
+    and `AutoModel` reads a saved one as such), with the towers' processor when one is found.
 
     `config_path` is the training YAML; without it, the config stored in the checkpoint is used. `vision_model` /
     `text_model` replace the YAML's `model_name` entries (for the tower configs and the processor only: all weights
@@ -555,14 +570,15 @@ def convert_original_checkpoint(
     try:
         # Loading through from_pretrained lets transformers translate the towers' on-disk names to its in-memory ones.
         config.save_pretrained(staging)
+        weights = {_checkpoint_key(k): v for k, v in weights.items()}
         save_file(weights, staging / "model.safetensors", metadata={"format": "pt"})
         del weights
-        model, info = BridgeModel.from_pretrained(staging, output_loading_info=True)
+        model, info = BridgeForPreTraining.from_pretrained(staging, output_loading_info=True)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     problems = {k: v for k, v in info.items() if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v}
     if problems:
-        raise ConversionError(f"the mapped weights did not load cleanly into BridgeModel: {problems}")
+        raise ConversionError(f"the mapped weights did not load cleanly into BridgeForPreTraining: {problems}")
     image_processor = _optional(AutoImageProcessor.from_pretrained, parsed.vision_source, "image processor")
     tokenizer = _optional(AutoTokenizer.from_pretrained, parsed.text_source, "tokenizer")
     processor = None

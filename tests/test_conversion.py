@@ -254,7 +254,8 @@ class OriginalReference:
 
 def test_every_converted_parameter_equals_its_source(converted, tmp_path):
     sd, model, _, _ = converted
-    params = model.state_dict()
+    # the conversion is a BridgeForPreTraining: BridgeModel's weights under `bridge.`, the pre-training heads on top
+    params = {k.removeprefix("bridge."): v for k, v in model.state_dict().items()}
     layer_names = {
         "Q_text": "text_attention.q_proj",
         "K_vision_to_text": "text_attention.k_proj",
@@ -309,7 +310,7 @@ def test_every_converted_parameter_equals_its_source(converted, tmp_path):
     assert checked == len([k for k in sd if not k.startswith(("vision_encoder.", "text_encoder."))])
     # Towers: what save_pretrained writes (the on-disk names) equals the checkpoint's tensors; poolers are dropped.
     for attr, prefix in (("vision_model", "vision_encoder.vit."), ("text_model", "text_encoder.bert.")):
-        getattr(model, attr).save_pretrained(tmp_path / attr)
+        getattr(model.bridge, attr).save_pretrained(tmp_path / attr)
         saved = load_file(tmp_path / attr / "model.safetensors")
         source = {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix) and ".pooler." not in k}
         assert saved.keys() == source.keys()
@@ -330,8 +331,8 @@ def test_converted_model_reproduces_the_original_on_unpadded_pairs(converted, to
     pixel_values = torch.randn(3, 3, IMAGE_SIZE, IMAGE_SIZE, generator=g)
     input_ids = torch.randint(5, len(VOCAB), (2, TEXT_LEN), generator=g)
     with torch.no_grad():
-        out = model(pixel_values=pixel_values, input_ids=input_ids, score="fused")
-        itm_scores = model(pixel_values=pixel_values, input_ids=input_ids, score="itm").logits_per_image
+        out = model.bridge(pixel_values=pixel_values, input_ids=input_ids, score="fused")
+        itm_scores = model.bridge(pixel_values=pixel_values, input_ids=input_ids, score="itm").logits_per_image
     for i in range(3):
         for j in range(2):
             u_v, u_t, fused, itm = reference(pixel_values[i : i + 1], input_ids[j : j + 1])
@@ -366,7 +367,7 @@ def test_cli_writes_a_folder_that_automodel_loads(towers, tmp_path, converted):
     assert not [p for p in tmp_path.iterdir() if ".partial-" in p.name]
     reloaded = AutoModel.from_pretrained(out).eval()
     assert type(reloaded) is BridgeModel
-    for key, value in model.state_dict().items():
+    for key, value in model.bridge.state_dict().items():
         assert torch.equal(reloaded.state_dict()[key], value), key
 
 
@@ -515,7 +516,8 @@ def test_key_mapping_inverts_over_both_schemas(towers, converted):
         if ".pooler." not in key:
             assert ours is not None and bridge_to_original_key(ours) == key, key
     saved = _expected_checkpoint_tensors(model.config)
-    for ours in list(saved) + list(model.state_dict()):  # on-disk and in-memory tower names
+    flat = [k.removeprefix("bridge.") for k in model.state_dict()]
+    for ours in list(saved) + flat:  # on-disk and in-memory tower names
         original = bridge_to_original_key(ours)
         assert original is not None and original_to_bridge_key(original) == ours, ours
     assert bridge_to_original_key("interaction_layers.3.vision_gate.value") == "interaction_layers.3.gate_vision_bias"

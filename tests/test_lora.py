@@ -52,7 +52,7 @@ INTERACTION = [
     for d in ("text", "vision")
     for p in ("q_proj", "k_proj", "v_proj", "o_proj")
 ]
-SCALARS = {"bridge.logit_scale", "bridge.itc_alpha"} | {
+SCALARS = {"bridge.logit_scale", "itc_alpha"} | {
     f"bridge.interaction_layers.{i}.{name}"
     for i in LAYERS
     for name in ("text_gate", "vision_gate", "text_attention.temperature", "vision_attention.temperature")

@@ -137,7 +137,7 @@ def test_pairwise_objective_with_every_negative_equals_the_full_score_matrix_los
     off_diagonal = match[~torch.eye(batch, dtype=torch.bool)]
     # each off-diagonal pair is mined twice (once per anchor direction); the mean is unchanged
     assert out.itm_loss.item() == pytest.approx(match_loss(match.diagonal(), off_diagonal).item(), abs=1e-5)
-    share = torch.sigmoid(model.bridge.itc_alpha.value)
+    share = torch.sigmoid(model.itc_alpha.value)
     expected_itc = share * out.cross_itc_loss + (1 - share) * out.unimodal_itc_loss
     assert out.itc_loss.item() == pytest.approx(expected_itc.item(), abs=1e-6)
     assert out.loss.item() == pytest.approx((out.itc_loss + out.itm_loss).item(), abs=1e-6)

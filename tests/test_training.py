@@ -85,7 +85,7 @@ def test_apply_training_stage_on_every_tower_type(vision, text):
     stage = apply_training_stage(model, "a")
     assert stage.stage == "a"
     # stage A has no MLM / MIM: their heads would get no gradient, so they stay frozen
-    unused_heads = {n for n in bridge_names if n.startswith(("bridge.mlm_head.", "bridge.mim_head."))}
+    unused_heads = {n for n in bridge_names if n.startswith(("mlm_head.", "mim_head."))}
     assert unused_heads and _trainable(model) == bridge_names - unused_heads
     for field in LOSS_WEIGHT_FIELDS:
         assert getattr(model.config, field) == stage.loss_weights[field[: -len("_loss_weight")]]

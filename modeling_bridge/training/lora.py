@@ -155,6 +155,8 @@ def make_lora_model(
             raise ValueError("target_modules is empty: give module names, a regex, or None for the defaults.")
     if modules_to_save:
         present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+        if modules_to_save is DEFAULT_MODULES_TO_SAVE:  # itc_alpha exists on BridgeForPreTraining only
+            modules_to_save = [name for name in modules_to_save if name in present]
         missing = [name for name in modules_to_save if name.rsplit(".", 1)[-1] not in present]
         if missing:
             raise ValueError(f"modules_to_save {missing} name no module of {type(model).__name__}.")

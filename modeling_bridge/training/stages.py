@@ -158,9 +158,13 @@ def apply_training_stage(model: nn.Module, stage: TrainingStage | str | os.PathL
     if any("lora_" in name for name, _ in model.named_parameters()):
         # A PEFT adapter decides what trains; unfreezing here would train the frozen base weights under it.
         return stage
-    for name, module in bridge.named_children():
-        if name not in ("vision_model", "text_model"):
-            module.requires_grad_(True)
+    # What BRIDGE adds: the BridgeModel's own parts, and the heads of the model around it (BridgeForPreTraining's
+    # MLM / MIM heads and itc_alpha).
+    added = {name: module for name, module in bridge.named_children() if name not in ("vision_model", "text_model")}
+    if model is not bridge:
+        added.update((name, module) for name, module in model.named_children() if module is not bridge)
+    for module in added.values():
+        module.requires_grad_(True)
     # Heads of disabled objectives get no gradient; trainable but unused parameters break DDP without
     # find_unused_parameters (Trainer turns it off under gradient checkpointing).
     for head, weight_field in (
@@ -168,8 +172,8 @@ def apply_training_stage(model: nn.Module, stage: TrainingStage | str | os.PathL
         ("mim_head", "mim_loss_weight"),
         ("itm_head", "itm_loss_weight"),
     ):
-        if getattr(bridge.config, weight_field) == 0:
-            getattr(bridge, head).requires_grad_(False)
+        if getattr(bridge.config, weight_field) == 0 and head in added:
+            added[head].requires_grad_(False)
     set_tower_trainable_blocks(bridge.vision_model, stage.vision_trainable_blocks, "vision")
     set_tower_trainable_blocks(bridge.text_model, stage.text_trainable_blocks, "text")
     return stage
