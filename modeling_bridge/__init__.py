@@ -28,6 +28,7 @@ from .modeling_bridge import (
 from .pipelines import BridgeZeroShotImageClassificationPipeline
 from .processing_bridge import BridgeProcessor
 
+
 __version__ = "0.1.0"
 
 AutoConfig.register(BridgeConfig.model_type, BridgeConfig, exist_ok=True)

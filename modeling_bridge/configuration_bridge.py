@@ -12,6 +12,7 @@ from typing import Literal
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
+
 PoolingType = Literal["mean", "cls", "max"]
 ScoreMode = Literal["unimodal", "fused", "itm"]
 CrossEmbedSource = Literal["output", "layer_input"]
@@ -165,8 +166,9 @@ class BridgeConfig(PreTrainedConfig):
                     'model type, e.g. {"model_type": "vit", ...}, or pass a config object such as ViTConfig(...).'
                 )
             if tower is not None and not isinstance(tower, (dict, PreTrainedConfig)):
-                raise ValueError(f"BridgeConfig.{name} must be a dict or a PreTrainedConfig, got "
-                                 f"{type(tower).__name__}.")
+                raise ValueError(
+                    f"BridgeConfig.{name} must be a dict or a PreTrainedConfig, got {type(tower).__name__}."
+                )
         super().__post_init__(**kwargs)
         tower_limit = text_tower_max_length(self.text_config)
         if self.max_text_positions is None:
@@ -183,7 +185,11 @@ class BridgeConfig(PreTrainedConfig):
             if field in ("vision_config", "text_config"):
                 continue
             value = getattr(self, field)
-            allowed = typing.get_args(expected) if typing.get_origin(expected) in (typing.Union, types.UnionType) else (expected,)
+            allowed = (
+                typing.get_args(expected)
+                if typing.get_origin(expected) in (typing.Union, types.UnionType)
+                else (expected,)
+            )
             if value is None and type(None) in allowed:
                 continue
             if typing.get_origin(expected) is Literal:
@@ -205,27 +211,46 @@ class BridgeConfig(PreTrainedConfig):
             if not ok:
                 raise ValueError(f"BridgeConfig.{field}={getattr(self, field)!r}: {message}")
 
-        for field in ("num_interaction_layers", "shared_dim", "num_interaction_heads", "projection_dim",
-                      "pair_chunk_size", "max_text_positions", "num_vision_positions", "num_hard_negatives"):
+        for field in (
+            "num_interaction_layers",
+            "shared_dim",
+            "num_interaction_heads",
+            "projection_dim",
+            "pair_chunk_size",
+            "max_text_positions",
+            "num_vision_positions",
+            "num_hard_negatives",
+        ):
             check(getattr(self, field) >= 1, field, "must be a positive integer")
-        check(self.shared_dim % self.num_interaction_heads == 0, "shared_dim",
-              f"must be divisible by num_interaction_heads={self.num_interaction_heads}")
+        check(
+            self.shared_dim % self.num_interaction_heads == 0,
+            "shared_dim",
+            f"must be divisible by num_interaction_heads={self.num_interaction_heads}",
+        )
         for field in ("interaction_dropout", "attention_dropout", "itm_dropout"):
             check(0.0 <= getattr(self, field) < 1.0, field, "must be a probability in [0, 1)")
         check(self.init_temperature > 0, "init_temperature", "must be > 0 (tau = softplus(theta) is positive)")
         check(self.initializer_range >= 0, "initializer_range", "must be >= 0")
-        check(0.0 <= self.itm_margin_min <= self.itm_margin_max, "itm_margin_min",
-              f"must satisfy 0 <= itm_margin_min <= itm_margin_max (={self.itm_margin_max})")
+        check(
+            0.0 <= self.itm_margin_min <= self.itm_margin_max,
+            "itm_margin_min",
+            f"must satisfy 0 <= itm_margin_min <= itm_margin_max (={self.itm_margin_max})",
+        )
         for field in LOSS_WEIGHT_FIELDS:
             check(getattr(self, field) >= 0, field, "must be >= 0 (0 disables the component)")
-        check(tower_limit is None or self.max_text_positions <= tower_limit, "max_text_positions",
-              f"exceeds the {tower_limit} positions of the text tower ({self.text_config.model_type}); "
-              f"use at most {tower_limit}")
+        check(
+            tower_limit is None or self.max_text_positions <= tower_limit,
+            "max_text_positions",
+            f"exceeds the {tower_limit} positions of the text tower ({self.text_config.model_type}); "
+            f"use at most {tower_limit}",
+        )
         for name in ("vision_config", "text_config"):
             tower = getattr(self, name)
             if getattr(tower, "hidden_size", None) is None:
-                raise ValueError(f"BridgeConfig.{name}: a {tower.model_type!r} config has no `hidden_size`; "
-                                 "pass the config of an encoder tower (e.g. the vision part of CLIP).")
+                raise ValueError(
+                    f"BridgeConfig.{name}: a {tower.model_type!r} config has no `hidden_size`; "
+                    "pass the config of an encoder tower (e.g. the vision part of CLIP)."
+                )
 
     @classmethod
     def from_vision_text_configs(cls, vision_config: PreTrainedConfig, text_config: PreTrainedConfig, **kwargs):

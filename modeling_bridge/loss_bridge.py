@@ -143,7 +143,7 @@ def masked_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tenso
 
 def mask_image_patches(pixel_values: torch.Tensor, mim_mask: torch.Tensor, patch_size) -> torch.Tensor:
     """Zero (the normalised mean colour) the pixels of every masked patch; mim_mask is (B, patches) in raster order."""
-    ph, pw = (tuple(patch_size) if isinstance(patch_size, (list, tuple)) else (patch_size, patch_size))
+    ph, pw = tuple(patch_size) if isinstance(patch_size, (list, tuple)) else (patch_size, patch_size)
     batch, _, height, width = pixel_values.shape
     grid = (height // ph, width // pw)
     if tuple(mim_mask.shape) != (batch, grid[0] * grid[1]):

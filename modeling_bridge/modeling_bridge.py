@@ -14,10 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import AutoConfig, AutoModel, PreTrainedModel
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput, can_return_tuple, logging
 
 from .configuration_bridge import SCORE_MODES, BridgeConfig
@@ -35,6 +35,7 @@ from .loss_bridge import (
     mine_hard_negatives,
     pad_sequence_dim,
 )
+
 
 logger = logging.get_logger(__name__)
 
@@ -249,7 +250,13 @@ class BridgeCrossAttention(nn.Module):
                 self.config._attn_implementation, bridge_eager_attention_forward
             )
         attended, probs = attention_interface(
-            self, query, key, value, bias, dropout=self.attention_dropout if self.training else 0.0, scaling=1.0,
+            self,
+            query,
+            key,
+            value,
+            bias,
+            dropout=self.attention_dropout if self.training else 0.0,
+            scaling=1.0,
             is_causal=False,
         )
         return self.output_dropout(self.o_proj(attended.flatten(2))), probs
@@ -376,16 +383,28 @@ class BridgeInteractionEncoder(nn.ModuleList):
             raise ValueError("Give both image_index and text_index (the pairs), or neither (aligned pairs).")
         if image_index is None:
             if vision_hidden_state.shape[0] != text_hidden_state.shape[0]:
-                raise ValueError(f"Aligned pairs need as many images ({vision_hidden_state.shape[0]}) as texts "
-                                 f"({text_hidden_state.shape[0]}); pass image_index / text_index for other pairs.")
+                raise ValueError(
+                    f"Aligned pairs need as many images ({vision_hidden_state.shape[0]}) as texts "
+                    f"({text_hidden_state.shape[0]}); pass image_index / text_index for other pairs."
+                )
             image_index = text_index = torch.arange(vision_hidden_state.shape[0], device=vision_hidden_state.device)
         first = self[0]
         vision_cache = first.project_vision_stream(vision_hidden_state)
         text_cache = first.project_text_stream(text_hidden_state)
         chunk = pair_chunk_size or self.config.pair_chunk_size
         outputs = [
-            self._run_pairs(vision_hidden_state, text_hidden_state, attention_mask, vision_cache, text_cache,
-                            images, texts, output_attentions, output_hidden_states, output_last_hidden_state)
+            self._run_pairs(
+                vision_hidden_state,
+                text_hidden_state,
+                attention_mask,
+                vision_cache,
+                text_cache,
+                images,
+                texts,
+                output_attentions,
+                output_hidden_states,
+                output_last_hidden_state,
+            )
             for images, texts in zip(image_index.split(chunk), text_index.split(chunk))
         ]
         if len(outputs) == 1:
@@ -399,8 +418,19 @@ class BridgeInteractionEncoder(nn.ModuleList):
                 merged[key] = torch.cat([o[key] for o in outputs])
         return BridgeInteractionOutput(**merged)
 
-    def _run_pairs(self, vision_hidden_state, text_hidden_state, attention_mask, vision_cache, text_cache,
-                   image_index, text_index, output_attentions, output_hidden_states, output_last_hidden_state):
+    def _run_pairs(
+        self,
+        vision_hidden_state,
+        text_hidden_state,
+        attention_mask,
+        vision_cache,
+        text_cache,
+        image_index,
+        text_index,
+        output_attentions,
+        output_hidden_states,
+        output_last_hidden_state,
+    ):
         vision, text = vision_hidden_state.index_select(0, image_index), text_hidden_state.index_select(0, text_index)
         mask = None if attention_mask is None else attention_mask.index_select(0, text_index)
         padding_bias = self.text_padding_bias(mask, text.dtype)
@@ -456,7 +486,7 @@ class BridgeITMHead(nn.Module):
 
 
 class BridgePredictionHead(nn.Module):
-    """Linear -> LayerNorm -> GELU -> Linear: the MLM head (to the vocabulary) and the MIM head (to vision features)."""
+    """Linear -> LayerNorm -> GELU -> Linear: the MLM head (to the vocabulary), the MIM head (to vision features)."""
 
     def __init__(self, hidden_size: int, output_size: int):
         super().__init__()
@@ -547,12 +577,14 @@ class BridgePreTrainedModel(PreTrainedModel):
         if missing or unexpected:
             message = (
                 f"The weights in {pretrained_model_name_or_path} do not match its BridgeConfig "
-                f"(num_interaction_layers={model.config.num_interaction_layers}, shared_dim={model.config.shared_dim})."
+                f"(num_interaction_layers={model.config.num_interaction_layers}, "
+                f"shared_dim={model.config.shared_dim})."
                 f" Missing keys: {missing or 'none'}. Unexpected keys: {unexpected or 'none'}."
             )
             if not wants_info:
-                raise ValueError(f"{message} Fix config.json to describe the saved model, or re-save / re-convert "
-                                 "the checkpoint.")
+                raise ValueError(
+                    f"{message} Fix config.json to describe the saved model, or re-save / re-convert the checkpoint."
+                )
             logger.warning(f"{message} The missing parameters are randomly initialised.")
         return (model, info) if wants_info else model
 
@@ -579,8 +611,9 @@ def check_local_path(name, what: str) -> None:
     """Raise FileNotFoundError naming `name` when it is a local-looking path that does not exist (transformers would
     report it as an invalid Hub repo id instead)."""
     if _looks_like_local_path(name) and not os.path.exists(os.path.expanduser(os.fspath(name))):
-        raise FileNotFoundError(f"The {what} {os.fspath(name)!r} does not exist (a local path, not a Hub repo id); "
-                                "check the path.")
+        raise FileNotFoundError(
+            f"The {what} {os.fspath(name)!r} does not exist (a local path, not a Hub repo id); check the path."
+        )
 
 
 def damaged_safetensors_files(folder) -> list[str]:
@@ -709,8 +742,10 @@ class BridgeModel(BridgePreTrainedModel):
 
     def _check_pixel_values(self, pixel_values):
         if not isinstance(pixel_values, torch.Tensor):
-            raise TypeError(f"pixel_values must be a torch.Tensor, got {type(pixel_values).__name__}; prepare images "
-                            'with BridgeProcessor(images=..., return_tensors="pt").')
+            raise TypeError(
+                f"pixel_values must be a torch.Tensor, got {type(pixel_values).__name__}; prepare images "
+                'with BridgeProcessor(images=..., return_tensors="pt").'
+            )
         if not pixel_values.is_floating_point():
             raise ValueError(
                 f"pixel_values have dtype {pixel_values.dtype}: raw integer pixels would be used unnormalised. "
@@ -734,16 +769,23 @@ class BridgeModel(BridgePreTrainedModel):
             )
 
     def _check_text(self, input_ids, attention_mask, token_type_ids):
-        for name, tensor in (("input_ids", input_ids), ("attention_mask", attention_mask),
-                             ("token_type_ids", token_type_ids)):
+        for name, tensor in (
+            ("input_ids", input_ids),
+            ("attention_mask", attention_mask),
+            ("token_type_ids", token_type_ids),
+        ):
             if tensor is None:
                 continue
             if not isinstance(tensor, torch.Tensor):
-                raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}; tokenize with "
-                                'BridgeProcessor(text=..., return_tensors="pt").')
+                raise TypeError(
+                    f"{name} must be a torch.Tensor, got {type(tensor).__name__}; tokenize with "
+                    'BridgeProcessor(text=..., return_tensors="pt").'
+                )
             if tensor.is_floating_point() or tensor.is_complex():
-                raise ValueError(f"{name} has dtype {tensor.dtype}; it must hold integers (torch.long), as the "
-                                 "tokenizer returns them.")
+                raise ValueError(
+                    f"{name} has dtype {tensor.dtype}; it must hold integers (torch.long), as the "
+                    "tokenizer returns them."
+                )
             if name != "input_ids" and tuple(tensor.shape) != tuple(input_ids.shape):
                 raise ValueError(
                     f"{name} has shape {tuple(tensor.shape)} but input_ids has {tuple(input_ids.shape)}: their batch "
@@ -769,8 +811,10 @@ class BridgeModel(BridgePreTrainedModel):
         if token_type_ids is not None and type_vocab_size is not None:
             low, high = int(token_type_ids.min()), int(token_type_ids.max())
             if low < 0 or high >= type_vocab_size:
-                raise ValueError(f"token_type_ids hold values from {low} to {high}; the text tower has "
-                                 f"{type_vocab_size} token types (0 to {type_vocab_size - 1}).")
+                raise ValueError(
+                    f"token_type_ids hold values from {low} to {high}; the text tower has "
+                    f"{type_vocab_size} token types (0 to {type_vocab_size - 1})."
+                )
 
     def _prepare_text(self, input_ids, attention_mask, token_type_ids, position_ids):
         """Checked text inputs, truncated to `max_text_positions` when longer (a no-op on prepared inputs)."""
@@ -820,7 +864,9 @@ class BridgeModel(BridgePreTrainedModel):
 
     @can_return_tuple
     def get_image_features(
-        self, pixel_values: torch.Tensor, output_attentions: bool | None = None,
+        self,
+        pixel_values: torch.Tensor,
+        output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
     ) -> BaseModelOutputWithPooling | tuple:
         """Vision tower states, with the normalised unimodal image embedding as `pooler_output`. Honours
@@ -837,9 +883,13 @@ class BridgeModel(BridgePreTrainedModel):
 
     @can_return_tuple
     def get_text_features(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-        token_type_ids: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
-        output_attentions: bool | None = None, output_hidden_states: bool | None = None,
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
     ) -> BaseModelOutputWithPooling | tuple:
         """Text tower states, with the normalised unimodal text embedding as `pooler_output`. Texts longer than
         `max_text_positions` are truncated (with a warning). Honours `return_dict` and the config's `output_*`."""
@@ -848,7 +898,9 @@ class BridgeModel(BridgePreTrainedModel):
         )
         output_attentions, output_hidden_states = self._output_flags(output_attentions, output_hidden_states)
         # Only what was given: not every text tower takes token_type_ids (DistilBERT does not).
-        extra = {k: v for k, v in (("token_type_ids", token_type_ids), ("position_ids", position_ids)) if v is not None}
+        extra = {
+            k: v for k, v in (("token_type_ids", token_type_ids), ("position_ids", position_ids)) if v is not None
+        }
         outputs = self.text_model(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -877,9 +929,15 @@ class BridgeModel(BridgePreTrainedModel):
         pairs when both are None; see `BridgeInteractionEncoder`) and add each pair's fused embeddings, fused logit
         and ITM logits."""
         out = self.interaction_layers(
-            vision_hidden_state, text_hidden_state, attention_mask, image_index, text_index,
-            output_attentions=output_attentions, output_hidden_states=output_hidden_states,
-            output_last_hidden_state=output_last_hidden_state, pair_chunk_size=pair_chunk_size,
+            vision_hidden_state,
+            text_hidden_state,
+            attention_mask,
+            image_index,
+            text_index,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            output_last_hidden_state=output_last_hidden_state,
+            pair_chunk_size=pair_chunk_size,
         )
         cross_image_embeds = F.normalize(self.vision_cross_projection(out.pooled_vision), dim=-1)
         cross_text_embeds = F.normalize(self.text_cross_projection(out.pooled_text), dim=-1)
@@ -906,12 +964,19 @@ class BridgeModel(BridgePreTrainedModel):
         n_images, n_texts = vision_hidden_state.shape[0], text_hidden_state.shape[0]
         pair_ids = torch.arange(n_images * n_texts, device=vision_hidden_state.device)
         out = self.interact(
-            vision_hidden_state, text_hidden_state, attention_mask, pair_ids // n_texts, pair_ids % n_texts,
-            output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+            vision_hidden_state,
+            text_hidden_state,
+            attention_mask,
+            pair_ids // n_texts,
+            pair_ids % n_texts,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
         )
 
         def grid(value):
-            return tuple(grid(v) for v in value) if isinstance(value, tuple) else value.unflatten(0, (n_images, n_texts))
+            return (
+                tuple(grid(v) for v in value) if isinstance(value, tuple) else value.unflatten(0, (n_images, n_texts))
+            )
 
         return BridgeInteractionOutput(**{key: grid(value) for key, value in out.items()})
 
@@ -967,7 +1032,12 @@ class BridgeModel(BridgePreTrainedModel):
                 input_ids, attention_mask, token_type_ids, position_ids
             )
             text_outputs = self.get_text_features(
-                input_ids, attention_mask, token_type_ids, position_ids, output_attentions, output_hidden_states,
+                input_ids,
+                attention_mask,
+                token_type_ids,
+                position_ids,
+                output_attentions,
+                output_hidden_states,
                 return_dict=True,
             )
         image_embeds = None if vision_outputs is None else vision_outputs.pooler_output
@@ -1147,8 +1217,14 @@ class BridgeForPreTraining(BridgePreTrainedModel):
         all_image_embeds = gather_across_ranks(vision.pooler_output, with_grad=False)  # for mining only
         text_to_image = text.pooler_output @ all_image_embeds.t()
         negative_images, valid_images = mine_hard_negatives(
-            text_to_image, targets, k, config.itm_margin_min, config.itm_margin_max, duplicates,
-            semi_hard=config.negative_mining == "semi_hard", generator=generator,
+            text_to_image,
+            targets,
+            k,
+            config.itm_margin_min,
+            config.itm_margin_max,
+            duplicates,
+            semi_hard=config.negative_mining == "semi_hard",
+            generator=generator,
         )
         k = negative_images.shape[1]
 
@@ -1157,7 +1233,10 @@ class BridgeForPreTraining(BridgePreTrainedModel):
             # score ITM negatives by combining fused embeddings of two different aligned pairs.
             attention_mask = attention_mask[:, : text.last_hidden_state.shape[1]]  # local length again
             out = bridge.interact(
-                vision.last_hidden_state, text.last_hidden_state, attention_mask, output_attentions=output_attentions,
+                vision.last_hidden_state,
+                text.last_hidden_state,
+                attention_mask,
+                output_attentions=output_attentions,
                 pair_chunk_size=batch,
             )
             all_cross_image = gather_across_ranks(out.cross_image_embeds)
@@ -1166,20 +1245,28 @@ class BridgeForPreTraining(BridgePreTrainedModel):
                 F.cross_entropy(scale * out.cross_image_embeds @ all_cross_text.t(), targets)
                 + F.cross_entropy(scale * out.cross_text_embeds @ all_cross_image.t(), targets)
             ) / 2
-            itm_logits = torch.cat([
-                out.itm_logits,
-                bridge.itm_head(
-                    all_cross_image[negative_images.flatten()], out.cross_text_embeds.repeat_interleave(k, 0)
-                ),
-            ])
+            itm_logits = torch.cat(
+                [
+                    out.itm_logits,
+                    bridge.itm_head(
+                        all_cross_image[negative_images.flatten()], out.cross_text_embeds.repeat_interleave(k, 0)
+                    ),
+                ]
+            )
             negatives_valid = valid_images.flatten()
             itm = match_loss(itm_logits[:batch, 1], itm_logits[batch:, 1], negatives_valid)
         else:
             all_text_embeds = gather_across_ranks(text.pooler_output, with_grad=False)  # for mining only
             image_to_text = vision.pooler_output @ all_text_embeds.t()
             negative_texts, valid_texts = mine_hard_negatives(
-                image_to_text, targets, k, config.itm_margin_min, config.itm_margin_max, duplicates,
-                semi_hard=config.negative_mining == "semi_hard", generator=generator,
+                image_to_text,
+                targets,
+                k,
+                config.itm_margin_min,
+                config.itm_margin_max,
+                duplicates,
+                semi_hard=config.negative_mining == "semi_hard",
+                generator=generator,
             )
             # Every pair is run through the interaction stack for real: positives, (negative image, text anchor),
             # then (image anchor, negative text).
@@ -1190,8 +1277,13 @@ class BridgeForPreTraining(BridgePreTrainedModel):
             all_text_states = gather_across_ranks(pad_sequence_dim(text.last_hidden_state, length))
             # One pass over all pairs (layer 1's projections computed once per image / text inside).
             out = bridge.interact(
-                all_vision_states, all_text_states, all_attention_mask, image_index, text_index,
-                output_attentions=output_attentions, pair_chunk_size=image_index.numel(),
+                all_vision_states,
+                all_text_states,
+                all_attention_mask,
+                image_index,
+                text_index,
+                output_attentions=output_attentions,
+                pair_chunk_size=image_index.numel(),
             )
             fused, itm_logits = out.fused_logits, out.itm_logits
             text_anchored = slice(batch, batch + batch * k)
@@ -1210,23 +1302,39 @@ class BridgeForPreTraining(BridgePreTrainedModel):
                     None if out.vision_attentions is None else tuple(a[:batch] for a in out.vision_attentions)
                 ),
             )
-        itm_labels = torch.cat([
-            torch.ones(batch, dtype=torch.long, device=itm_logits.device),
-            torch.where(negatives_valid, 0, -100),
-        ])
+        itm_labels = torch.cat(
+            [
+                torch.ones(batch, dtype=torch.long, device=itm_logits.device),
+                torch.where(negatives_valid, 0, -100),
+            ]
+        )
         return cross_itc, itm, itm_logits, itm_labels, out, attention_mask
 
-    def _masked_objective(self, vision, text, pixel_values, attention_mask, token_type_ids, position_ids,
-                          mlm_input_ids, mlm_labels, mim_mask):
+    def _masked_objective(
+        self,
+        vision,
+        text,
+        pixel_values,
+        attention_mask,
+        token_type_ids,
+        position_ids,
+        mlm_input_ids,
+        mlm_labels,
+        mim_mask,
+    ):
         """One interaction pass on the masked inputs (masked text and/or masked image): MLM and MIM predictions."""
         config, bridge = self.config, self.bridge
         use_mlm, use_mim = config.mlm_loss_weight > 0, config.mim_loss_weight > 0
         if use_mlm and (mlm_input_ids is None or mlm_labels is None):
-            raise ValueError("mlm_loss_weight > 0 needs `mlm_input_ids` and `mlm_labels`: build batches with "
-                             "BridgeDataCollator(mlm_probability=...) or set mlm_loss_weight=0.")
+            raise ValueError(
+                "mlm_loss_weight > 0 needs `mlm_input_ids` and `mlm_labels`: build batches with "
+                "BridgeDataCollator(mlm_probability=...) or set mlm_loss_weight=0."
+            )
         if use_mim and mim_mask is None:
-            raise ValueError("mim_loss_weight > 0 needs `mim_mask`: build batches with "
-                             "BridgeDataCollator(mim_probability=..., num_patches=...) or set mim_loss_weight=0.")
+            raise ValueError(
+                "mim_loss_weight > 0 needs `mim_mask`: build batches with "
+                "BridgeDataCollator(mim_probability=..., num_patches=...) or set mim_loss_weight=0."
+            )
         text_states = text.last_hidden_state
         if use_mlm:
             text_states = bridge.get_text_features(
@@ -1236,8 +1344,13 @@ class BridgeForPreTraining(BridgePreTrainedModel):
         if use_mim:
             masked_pixels = mask_image_patches(pixel_values, mim_mask, config.vision_config.patch_size)
             vision_states = bridge.get_image_features(masked_pixels).last_hidden_state
-        out = bridge.interact(vision_states, text_states, attention_mask, output_last_hidden_state=True,
-                              pair_chunk_size=vision_states.shape[0])
+        out = bridge.interact(
+            vision_states,
+            text_states,
+            attention_mask,
+            output_last_hidden_state=True,
+            pair_chunk_size=vision_states.shape[0],
+        )
         mlm_loss = mim_loss = mlm_logits = mim_logits = None
         if use_mlm:
             mlm_logits = self.mlm_head(out.text_last_hidden_state)
@@ -1275,11 +1388,15 @@ class BridgeForPreTraining(BridgePreTrainedModel):
             maps of the positive pairs. Default: the config's values.
         """
         if input_ids is None or pixel_values is None:
-            raise ValueError("BridgeForPreTraining needs both pixel_values and input_ids: aligned pairs, image i "
-                             "described by text i.")
+            raise ValueError(
+                "BridgeForPreTraining needs both pixel_values and input_ids: aligned pairs, image i "
+                "described by text i."
+            )
         if pixel_values.shape[0] != input_ids.shape[0]:
-            raise ValueError(f"Got {pixel_values.shape[0]} images and {input_ids.shape[0]} texts; pre-training "
-                             "takes aligned pairs (image i described by text i), so the counts must match.")
+            raise ValueError(
+                f"Got {pixel_values.shape[0]} images and {input_ids.shape[0]} texts; pre-training "
+                "takes aligned pairs (image i described by text i), so the counts must match."
+            )
         config, bridge = self.config, self.bridge
         if input_ids.dim() == 2 and input_ids.shape[1] > config.max_text_positions:
             raise ValueError(
@@ -1291,8 +1408,15 @@ class BridgeForPreTraining(BridgePreTrainedModel):
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         vision = bridge.get_image_features(pixel_values, output_attentions, output_hidden_states, return_dict=True)
-        text = bridge.get_text_features(input_ids, attention_mask, token_type_ids, position_ids, output_attentions,
-                                        output_hidden_states, return_dict=True)
+        text = bridge.get_text_features(
+            input_ids,
+            attention_mask,
+            token_type_ids,
+            position_ids,
+            output_attentions,
+            output_hidden_states,
+            return_dict=True,
+        )
         rank, world = distributed_rank_and_world()
         batch = input_ids.shape[0]
         if return_loss and batch * world < 2:
@@ -1309,8 +1433,10 @@ class BridgeForPreTraining(BridgePreTrainedModel):
         logits_per_text = scale * text.pooler_output @ all_image_embeds.t()
 
         fields = dict(
-            logits_per_image=logits_per_image, logits_per_text=logits_per_text,
-            image_embeds=vision.pooler_output, text_embeds=text.pooler_output,
+            logits_per_image=logits_per_image,
+            logits_per_text=logits_per_text,
+            image_embeds=vision.pooler_output,
+            text_embeds=text.pooler_output,
             vision_model_output=vision if output_attentions or output_hidden_states else None,
             text_model_output=text if output_attentions or output_hidden_states else None,
         )
@@ -1318,35 +1444,58 @@ class BridgeForPreTraining(BridgePreTrainedModel):
             losses = {}
             if config.itc_loss_weight > 0 or config.itm_loss_weight > 0 or config.cycle_loss_weight > 0:
                 cross_itc, itm, itm_logits, itm_labels, positives, padded_mask = self._fused_objective(
-                    vision, text, input_ids, attention_mask, targets, scale,
+                    vision,
+                    text,
+                    input_ids,
+                    attention_mask,
+                    targets,
+                    scale,
                     config.cycle_loss_weight > 0 or output_attentions,
                 )
-                unimodal_itc = (F.cross_entropy(logits_per_image, targets)
-                                + F.cross_entropy(logits_per_text, targets)) / 2
+                unimodal_itc = (
+                    F.cross_entropy(logits_per_image, targets) + F.cross_entropy(logits_per_text, targets)
+                ) / 2
                 share = torch.sigmoid(self.itc_alpha())
                 losses["itc"] = share * cross_itc + (1 - share) * unimodal_itc
                 losses["itm"] = itm
                 fields.update(
-                    unimodal_itc_loss=unimodal_itc, cross_itc_loss=cross_itc, itm_logits=itm_logits,
-                    itm_labels=itm_labels, cross_image_embeds=positives.cross_image_embeds,
+                    unimodal_itc_loss=unimodal_itc,
+                    cross_itc_loss=cross_itc,
+                    itm_logits=itm_logits,
+                    itm_labels=itm_labels,
+                    cross_image_embeds=positives.cross_image_embeds,
                     cross_text_embeds=positives.cross_text_embeds,
                 )
                 if output_attentions:
-                    fields.update(interaction_text_attentions=positives.text_attentions,
-                                  interaction_vision_attentions=positives.vision_attentions)
+                    fields.update(
+                        interaction_text_attentions=positives.text_attentions,
+                        interaction_vision_attentions=positives.vision_attentions,
+                    )
                 if config.cycle_loss_weight > 0:
                     losses["cycle"] = cycle_consistency_loss(
                         positives.text_attentions, positives.vision_attentions, padded_mask
                     )
             if config.mlm_loss_weight > 0 or config.mim_loss_weight > 0:
                 mlm_loss, mim_loss, mlm_logits, mim_logits = self._masked_objective(
-                    vision, text, pixel_values, attention_mask, token_type_ids, position_ids,
-                    mlm_input_ids, mlm_labels, mim_mask,
+                    vision,
+                    text,
+                    pixel_values,
+                    attention_mask,
+                    token_type_ids,
+                    position_ids,
+                    mlm_input_ids,
+                    mlm_labels,
+                    mim_mask,
                 )
                 losses.update(mlm=mlm_loss, mim=mim_loss)
                 fields.update(mlm_logits=mlm_logits, mim_logits=mim_logits)
-            weights = dict(itc=config.itc_loss_weight, itm=config.itm_loss_weight, mlm=config.mlm_loss_weight,
-                           mim=config.mim_loss_weight, cycle=config.cycle_loss_weight)
+            weights = dict(
+                itc=config.itc_loss_weight,
+                itm=config.itm_loss_weight,
+                mlm=config.mlm_loss_weight,
+                mim=config.mim_loss_weight,
+                cycle=config.cycle_loss_weight,
+            )
             enabled = [weights[name] * value for name, value in losses.items() if value is not None and weights[name]]
             if not enabled:
                 raise ValueError("Every *_loss_weight in the config is 0: enable at least one objective.")

@@ -8,6 +8,7 @@ import os
 from transformers import AutoImageProcessor, AutoTokenizer, ProcessorMixin
 from transformers.image_utils import load_image
 
+
 # PIL modes that hold one channel of integers or floats with a range other than 0-255: PIL's own convert("RGB")
 # saturates 16-bit values to white and turns floats in [0, 1] black, so they are scaled by value range first.
 _HIGH_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
@@ -72,9 +73,9 @@ class BridgeProcessor(ProcessorMixin):
     `token_type_ids` where the tokenizer makes them).
 
     Texts are padded to the longest by default, and truncated to the tokenizer's `model_max_length` when it has one
-    (set it to `config.max_text_positions`; texts still longer are truncated by the model itself, with a warning). Images
-    may be PIL images of any mode, arrays, tensors or file paths: 16-bit and float images are scaled by value range
-    (0-65535, [0, 1]) before the conversion to RGB, and the image processor is told to convert too
+    (set it to `config.max_text_positions`; texts still longer are truncated by the model itself, with a warning).
+    Images may be PIL images of any mode, arrays, tensors or file paths: 16-bit and float images are scaled by value
+    range (0-65535, [0, 1]) before the conversion to RGB, and the image processor is told to convert too
     (`do_convert_rgb`), so the zero-shot pipeline, which calls it directly, accepts grayscale and RGBA images as well.
     """
 

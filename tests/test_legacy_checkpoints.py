@@ -12,6 +12,7 @@ from transformers import AutoModel, AutoModelForPreTraining
 from conftest import random_inputs
 from modeling_bridge import BridgeForPreTraining, BridgeModel
 
+
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 EXPECTED = json.loads((FIXTURES / "bridge-0.1-expected.json").read_text())
 
@@ -38,7 +39,9 @@ def test_old_pretraining_checkpoint_keeps_its_heads(load):
     torch.testing.assert_close(model.mlm_head.dense.weight, weights["bridge.mlm_head.dense.weight"])
     torch.testing.assert_close(model.mim_head.decoder.bias, weights["bridge.mim_head.decoder.bias"])
     pixel_values, input_ids, attention_mask = random_inputs(3, 4)
-    fused = model.bridge(pixel_values=pixel_values, input_ids=input_ids, attention_mask=attention_mask).logits_per_image
+    fused = model.bridge(
+        pixel_values=pixel_values, input_ids=input_ids, attention_mask=attention_mask
+    ).logits_per_image
     torch.testing.assert_close(fused, torch.tensor(EXPECTED["pretraining_fused"]), rtol=1e-5, atol=1e-5)
     text = model.bridge.get_text_features(input_ids, attention_mask).last_hidden_state
     assert model.mlm_head(text).sum().item() == pytest.approx(EXPECTED["pretraining_mlm_logits_sum"], rel=1e-5)
@@ -53,4 +56,4 @@ def test_new_layout_round_trips_and_bridge_model_reads_a_pretraining_folder(tmp_
     for (name, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items()):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
     scorer = BridgeModel.from_pretrained(tmp_path)  # the heads are not part of BridgeModel
-    assert set(scorer.state_dict()) == {k[len("bridge."):] for k in model.state_dict() if k.startswith("bridge.")}
+    assert set(scorer.state_dict()) == {k[len("bridge.") :] for k in model.state_dict() if k.startswith("bridge.")}

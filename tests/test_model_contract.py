@@ -158,5 +158,8 @@ def test_towers_without_a_config_get_the_default_interaction_size():
     towers = make_model()
     model = BridgeModel(vision_model=towers.vision_model, text_model=towers.text_model)
     assert (model.config.num_interaction_layers, model.config.shared_dim, model.config.num_interaction_heads) == (
-        6, 768, 12)
+        6,
+        768,
+        12,
+    )
     assert json.loads(model.config.to_json_string())["vision_config"]["hidden_size"] == 32

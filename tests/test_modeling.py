@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from conftest import IMAGE_SIZE, TEXT_CONFIGS, VISION_CONFIGS, make_config, make_model, random_images, random_inputs
 from modeling_bridge import BridgeModel
 
+
 SCORES = ["unimodal", "fused", "itm"]
 
 
@@ -53,8 +54,9 @@ def test_fused_and_itm_match_the_written_out_math(model):
     out_i = model(input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask, score="itm")
     for i in range(2):
         for j in range(3):
-            fused, itm = reference_pair_scores(model, pixel_values[i:i + 1], input_ids[j:j + 1],
-                                               attention_mask[j:j + 1])
+            fused, itm = reference_pair_scores(
+                model, pixel_values[i : i + 1], input_ids[j : j + 1], attention_mask[j : j + 1]
+            )
             torch.testing.assert_close(out_f.logits_per_image[i, j], fused, atol=1e-5, rtol=1e-5)
             torch.testing.assert_close(out_i.itm_logits[i, j], itm, atol=1e-5, rtol=1e-5)
             torch.testing.assert_close(out_i.logits_per_image[i, j], itm[1], atol=1e-5, rtol=1e-5)
@@ -63,8 +65,13 @@ def test_fused_and_itm_match_the_written_out_math(model):
 @torch.no_grad()
 def test_output_shapes_and_statistics(model):
     pixel_values, input_ids, attention_mask = random_inputs(4, 5)
-    out = model(input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask,
-                output_hidden_states=True, output_attentions=True)
+    out = model(
+        input_ids=input_ids,
+        pixel_values=pixel_values,
+        attention_mask=attention_mask,
+        output_hidden_states=True,
+        output_attentions=True,
+    )
     n_v = (IMAGE_SIZE // 8) ** 2 + 1
     assert out.logits_per_image.shape == (4, 5)
     torch.testing.assert_close(out.logits_per_text, out.logits_per_image.t())
@@ -101,16 +108,26 @@ def test_scores_do_not_depend_on_the_rest_of_the_batch(model, score):
     assert full.logits_per_image.shape == (4, 5)
     for i in range(4):
         for j in range(5):
-            single = model(input_ids=input_ids[j:j + 1], pixel_values=pixel_values[i:i + 1],
-                           attention_mask=attention_mask[j:j + 1], score=score)
-            torch.testing.assert_close(full.logits_per_image[i, j], single.logits_per_image[0, 0],
-                                       atol=1e-5, rtol=1e-5)
+            single = model(
+                input_ids=input_ids[j : j + 1],
+                pixel_values=pixel_values[i : i + 1],
+                attention_mask=attention_mask[j : j + 1],
+                score=score,
+            )
+            torch.testing.assert_close(
+                full.logits_per_image[i, j], single.logits_per_image[0, 0], atol=1e-5, rtol=1e-5
+            )
     # and a reordered batch gives the reordered matrix
     perm_i, perm_j = torch.tensor([2, 0, 3, 1]), torch.tensor([4, 1, 0, 3, 2])
-    shuffled = model(input_ids=input_ids[perm_j], pixel_values=pixel_values[perm_i],
-                     attention_mask=attention_mask[perm_j], score=score)
-    torch.testing.assert_close(shuffled.logits_per_image, full.logits_per_image[perm_i][:, perm_j],
-                               atol=1e-5, rtol=1e-5)
+    shuffled = model(
+        input_ids=input_ids[perm_j],
+        pixel_values=pixel_values[perm_i],
+        attention_mask=attention_mask[perm_j],
+        score=score,
+    )
+    torch.testing.assert_close(
+        shuffled.logits_per_image, full.logits_per_image[perm_i][:, perm_j], atol=1e-5, rtol=1e-5
+    )
 
 
 @torch.no_grad()
@@ -119,7 +136,9 @@ def test_pair_chunk_size_does_not_change_scores():
     logits = []
     for chunk in (1, 5, 100):
         model = make_model(pair_chunk_size=chunk)
-        logits.append(model(input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask).logits_per_image)
+        logits.append(
+            model(input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask).logits_per_image
+        )
     torch.testing.assert_close(logits[0], logits[1], atol=1e-6, rtol=1e-6)
     torch.testing.assert_close(logits[0], logits[2], atol=1e-6, rtol=1e-6)
 
@@ -183,8 +202,9 @@ def test_layer_input_source_with_one_layer_is_a_bi_encoder_and_output_source_is_
     pixel_values, input_ids, attention_mask = random_inputs(2, 3)
     for source, interacts in (("layer_input", False), ("output", True)):
         model = make_model(num_interaction_layers=1, cross_embed_source=source)
-        out = model(input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask,
-                    output_hidden_states=True)
+        out = model(
+            input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask, output_hidden_states=True
+        )
         spread = (out.cross_image_embeds - out.cross_image_embeds[:, :1]).abs().max()
         assert (spread > 1e-4) == interacts, source
 
@@ -208,7 +228,9 @@ def test_unimodal_features_match_forward(model):
     out = model(input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask, score="unimodal")
     torch.testing.assert_close(image.pooler_output, out.image_embeds)
     torch.testing.assert_close(text.pooler_output, out.text_embeds)
-    torch.testing.assert_close(out.logits_per_image, model.logit_scale.value.exp() * image.pooler_output @ text.pooler_output.t())
+    torch.testing.assert_close(
+        out.logits_per_image, model.logit_scale.value.exp() * image.pooler_output @ text.pooler_output.t()
+    )
     assert image.last_hidden_state.shape == (2, 17, 32) and text.last_hidden_state.shape == (3, 7, 24)
     only_images = model(pixel_values=pixel_values)
     assert only_images.logits_per_image is None and only_images.image_embeds.shape == (2, 8)
@@ -236,8 +258,12 @@ def test_each_tower_type_builds_runs_forward_and_backward(vision, text):
     assert n_v == (IMAGE_SIZE // 8) ** 2 + (0 if vision.startswith("siglip") else 1)
     assert out.vision_model_output.last_hidden_state.shape[1] == n_v
     (out.logits_per_image.sum() + out.itm_logits.sum()).backward()
-    for name in ("interaction_layers.0.text_attention.q_proj.weight", "interaction_layers.1.vision_gate.value",
-                 "interaction_layers.0.vision_attention.position_bias", "vision_cross_projection.weight"):
+    for name in (
+        "interaction_layers.0.text_attention.q_proj.weight",
+        "interaction_layers.1.vision_gate.value",
+        "interaction_layers.0.vision_attention.position_bias",
+        "vision_cross_projection.weight",
+    ):
         grad = model.get_parameter(name).grad
         assert grad is not None and grad.abs().sum() > 0, name
     tower_grads = [p.grad for n, p in model.named_parameters() if n.startswith(("vision_model.", "text_model."))]
@@ -247,14 +273,17 @@ def test_each_tower_type_builds_runs_forward_and_backward(vision, text):
 def test_towers_passed_in_keep_their_weights_bit_for_bit():
     torch.manual_seed(1)
     from transformers import AutoModel
+
     config = make_config()
     vision = AutoModel.from_config(config.vision_config, add_pooling_layer=False)
     text = AutoModel.from_config(config.text_config, add_pooling_layer=False)
     with torch.no_grad():  # weights that no initialiser would produce
         for p in list(vision.parameters()) + list(text.parameters()):
             p.copy_(torch.randn_like(p))
-    expected = {**{f"vision_model.{k}": v.clone() for k, v in vision.state_dict().items()},
-                **{f"text_model.{k}": v.clone() for k, v in text.state_dict().items()}}
+    expected = {
+        **{f"vision_model.{k}": v.clone() for k, v in vision.state_dict().items()},
+        **{f"text_model.{k}": v.clone() for k, v in text.state_dict().items()},
+    }
     model = BridgeModel(config, vision_model=vision, text_model=text)
     state = model.state_dict()
     for key, value in expected.items():
@@ -262,8 +291,10 @@ def test_towers_passed_in_keep_their_weights_bit_for_bit():
     # built from the towers alone, too
     model = BridgeModel(vision_model=vision, text_model=text)
     assert model.config.vision_config.hidden_size == 32 and model.config.num_interaction_layers == 6
-    assert torch.equal(model.state_dict()["text_model.embeddings.word_embeddings.weight"],
-                       expected["text_model.embeddings.word_embeddings.weight"])
+    assert torch.equal(
+        model.state_dict()["text_model.embeddings.word_embeddings.weight"],
+        expected["text_model.embeddings.word_embeddings.weight"],
+    )
 
 
 @torch.no_grad()
@@ -295,8 +326,9 @@ def test_gradient_checkpointing_gives_the_same_gradients(use_reentrant, cross_em
         (out.loss + out.itm_logits.sum()).backward()
         # No gradient = zero gradient: reentrant checkpointing gives zeros where the plain graph gives None (the
         # last layer's attention, which "layer_input" never pools).
-        grads.append({n: torch.zeros_like(p) if p.grad is None else p.grad.clone()
-                      for n, p in model.named_parameters()})
+        grads.append(
+            {n: torch.zeros_like(p) if p.grad is None else p.grad.clone() for n, p in model.named_parameters()}
+        )
     assert sum(bool(g.abs().sum() > 0) for g in grads[0].values()) > 50
     for name, reference in grads[0].items():
         # Recomputation sums in another order: float32 noise of a few ulps of the tensor's largest entries.
@@ -308,12 +340,16 @@ def test_gradient_checkpointing_gives_the_same_gradients(use_reentrant, cross_em
     "call, message",
     [
         (lambda m, px, ids, am: m(), "Neither pixel_values nor input_ids"),
-        (lambda m, px, ids, am: m(input_ids=ids, pixel_values=px, attention_mask=am[:2]),
-         r"attention_mask has shape \(2, 7\) but input_ids has \(5, 7\)"),
+        (
+            lambda m, px, ids, am: m(input_ids=ids, pixel_values=px, attention_mask=am[:2]),
+            r"attention_mask has shape \(2, 7\) but input_ids has \(5, 7\)",
+        ),
         (lambda m, px, ids, am: m(input_ids=ids, pixel_values=px[0]), r"pixel_values must have shape \(batch, 3"),
         (lambda m, px, ids, am: m(input_ids=ids, pixel_values=px[:, :1]), r"pixel_values must have shape"),
-        (lambda m, px, ids, am: m(input_ids=ids, pixel_values=px[..., :16, :16]),
-         r"\(16, 16\) pixels but the vision tower expects \(32, 32\)"),
+        (
+            lambda m, px, ids, am: m(input_ids=ids, pixel_values=px[..., :16, :16]),
+            r"\(16, 16\) pixels but the vision tower expects \(32, 32\)",
+        ),
         (lambda m, px, ids, am: m(input_ids=ids, pixel_values=px, score="cross"), "Unknown score='cross'"),
         (lambda m, px, ids, am: m(input_ids=ids[0], pixel_values=px), r"input_ids must have shape \(batch"),
         (lambda m, px, ids, am: m(input_ids=ids[:0], pixel_values=px), "No text given"),

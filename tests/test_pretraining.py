@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import make_config, random_inputs
 
+from conftest import make_config, random_inputs
 from modeling_bridge import BridgeForPreTraining, BridgeModel
 from modeling_bridge.loss_bridge import (
     contrastive_loss,
@@ -18,6 +18,7 @@ from modeling_bridge.loss_bridge import (
     match_loss,
     mine_hard_negatives,
 )
+
 
 # ---------------------------------------------------------------------------------------------- loss functions
 
@@ -81,10 +82,12 @@ def test_mask_image_patches_zeroes_exactly_the_masked_patches():
 
 
 def test_mining_prefers_the_semi_hard_band_then_the_hardest():
-    sim = torch.tensor([
-        [0.9, 0.8, 0.6, 0.5, -0.2],   # positive 0.9: band (0.4, 0.7) = {2, 3}; next hardest is 1
-        [0.1, 1.0, 0.2, 0.3, 0.9],    # positive 1.0: band (0.5, 0.8) empty -> hardest 4, 3
-    ])
+    sim = torch.tensor(
+        [
+            [0.9, 0.8, 0.6, 0.5, -0.2],  # positive 0.9: band (0.4, 0.7) = {2, 3}; next hardest is 1
+            [0.1, 1.0, 0.2, 0.3, 0.9],  # positive 1.0: band (0.5, 0.8) empty -> hardest 4, 3
+        ]
+    )
     torch.manual_seed(0)
     index, valid = mine_hard_negatives(sim, torch.tensor([0, 1]), 3, margin_min=0.2, margin_max=0.5)
     assert set(index[0, :2].tolist()) == {2, 3} and index[0, 2] == 1
@@ -129,8 +132,13 @@ def test_pairwise_objective_with_every_negative_equals_the_full_score_matrix_los
     out = model(input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask)
     reference = _scoring_model(model)
     fused = reference(input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask, score="fused")
-    unimodal = reference(input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask,
-                         score="unimodal", return_loss=True)
+    unimodal = reference(
+        input_ids=input_ids,
+        pixel_values=pixel_values,
+        attention_mask=attention_mask,
+        score="unimodal",
+        return_loss=True,
+    )
     assert out.unimodal_itc_loss.item() == pytest.approx(unimodal.loss.item(), abs=1e-5)
     assert out.cross_itc_loss.item() == pytest.approx(contrastive_loss(fused.logits_per_image).item(), abs=1e-5)
     match = fused.itm_logits[..., 1]
@@ -152,18 +160,21 @@ def test_aligned_objective_matches_the_original_recipe():
     pixel_values, input_ids, attention_mask = random_inputs(batch, batch)
     out = model(input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask)
     reference = _scoring_model(model)
-    full = reference(input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask,
-                     output_hidden_states=True)
+    full = reference(
+        input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask, output_hidden_states=True
+    )
     index = torch.arange(batch)
     cross_image = full.cross_image_embeds[index, index]  # fused embeddings of the aligned pairs
     cross_text = full.cross_text_embeds[index, index]
     torch.testing.assert_close(out.cross_image_embeds, cross_image, atol=1e-5, rtol=0)
     scale = reference.logit_scale.value.exp()
     assert out.cross_itc_loss.item() == pytest.approx(
-        contrastive_loss(scale * cross_image @ cross_text.t()).item(), abs=1e-5)
+        contrastive_loss(scale * cross_image @ cross_text.t()).item(), abs=1e-5
+    )
     positives = reference.itm_head(cross_image, cross_text)[:, 1]
-    negatives = torch.stack([reference.itm_head(cross_image[j], cross_text[i])[1]
-                             for i in range(batch) for j in range(batch) if j != i])
+    negatives = torch.stack(
+        [reference.itm_head(cross_image[j], cross_text[i])[1] for i in range(batch) for j in range(batch) if j != i]
+    )
     assert out.itm_loss.item() == pytest.approx(match_loss(positives, negatives).item(), abs=1e-5)
 
 
@@ -174,18 +185,30 @@ def test_mlm_mim_and_cycle_components_and_their_weights():
     mlm_input_ids[:, 1], mlm_labels[:, 1] = 4, input_ids[:, 1]
     mim_mask = torch.zeros(3, 16, dtype=torch.bool)
     mim_mask[:, ::3] = True
-    out = model(input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask,
-                mlm_input_ids=mlm_input_ids, mlm_labels=mlm_labels, mim_mask=mim_mask)
+    out = model(
+        input_ids=input_ids,
+        pixel_values=pixel_values,
+        attention_mask=attention_mask,
+        mlm_input_ids=mlm_input_ids,
+        mlm_labels=mlm_labels,
+        mim_mask=mim_mask,
+    )
     assert out.mlm_loss.item() == pytest.approx(
-        F.cross_entropy(out.mlm_logits[:, 1], input_ids[:, 1]).item(), abs=1e-5)
+        F.cross_entropy(out.mlm_logits[:, 1], input_ids[:, 1]).item(), abs=1e-5
+    )
     bridge = model.bridge
     targets = bridge.get_image_features(pixel_values).last_hidden_state[:, 1:]  # the clean tower's patch features
     assert out.mim_loss.item() == pytest.approx(
-        F.mse_loss(out.mim_logits[mim_mask], targets[mim_mask]).item(), abs=1e-5)
+        F.mse_loss(out.mim_logits[mim_mask], targets[mim_mask]).item(), abs=1e-5
+    )
     # the cycle term: recomputed from the positives' attention maps of an independent interaction run
     text = bridge.get_text_features(input_ids, attention_mask)
-    aligned = bridge.interact(bridge.get_image_features(pixel_values).last_hidden_state, text.last_hidden_state,
-                              attention_mask, output_attentions=True)
+    aligned = bridge.interact(
+        bridge.get_image_features(pixel_values).last_hidden_state,
+        text.last_hidden_state,
+        attention_mask,
+        output_attentions=True,
+    )
     expected_cycle = cycle_consistency_loss(aligned.text_attentions, aligned.vision_attentions, attention_mask)
     assert out.cycle_loss.item() == pytest.approx(expected_cycle.item(), abs=1e-5)
     expected = out.itc_loss + out.itm_loss + 0.5 * out.mlm_loss + 0.25 * out.mim_loss + 0.1 * out.cycle_loss
@@ -210,8 +233,14 @@ def test_every_trainable_parameter_gets_a_gradient_with_all_objectives():
     mlm_labels[:, 0] = input_ids[:, 0]
     mim_mask = torch.zeros(3, 16, dtype=torch.bool)
     mim_mask[:, :4] = True
-    model(input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask, mlm_input_ids=input_ids,
-          mlm_labels=mlm_labels, mim_mask=mim_mask).loss.backward()
+    model(
+        input_ids=input_ids,
+        pixel_values=pixel_values,
+        attention_mask=attention_mask,
+        mlm_input_ids=input_ids,
+        mlm_labels=mlm_labels,
+        mim_mask=mim_mask,
+    ).loss.backward()
     missing = [n for n, p in model.named_parameters() if p.grad is None]
     assert missing == []
 
@@ -253,10 +282,13 @@ def test_pretraining_checkpoint_loads_as_bridge_model_and_back(tmp_path):
 
 def test_pretraining_model_keeps_passed_towers_bit_for_bit():
     reference = BridgeModel(make_config())
-    towers = {name: {k: v.clone() for k, v in getattr(reference, name).state_dict().items()}
-              for name in ("vision_model", "text_model")}
-    model = BridgeForPreTraining(reference.config, vision_model=reference.vision_model,
-                                 text_model=reference.text_model)
+    towers = {
+        name: {k: v.clone() for k, v in getattr(reference, name).state_dict().items()}
+        for name in ("vision_model", "text_model")
+    }
+    model = BridgeForPreTraining(
+        reference.config, vision_model=reference.vision_model, text_model=reference.text_model
+    )
     for name, expected in towers.items():
         for key, value in getattr(model.bridge, name).state_dict().items():
             assert torch.equal(value, expected[key]), f"{name}.{key}"

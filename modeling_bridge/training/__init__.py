@@ -1,7 +1,7 @@
 """Training utilities (not Hub code): the staged curriculum, the Trainer subclass, crash-safe saving."""
 
-from .lora import LoraAdapterMismatchError, default_lora_target_modules, load_lora_adapter, make_lora_model
 from ..saving import replace_directory, save_pretrained_atomically
+from .lora import LoraAdapterMismatchError, default_lora_target_modules, load_lora_adapter, make_lora_model
 from .stages import (
     TrainingStage,
     apply_training_stage,
@@ -11,6 +11,7 @@ from .stages import (
     transformer_blocks,
 )
 from .trainer import BridgeTrainer
+
 
 __all__ = [
     "BridgeTrainer",
