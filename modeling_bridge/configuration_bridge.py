@@ -23,7 +23,11 @@ SCORE_MODES = typing.get_args(ScoreMode)
 CROSS_EMBED_SOURCES = typing.get_args(CrossEmbedSource)
 FUSED_OBJECTIVES = typing.get_args(FusedObjective)
 NEGATIVE_MINING = typing.get_args(NegativeMining)
-LOSS_WEIGHT_FIELDS = ("itc_loss_weight", "itm_loss_weight", "mlm_loss_weight", "mim_loss_weight", "cycle_loss_weight")
+# The one registry of pre-training loss names: config fields `<name>_loss_weight`, stage keys `<name>`, output
+# fields and logged components `<name>_loss` (plus ITC's two parts, `LOSS_COMPONENTS`).
+LOSS_NAMES = ("itc", "itm", "mlm", "mim", "cycle")
+LOSS_WEIGHT_FIELDS = tuple(f"{name}_loss_weight" for name in LOSS_NAMES)
+LOSS_COMPONENTS = (*(f"{name}_loss" for name in LOSS_NAMES), "unimodal_itc_loss", "cross_itc_loss")
 
 # Text towers whose position ids start after the padding index, so that `padding_idx + 1` positions are unusable.
 _OFFSET_POSITION_TEXT_TOWERS = {

@@ -20,7 +20,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput, can_return_tuple, logging
 
-from .configuration_bridge import SCORE_MODES, BridgeConfig
+from .configuration_bridge import LOSS_NAMES, SCORE_MODES, BridgeConfig
 from .loss_bridge import (
     contrastive_loss,
     cycle_consistency_loss,
@@ -1489,13 +1489,7 @@ class BridgeForPreTraining(BridgePreTrainedModel):
                 )
                 losses.update(mlm=mlm_loss, mim=mim_loss)
                 fields.update(mlm_logits=mlm_logits, mim_logits=mim_logits)
-            weights = dict(
-                itc=config.itc_loss_weight,
-                itm=config.itm_loss_weight,
-                mlm=config.mlm_loss_weight,
-                mim=config.mim_loss_weight,
-                cycle=config.cycle_loss_weight,
-            )
+            weights = {name: getattr(config, f"{name}_loss_weight") for name in LOSS_NAMES}
             enabled = [weights[name] * value for name, value in losses.items() if value is not None and weights[name]]
             if not enabled:
                 raise ValueError("Every *_loss_weight in the config is 0: enable at least one objective.")

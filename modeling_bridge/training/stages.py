@@ -13,11 +13,10 @@ from importlib import resources
 
 from torch import nn
 
-from ..configuration_bridge import LOSS_WEIGHT_FIELDS
+from ..configuration_bridge import LOSS_NAMES
 
 
 STAGE_NAMES = ("a", "b", "c")
-_LOSS_NAMES = tuple(name[: -len("_loss_weight")] for name in LOSS_WEIGHT_FIELDS)  # itc, itm, mlm, mim, cycle
 
 
 @dataclass
@@ -45,9 +44,9 @@ class TrainingStage:
             value = getattr(self, name)
             if not isinstance(value, int) or value < -1:
                 raise ValueError(f"Stage {self.stage!r}: {name}={value!r} must be -1 (all), 0 (frozen) or k > 0.")
-        unknown = sorted(set(self.loss_weights) - set(_LOSS_NAMES))
+        unknown = sorted(set(self.loss_weights) - set(LOSS_NAMES))
         if unknown:
-            raise ValueError(f"Stage {self.stage!r}: unknown loss weights {unknown}; use {list(_LOSS_NAMES)}.")
+            raise ValueError(f"Stage {self.stage!r}: unknown loss weights {unknown}; use {list(LOSS_NAMES)}.")
         for name, weight in self.loss_weights.items():
             if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight >= 0:
                 raise ValueError(

@@ -25,10 +25,9 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, WEIGHTS_INDEX_NAME, WEIGHTS_NAME
 from transformers.utils import logging as transformers_logging
 
+from ..configuration_bridge import LOSS_COMPONENTS
 from ..saving import apply_default_permissions, replace_directory, save_pretrained_atomically
 
-
-LOSS_COMPONENTS = ("itc_loss", "unimodal_itc_loss", "cross_itc_loss", "itm_loss", "mlm_loss", "mim_loss", "cycle_loss")
 
 # The private Trainer methods BridgeTrainer overrides or replaces, with the parameters (after self) it expects.
 PRIVATE_TRAINER_METHODS = {
