@@ -554,3 +554,20 @@ def test_apply_training_stage_leaves_a_lora_model_to_its_adapter():
     stage = apply_training_stage(model, "b")
     assert _trainable(model) == before and all("lora_" in n or "modules_to_save" in n for n in before)
     assert model.config.mlm_loss_weight == stage.loss_weights["mlm"]
+
+
+def test_learned_scalars_get_no_weight_decay(tmp_path):
+    model = BridgeForPreTraining(make_config())
+    args = TrainingArguments(output_dir=str(tmp_path), weight_decay=0.05, report_to="none", use_cpu=True)
+    trainer = BridgeTrainer(model=model, args=args)
+    decayed = set(trainer.get_decay_parameter_names(model))
+    scalars = {n for n in dict(model.named_parameters()) if n.endswith(".value")}
+    assert "itc_alpha.value" in scalars and "bridge.interaction_layers.1.text_attention.temperature.value" in scalars
+    assert len(scalars) == 2 + 4 * model.config.num_interaction_layers  # logit_scale, itc_alpha; 4 per layer
+    assert not scalars & decayed
+    assert "bridge.interaction_layers.0.text_attention.q_proj.weight" in decayed  # matrices still decay
+    optimizer = trainer.create_optimizer()
+    by_param = {id(p): group["weight_decay"] for group in optimizer.param_groups for p in group["params"]}
+    parameters = dict(model.named_parameters())
+    assert {by_param[id(parameters[n])] for n in scalars} == {0.0}
+    assert by_param[id(parameters["bridge.vision_cross_projection.weight"])] == 0.05

@@ -165,6 +165,16 @@ class BridgeTrainer(Trainer):
         finally:
             self.data_collator = collator
 
+    def get_decay_parameter_names(self, model) -> list[str]:
+        """Trainer's choice (no biases, no norms) minus BRIDGE's learned scalars (attention temperatures, gates,
+        `logit_scale`, `itc_alpha`): weight decay would pull each towards 0, i.e. tau towards softplus(0) = 0.69,
+        gates towards 0.5 and the logit scale towards 1, a prior nobody chose. Found by module class name, so Hub-code
+        models and PEFT's `modules_to_save` copies qualify too."""
+        scalars = {
+            f"{name}.value" for name, module in model.named_modules() if type(module).__name__ == "BridgeScalar"
+        }
+        return [name for name in super().get_decay_parameter_names(model) if name not in scalars]
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
         if model.training and isinstance(outputs, dict):
