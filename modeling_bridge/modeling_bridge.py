@@ -381,37 +381,42 @@ class BridgeInteractionEncoder(nn.ModuleList):
         """
         if (image_index is None) != (text_index is None):
             raise ValueError("Give both image_index and text_index (the pairs), or neither (aligned pairs).")
+        flags = (output_attentions, output_hidden_states, output_last_hidden_state)
+        chunk = pair_chunk_size or self.config.pair_chunk_size
         if image_index is None:
             if vision_hidden_state.shape[0] != text_hidden_state.shape[0]:
                 raise ValueError(
                     f"Aligned pairs need as many images ({vision_hidden_state.shape[0]}) as texts "
                     f"({text_hidden_state.shape[0]}); pass image_index / text_index for other pairs."
                 )
-            image_index = text_index = torch.arange(vision_hidden_state.shape[0], device=vision_hidden_state.device)
-        first = self[0]
-        vision_cache = first.project_vision_stream(vision_hidden_state)
-        text_cache = first.project_text_stream(text_hidden_state)
-        chunk = pair_chunk_size or self.config.pair_chunk_size
-        outputs = [
-            self._run_pairs(
-                vision_hidden_state,
-                text_hidden_state,
-                attention_mask,
-                vision_cache,
-                text_cache,
-                images,
-                texts,
-                output_attentions,
-                output_hidden_states,
-                output_last_hidden_state,
-            )
-            for images, texts in zip(image_index.split(chunk), text_index.split(chunk))
-        ]
+            # Every image and text is used once: nothing to share, so each layer projects its own inputs.
+            outputs = [
+                self._run_pairs(
+                    vision_hidden_state[start : start + chunk],
+                    text_hidden_state[start : start + chunk],
+                    None if attention_mask is None else attention_mask[start : start + chunk],
+                    (),
+                    *flags,
+                )
+                for start in range(0, vision_hidden_state.shape[0], chunk)
+            ]
+        else:
+            vision_cache = self[0].project_vision_stream(vision_hidden_state)
+            text_cache = self[0].project_text_stream(text_hidden_state)
+            outputs = [
+                self._run_pairs(
+                    vision_hidden_state.index_select(0, images),
+                    text_hidden_state.index_select(0, texts),
+                    None if attention_mask is None else attention_mask.index_select(0, texts),
+                    (*vision_cache.select(images), *text_cache.select(texts)),
+                    *flags,
+                )
+                for images, texts in zip(image_index.split(chunk), text_index.split(chunk))
+            ]
         if len(outputs) == 1:
             return outputs[0]
         merged = {}
-        for key in outputs[0].keys():
-            first_value = outputs[0][key]
+        for key, first_value in outputs[0].items():
             if isinstance(first_value, tuple):
                 merged[key] = tuple(torch.cat(parts) for parts in zip(*(o[key] for o in outputs)))
             else:
@@ -419,22 +424,10 @@ class BridgeInteractionEncoder(nn.ModuleList):
         return BridgeInteractionOutput(**merged)
 
     def _run_pairs(
-        self,
-        vision_hidden_state,
-        text_hidden_state,
-        attention_mask,
-        vision_cache,
-        text_cache,
-        image_index,
-        text_index,
-        output_attentions,
-        output_hidden_states,
-        output_last_hidden_state,
-    ):
-        vision, text = vision_hidden_state.index_select(0, image_index), text_hidden_state.index_select(0, text_index)
-        mask = None if attention_mask is None else attention_mask.index_select(0, text_index)
+        self, vision, text, mask, cache, output_attentions, output_hidden_states, output_last_hidden_state
+    ) -> "BridgeInteractionOutput":
+        """The stack on one chunk of pairs (row p of `vision` with row p of `text`); `cache`: layer 1's projections."""
         padding_bias = self.text_padding_bias(mask, text.dtype)
-        cache = (*vision_cache.select(image_index), *text_cache.select(text_index))
         # Per-layer states are kept only when asked for: holding them all would multiply the memory of each chunk.
         all_vision, all_text, text_attentions, vision_attentions = [vision], [text], [], []
         for layer in self:
@@ -442,10 +435,12 @@ class BridgeInteractionEncoder(nn.ModuleList):
                 vision, text, padding_bias, *cache, output_attentions=output_attentions
             )
             cache = ()  # only the first layer's projections can be computed ahead
-            all_vision.append(vision)
-            all_text.append(text)
-            text_attentions.append(text_probs)
-            vision_attentions.append(vision_probs)
+            if output_hidden_states:
+                all_vision.append(vision)
+                all_text.append(text)
+            if output_attentions:
+                text_attentions.append(text_probs)
+                vision_attentions.append(vision_probs)
         if self.config.cross_embed_source == "output":
             vision_shared, text_shared = self[-1].project_vision(vision), self[-1].project_text(text)
         return BridgeInteractionOutput(

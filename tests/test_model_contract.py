@@ -163,3 +163,26 @@ def test_towers_without_a_config_get_the_default_interaction_size():
         12,
     )
     assert json.loads(model.config.to_json_string())["vision_config"]["hidden_size"] == 32
+
+
+@torch.no_grad()
+def test_the_interaction_primitive_agrees_across_aligned_indexed_and_chunked_calls():
+    """Aligned pairs (each layer projects its inputs), the same pairs by index (layer-1 cache) and any chunk size give
+    the same pooled states and attention maps."""
+    model = make_model()
+    pixel_values, input_ids, attention_mask = random_inputs(3, 3)
+    vision = model.get_image_features(pixel_values).last_hidden_state
+    text = model.get_text_features(input_ids, attention_mask).last_hidden_state
+    encoder = model.interaction_layers
+    aligned = encoder(vision, text, attention_mask, output_attentions=True)
+    index = torch.arange(3)
+    for out in (
+        encoder(vision, text, attention_mask, index, index, output_attentions=True),
+        encoder(vision, text, attention_mask, output_attentions=True, pair_chunk_size=1),
+        encoder(vision, text, attention_mask, index, index, output_attentions=True, pair_chunk_size=2),
+    ):
+        torch.testing.assert_close(out.pooled_vision, aligned.pooled_vision, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(out.pooled_text, aligned.pooled_text, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(out.text_attentions[1], aligned.text_attentions[1], rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="Give both image_index and text_index"):
+        encoder(vision, text, attention_mask, index, None)
