@@ -170,8 +170,7 @@ def apply_default_permissions(folder: str | os.PathLike) -> None:
     0o666 minus the umask; read from a probe file rather than `os.umask()`, which would change it for every
     thread for a moment."""
     probe = os.path.join(folder, f".mode-probe-{secrets.token_hex(4)}")
-    with open(probe, "w"):
-        pass
+    open(probe, "w").close()
     mode = stat.S_IMODE(os.stat(probe).st_mode)
     os.remove(probe)
     for root, _, files in os.walk(folder):
