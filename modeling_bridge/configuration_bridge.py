@@ -1,14 +1,16 @@
 """BRIDGE configuration.
 
-Hub code: imports only the standard library, torch and transformers, so that it can be saved next to the weights
-and loaded with ``trust_remote_code=True`` where this package is not installed.
+Hub code: imports only the standard library, transformers and huggingface_hub (a transformers dependency), so that it
+can be saved next to the weights and loaded with ``trust_remote_code=True`` where this package is not installed.
 """
 
 import math
+import os
 import types
 import typing
 from typing import Literal
 
+from huggingface_hub.utils import HFValidationError, validate_repo_id
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
@@ -38,6 +40,27 @@ _OFFSET_POSITION_TEXT_TOWERS = {
     "roberta-prelayernorm",
     "data2vec-text",
 }
+
+
+def is_local_only_path(name) -> bool:
+    """Whether `name` can only mean a local path: a path object, or a string that is no valid Hub repo id
+    (huggingface_hub's own check: "name" or "namespace/name"; so "./x", "/x", "~/x", "a/b/c", "a b" are paths)."""
+    if isinstance(name, os.PathLike):
+        return True
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return True
+    return False
+
+
+def check_local_path(name, what: str) -> None:
+    """FileNotFoundError naming `name` when it can only be a local path and does not exist (transformers would
+    report a malformed Hub repo id instead)."""
+    if is_local_only_path(name) and not os.path.exists(os.path.expanduser(os.fspath(name))):
+        raise FileNotFoundError(
+            f"The {what} {os.fspath(name)!r} does not exist (a local path, not a Hub repo id); check the path."
+        )
 
 
 def text_tower_max_length(text_config) -> int | None:

@@ -13,9 +13,8 @@ import shutil
 from pathlib import Path
 
 from huggingface_hub import HfApi, ModelCard, ModelCardData, get_token
-from huggingface_hub.errors import HFValidationError
-from huggingface_hub.utils import validate_repo_id
 
+from .configuration_bridge import is_local_only_path
 from .saving import apply_default_permissions, check_output_dir, make_staging_dir, replace_directory
 
 
@@ -137,12 +136,8 @@ def check_model_path(path: str | os.PathLike, what: str = "model folder") -> Non
     """Fail early, naming `path`, when it can only be a local path (not a valid Hub repo id: several `/`, a leading
     `.`, `/` or `~`, ...) and does not exist; `from_pretrained` would otherwise report a malformed repo id."""
     path = os.fspath(path)
-    if os.path.exists(path):
-        return
-    try:
-        validate_repo_id(path)
-    except HFValidationError:
-        raise FileNotFoundError(f"{what} {path} does not exist.") from None
+    if is_local_only_path(path) and not os.path.exists(path):
+        raise FileNotFoundError(f"{what} {path} does not exist.")
 
 
 def explain_load_error(path: str | os.PathLike, what: str, error: OSError) -> OSError:

@@ -20,7 +20,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput, can_return_tuple, logging
 
-from .configuration_bridge import LOSS_NAMES, SCORE_MODES, BridgeConfig
+from .configuration_bridge import LOSS_NAMES, SCORE_MODES, BridgeConfig, check_local_path
 from .loss_bridge import (
     contrastive_loss,
     cycle_consistency_loss,
@@ -592,25 +592,6 @@ class _DropLoadReport(pylogging.Filter):
         return "LOAD REPORT" not in record.getMessage()
 
 
-def _looks_like_local_path(name) -> bool:
-    """True for names that cannot be a Hub repo id ("name" or "namespace/name"): absolute paths, paths starting with
-    "." or "~", more than one "/", or backslashes."""
-    if isinstance(name, os.PathLike):
-        return True
-    if not isinstance(name, str):
-        return False
-    return os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") > 1 or "\\" in name
-
-
-def check_local_path(name, what: str) -> None:
-    """Raise FileNotFoundError naming `name` when it is a local-looking path that does not exist (transformers would
-    report it as an invalid Hub repo id instead)."""
-    if _looks_like_local_path(name) and not os.path.exists(os.path.expanduser(os.fspath(name))):
-        raise FileNotFoundError(
-            f"The {what} {os.fspath(name)!r} does not exist (a local path, not a Hub repo id); check the path."
-        )
-
-
 def damaged_safetensors_files(folder) -> list[str]:
     """'file: reason' for each safetensors file in a local `folder` whose header cannot be read (truncated, not
     safetensors); empty for a Hub id or a healthy folder."""
@@ -892,6 +873,14 @@ class BridgeModel(BridgePreTrainedModel):
             input_ids, attention_mask, token_type_ids, position_ids
         )
         output_attentions, output_hidden_states = self._output_flags(output_attentions, output_hidden_states)
+        return self._encode_text(
+            input_ids, attention_mask, token_type_ids, position_ids, output_attentions, output_hidden_states
+        )
+
+    def _encode_text(
+        self, input_ids, attention_mask, token_type_ids, position_ids, output_attentions, output_hidden_states
+    ) -> BaseModelOutputWithPooling:
+        """The text tower and the unimodal projection on inputs `_prepare_text` has checked."""
         # Only what was given: not every text tower takes token_type_ids (DistilBERT does not).
         extra = {
             k: v for k, v in (("token_type_ids", token_type_ids), ("position_ids", position_ids)) if v is not None
@@ -1022,18 +1011,12 @@ class BridgeModel(BridgePreTrainedModel):
                 pixel_values, output_attentions, output_hidden_states, return_dict=True
             )
         if input_ids is not None:
-            # Truncated here (not only inside get_text_features) so that the interaction sees the same mask.
+            # Checked and truncated here, once, so that the interaction sees the same (truncated) mask.
             input_ids, attention_mask, token_type_ids, position_ids = self._prepare_text(
                 input_ids, attention_mask, token_type_ids, position_ids
             )
-            text_outputs = self.get_text_features(
-                input_ids,
-                attention_mask,
-                token_type_ids,
-                position_ids,
-                output_attentions,
-                output_hidden_states,
-                return_dict=True,
+            text_outputs = self._encode_text(
+                input_ids, attention_mask, token_type_ids, position_ids, output_attentions, output_hidden_states
             )
         image_embeds = None if vision_outputs is None else vision_outputs.pooler_output
         text_embeds = None if text_outputs is None else text_outputs.pooler_output

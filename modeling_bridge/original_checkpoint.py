@@ -32,7 +32,7 @@ import torch
 from safetensors.torch import save_file
 from transformers import AutoImageProcessor, AutoTokenizer, BertConfig, ViTConfig
 
-from .configuration_bridge import BridgeConfig
+from .configuration_bridge import BridgeConfig, is_local_only_path
 from .modeling_bridge import BridgeForPreTraining
 from .processing_bridge import BridgeProcessor
 
@@ -323,19 +323,8 @@ def parse_original_config(
     )
 
 
-_HUB_ID = re.compile(r"[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)?")
-
-
-def looks_like_local_path(name: str) -> bool:
-    """Whether `name` can only mean a local path: absolute, starting with `./`, `../` or `~`, or not of the form
-    of a Hub id (`name` or `namespace/name` of letters, digits, `_`, `.`, `-`: so a backslash, a drive letter or a
-    second `/` mark a path)."""
-    return (
-        os.path.isabs(name)
-        or name in (".", "..")
-        or name.startswith(("./", "../", ".\\", "..\\", "~"))
-        or not _HUB_ID.fullmatch(name)
-    )
+# One rule for "can only be a local path" across the package (huggingface_hub's repo-id check).
+looks_like_local_path = is_local_only_path
 
 
 def check_model_source(name: str, label: str, fix: str = "check the path") -> str:

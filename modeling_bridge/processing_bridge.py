@@ -1,12 +1,14 @@
 """BRIDGE processor: the vision tower's image processor and the text tower's tokenizer.
 
-Hub code: imports only the standard library and transformers.
+Hub code: imports only the standard library, transformers and `.configuration_bridge`.
 """
 
 import os
 
 from transformers import AutoImageProcessor, AutoTokenizer, ProcessorMixin
 from transformers.image_utils import load_image
+
+from .configuration_bridge import check_local_path
 
 
 # PIL modes that hold one channel of integers or floats with a range other than 0-255: PIL's own convert("RGB")
@@ -51,11 +53,6 @@ def _prepare_image(image, index: int):
             image = _scale_to_8_bit(image, index)
         image = image.convert("RGB")
     return image
-
-
-def _looks_local(name: str) -> bool:
-    """Names a Hub repo id ("name" or "namespace/name") cannot be."""
-    return os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") > 1 or "\\" in name
 
 
 def _prepare_images(images):
@@ -103,8 +100,8 @@ class BridgeProcessor(ProcessorMixin):
                     "one there with processor.save_pretrained(folder), or build it with "
                     "BridgeProcessor.from_vision_text_pretrained(vision_tower, text_tower)."
                 )
-        elif _looks_local(path):
-            raise FileNotFoundError(f"The processor folder {path!r} does not exist; check the path.")
+        else:
+            check_local_path(path, "processor folder")
         return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
 
     @classmethod
