@@ -77,8 +77,28 @@ def _pair(value):
     return tuple(value) if isinstance(value, (list, tuple)) else (value, value)
 
 
+def is_convolutional_tower(tower_config) -> bool:
+    """A tower that returns a (batch, channels, height, width) feature map (ResNet, ConvNeXt, ...): its config lists
+    `hidden_sizes` per stage instead of one `hidden_size`. BRIDGE reads the last map as height x width tokens."""
+    return getattr(tower_config, "hidden_size", None) is None and bool(getattr(tower_config, "hidden_sizes", None))
+
+
+def tower_hidden_size(tower_config) -> int | None:
+    """Width of the tokens a tower emits: `hidden_size`, or the last stage's channels for a convolutional tower."""
+    if is_convolutional_tower(tower_config):
+        return tower_config.hidden_sizes[-1]
+    return getattr(tower_config, "hidden_size", None)
+
+
 def infer_num_vision_positions(vision_config) -> int:
     """Number of tokens the vision tower emits for an image of its configured size (patches, CLS, registers)."""
+    if is_convolutional_tower(vision_config):
+        # Its token count is the feature map's cells, set by the input size, which a conv config does not fix.
+        raise ValueError(
+            f"num_vision_positions: a convolutional vision tower ({vision_config.model_type!r}) emits one token per "
+            "cell of its last feature map, which depends on the image size; set `num_vision_positions` in "
+            "BridgeConfig to that map's height x width (e.g. 16 for a 4 x 4 map)."
+        )
     image_size = getattr(vision_config, "image_size", None)
     patch_size = getattr(vision_config, "patch_size", None)
     if image_size is None or patch_size is None:
@@ -101,7 +121,9 @@ class BridgeConfig(PreTrainedConfig):
     layers.
 
     Args:
-        vision_config (`dict` or `PreTrainedConfig`): config of the vision tower (default: ViT).
+        vision_config (`dict` or `PreTrainedConfig`): config of the vision tower (default: ViT). Transformer towers
+            (ViT, CLIP, SigLIP, DINOv2, ...) give their tokens; convolutional ones (ResNet, ConvNeXt, ...) their last
+            feature map, read as height x width tokens of its channel width (as open_clip's ResNet towers).
         text_config (`dict` or `PreTrainedConfig`): config of the text tower (default: BERT).
         num_interaction_layers (`int`, defaults to 6): number of interaction layers L.
         shared_dim (`int`, defaults to 768): width `ds` of the shared space the two streams attend in.
@@ -113,8 +135,10 @@ class BridgeConfig(PreTrainedConfig):
         max_text_positions (`int`, *optional*): rows of the positional-bias table, i.e. the longest text the model
             accepts. Defaults to the text tower's limit (at most 512).
         num_vision_positions (`int`, *optional*): tokens per image (patches + CLS + registers); inferred from the
-            vision config when not given.
-        init_temperature (`float`, defaults to 1.0): initial attention temperature tau = softplus(theta).
+            vision config when not given, except for convolutional towers (the feature map's height x width).
+        init_temperature (`float`, defaults to 0.1): initial attention temperature tau = softplus(theta). Scores are
+            cosines in [-1, 1], so tau = 1 (the original's init; converted checkpoints keep theirs) gives almost
+            uniform attention that training barely moves; 0.1 spreads the logits over [-10, 10].
         init_gate_bias (`float`, defaults to -2.2): initial gate logit, sigmoid(-2.2) ~ 0.1.
         pooling (`str`, defaults to `"mean"`): `"mean"`, `"cls"` or `"max"`; text pooling is always masked.
         projection_dim (`int`, defaults to 256): size of the unimodal and cross embeddings.
@@ -135,6 +159,9 @@ class BridgeConfig(PreTrainedConfig):
             its negatives. `"aligned"`: the original's, contrasting the fused embeddings of aligned pairs only.
         num_hard_negatives (`int`, defaults to 3): negatives mined per anchor (per image and per text in
             `"pairwise"`, per text in `"aligned"`).
+        num_hardest_negatives (`int`, defaults to 0): of the `num_hard_negatives`, how many are always the most
+            similar candidates (e.g. the attribute-swapped twin, which the semi-hard band excludes by construction:
+            it is the *most* similar caption); the rest follow `negative_mining`. Must be <= num_hard_negatives.
         negative_mining (`str`, defaults to `"semi_hard"`): how negatives are picked from the unimodal cosine
             similarities (an identical caption never counts). `"semi_hard"`: the paper's, candidates in the band
             `S_ii - itm_margin_max < S_ij < S_ii - itm_margin_min` first (random order), the hardest others filling
@@ -161,7 +188,7 @@ class BridgeConfig(PreTrainedConfig):
     use_positional_bias: bool = True
     max_text_positions: int | None = None
     num_vision_positions: int | None = None
-    init_temperature: float = 1.0
+    init_temperature: float = 0.1
     init_gate_bias: float = -2.2
     pooling: PoolingType = "mean"
     projection_dim: int = 256
@@ -174,6 +201,7 @@ class BridgeConfig(PreTrainedConfig):
     initializer_range: float = 0.02
     fused_objective: FusedObjective = "pairwise"
     num_hard_negatives: int = 3
+    num_hardest_negatives: int = 0
     negative_mining: NegativeMining = "semi_hard"
     itm_margin_min: float = 0.2
     itm_margin_max: float = 0.5
@@ -256,6 +284,11 @@ class BridgeConfig(PreTrainedConfig):
         )
         for field in ("interaction_dropout", "attention_dropout", "itm_dropout"):
             check(0.0 <= getattr(self, field) < 1.0, field, "must be a probability in [0, 1)")
+        check(
+            0 <= self.num_hardest_negatives <= self.num_hard_negatives,
+            "num_hardest_negatives",
+            f"must be between 0 and num_hard_negatives={self.num_hard_negatives}",
+        )
         check(self.init_temperature > 0, "init_temperature", "must be > 0 (tau = softplus(theta) is positive)")
         check(self.initializer_range >= 0, "initializer_range", "must be >= 0")
         check(
@@ -273,9 +306,10 @@ class BridgeConfig(PreTrainedConfig):
         )
         for name in ("vision_config", "text_config"):
             tower = getattr(self, name)
-            if getattr(tower, "hidden_size", None) is None:
+            if tower_hidden_size(tower) is None or (name == "text_config" and is_convolutional_tower(tower)):
                 raise ValueError(
-                    f"BridgeConfig.{name}: a {tower.model_type!r} config has no `hidden_size`; "
+                    f"BridgeConfig.{name}: a {tower.model_type!r} config has no `hidden_size`"
+                    f"{' (nor `hidden_sizes`)' if name == 'vision_config' else ''}; "
                     "pass the config of an encoder tower (e.g. the vision part of CLIP)."
                 )
 
@@ -285,4 +319,4 @@ class BridgeConfig(PreTrainedConfig):
         return cls(vision_config=vision_config.to_dict(), text_config=text_config.to_dict(), **kwargs)
 
 
-__all__ = ["BridgeConfig"]
+__all__ = ["BridgeConfig", "is_convolutional_tower", "tower_hidden_size"]

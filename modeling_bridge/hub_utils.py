@@ -14,7 +14,7 @@ from pathlib import Path
 
 from huggingface_hub import HfApi, ModelCard, ModelCardData, get_token
 
-from .configuration_bridge import is_local_only_path
+from .configuration_bridge import is_local_only_path, tower_hidden_size
 from .saving import apply_default_permissions, check_output_dir, make_staging_dir, replace_directory
 
 
@@ -64,8 +64,8 @@ def build_model_card(
 
 {intro}
 
-- towers: {towers} (vision `{vision.model_type}`, hidden size {vision.hidden_size}; text `{text.model_type}`, hidden
-  size {text.hidden_size})
+- towers: {towers} (vision `{vision.model_type}`, hidden size {tower_hidden_size(vision)}; text
+  `{text.model_type}`, hidden size {text.hidden_size})
 - interaction: {config.num_interaction_layers} layers, shared dim {config.shared_dim}, {config.num_interaction_heads}
   heads, embeddings of size {config.projection_dim}, `cross_embed_source="{config.cross_embed_source}"`
 - scores: `"unimodal"` (bi-encoder), `"fused"` (default here: `"{config.default_score}"`) and `"itm"`; the score of

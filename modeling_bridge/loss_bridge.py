@@ -53,16 +53,19 @@ def mine_hard_negatives(
     exclude: torch.Tensor | None = None,
     semi_hard: bool = True,
     generator: torch.Generator | None = None,
+    num_hardest: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Pick `num_negatives` negatives per anchor (row), vectorised.
 
     similarity (A, C): cosine similarity of each anchor to each candidate; positive_index (A,): each anchor's positive
     column; exclude (A, C) bool: candidates that must not serve as negatives (e.g. an identical caption).
-    With `semi_hard`, candidates in the band `S_ii - margin_max < S_ij < S_ii - margin_min` come first, in random
-    order, and the most similar remaining candidates fill the rest ("fallback hardest"); without, the most similar
-    candidates are taken. Returns indices (A, k) and a validity mask (A, k) that is False where fewer than k
-    candidates were allowed; k = min(num_negatives, C - 1). `generator` draws the random order within the band
-    (default: torch's global generator).
+    The first `num_hardest` negatives are the most similar candidates (those the semi-hard band leaves out by
+    construction, such as an attribute-swapped twin). For the rest, with `semi_hard`, candidates in the band
+    `S_ii - margin_max < S_ij < S_ii - margin_min` come first, in random order, and the most similar remaining
+    candidates fill up ("fallback hardest"); without, the most similar candidates are taken. Returns indices (A, k)
+    and a validity mask (A, k) that is False where fewer than k candidates were allowed;
+    k = min(num_negatives, C - 1). `generator` draws the random order within the band (default: torch's global
+    generator).
     """
     with torch.no_grad():
         similarity = similarity.detach().float()
@@ -76,6 +79,11 @@ def mine_hard_negatives(
         invalid = F.one_hot(positive_index, similarity.shape[1]).bool()
         if exclude is not None:
             invalid = invalid | exclude
+        num_hardest = min(num_hardest, num_negatives, similarity.shape[1] - 1)
+        if num_hardest > 0:
+            # Keys above the band's [2, 3) put the hardest candidates first.
+            hardest = similarity.masked_fill(invalid, float("-inf")).topk(num_hardest, dim=1).indices
+            key = key.scatter(1, hardest, 4.0 + similarity.gather(1, hardest))
         key = key.masked_fill(invalid, float("-inf"))
         values, indices = key.topk(min(num_negatives, similarity.shape[1] - 1), dim=1)
         return indices, values > float("-inf")

@@ -20,7 +20,14 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput, can_return_tuple, logging
 
-from .configuration_bridge import LOSS_NAMES, SCORE_MODES, BridgeConfig, check_local_path
+from .configuration_bridge import (
+    LOSS_NAMES,
+    SCORE_MODES,
+    BridgeConfig,
+    check_local_path,
+    is_convolutional_tower,
+    tower_hidden_size,
+)
 from .loss_bridge import (
     contrastive_loss,
     cycle_consistency_loss,
@@ -268,7 +275,7 @@ class BridgeInteractionLayer(GradientCheckpointingLayer):
 
     def __init__(self, config: BridgeConfig):
         super().__init__()
-        dv, dt, ds = config.vision_config.hidden_size, config.text_config.hidden_size, config.shared_dim
+        dv, dt, ds = tower_hidden_size(config.vision_config), config.text_config.hidden_size, config.shared_dim
         nv, nt = config.num_vision_positions, config.max_text_positions
         self.vision_norm = nn.LayerNorm(dv)
         self.text_norm = nn.LayerNorm(dt)
@@ -583,6 +590,66 @@ class BridgePreTrainedModel(PreTrainedModel):
             logger.warning(f"{message} The missing parameters are randomly initialised.")
         return (model, info) if wants_info else model
 
+    @classmethod
+    def from_vision_text_pretrained(
+        cls,
+        vision_model_name_or_path: str,
+        text_model_name_or_path: str,
+        dtype: torch.dtype | None = None,
+        **config_kwargs,
+    ):
+        r"""
+        Build BRIDGE (this class: `BridgeModel`, `BridgeForPreTraining`) around two pretrained towers: the towers keep
+        their weights bit for bit, the interaction layers and heads are new.
+
+        vision_model_name_or_path (`str`): a vision encoder (ViT, CLIP-vision, SigLIP-vision, DINOv2, ResNet, ...),
+            or a full dual-encoder checkpoint (`clip`, `siglip`, ...) whose vision part is taken. A convolutional
+            tower needs `num_vision_positions` in `config_kwargs` (the cells of its last feature map).
+        text_model_name_or_path (`str`): a text encoder (BERT, RoBERTa, MiniLM, ...).
+        dtype (`torch.dtype`, *optional*): dtype of the whole model. The towers are read in float32, the dtype of
+            the new layers, unless this is given.
+        config_kwargs: `BridgeConfig` fields (`num_interaction_layers`, `shared_dim`, ...).
+        """
+        vision_model = cls._load_pretrained_tower(vision_model_name_or_path, "vision_config")
+        text_model = cls._load_pretrained_tower(text_model_name_or_path, "text_config")
+        config = BridgeConfig.from_vision_text_configs(vision_model.config, text_model.config, **config_kwargs)
+        model = cls(config, vision_model=vision_model, text_model=text_model)
+        return model if dtype is None else model.to(dtype)
+
+    @staticmethod
+    def _load_pretrained_tower(name_or_path: str, part: str) -> PreTrainedModel:
+        """The encoder at `name_or_path`; for a dual-encoder checkpoint (no `hidden_size` of its own, e.g. `clip`), the
+        tower described by its `part` (`"vision_config"` / `"text_config"`), read from the same weights file.
+
+        Weights BRIDGE leaves out on purpose (the tower's pooling layer; the other half of a dual encoder) are not
+        reported: transformers' load report is silenced for this call and any other unexpected key is warned about
+        here instead."""
+        check_local_path(name_or_path, f"{part.split('_')[0]} tower folder")
+        config = AutoConfig.from_pretrained(name_or_path)
+        whole = config
+        if getattr(config, "hidden_size", None) is None and getattr(config, part, None) is not None:
+            config = getattr(config, part)
+        kwargs = {"config": config, "dtype": torch.float32, "output_loading_info": True}
+        report_logger = logging.get_logger("transformers.modeling_utils")
+        report_filter = _DropLoadReport()
+        report_logger.addFilter(report_filter)
+        try:
+            try:  # BRIDGE pools on its own; towers that have a pooling layer are loaded without it (as in __init__)
+                tower, info = AutoModel.from_pretrained(name_or_path, add_pooling_layer=False, **kwargs)
+            except TypeError:
+                tower, info = AutoModel.from_pretrained(name_or_path, **kwargs)
+        finally:
+            report_logger.removeFilter(report_filter)
+        if info.get("missing_keys"):
+            raise ValueError(
+                f"{name_or_path} lacks weights of its {config.model_type!r} tower: {sorted(info['missing_keys'])}; "
+                "point to a folder or repo that holds the pretrained encoder."
+            )
+        unexpected = sorted(k for k in info.get("unexpected_keys", ()) if not k.startswith("pooler."))
+        if unexpected and whole is config:
+            logger.warning(f"{name_or_path}: weights not used by the {config.model_type!r} tower: {unexpected}.")
+        return tower
+
 
 class _DropLoadReport(pylogging.Filter):
     """Drops transformers' per-load key report (a filter, not a level change: the loader's behaviour depends on its
@@ -640,7 +707,7 @@ class BridgeModel(BridgePreTrainedModel):
         self.vision_model.config = config.vision_config
         self.text_model.config = config.text_config
 
-        dv, dt, p = config.vision_config.hidden_size, config.text_config.hidden_size, config.projection_dim
+        dv, dt, p = tower_hidden_size(config.vision_config), config.text_config.hidden_size, config.projection_dim
         self.interaction_layers = BridgeInteractionEncoder(config)
         self.vision_unimodal_projection = nn.Linear(dv, p)
         self.text_unimodal_projection = nn.Linear(dt, p)
@@ -649,65 +716,6 @@ class BridgeModel(BridgePreTrainedModel):
         self.logit_scale = BridgeScalar(config.logit_scale_init_value)
         self.itm_head = BridgeITMHead(config)
         self.post_init()
-
-    @classmethod
-    def from_vision_text_pretrained(
-        cls,
-        vision_model_name_or_path: str,
-        text_model_name_or_path: str,
-        dtype: torch.dtype | None = None,
-        **config_kwargs,
-    ) -> "BridgeModel":
-        r"""
-        Build BRIDGE around two pretrained towers: the towers keep their weights bit for bit, the interaction layers
-        and heads are new.
-
-        vision_model_name_or_path (`str`): a vision encoder (ViT, CLIP-vision, SigLIP-vision, DINOv2, ...), or a full
-            dual-encoder checkpoint (`clip`, `siglip`, ...) whose vision part is taken.
-        text_model_name_or_path (`str`): a text encoder (BERT, RoBERTa, MiniLM, ...).
-        dtype (`torch.dtype`, *optional*): dtype of the whole model. The towers are read in float32, the dtype of
-            the new layers, unless this is given.
-        config_kwargs: `BridgeConfig` fields (`num_interaction_layers`, `shared_dim`, ...).
-        """
-        vision_model = cls._load_pretrained_tower(vision_model_name_or_path, "vision_config")
-        text_model = cls._load_pretrained_tower(text_model_name_or_path, "text_config")
-        config = BridgeConfig.from_vision_text_configs(vision_model.config, text_model.config, **config_kwargs)
-        model = cls(config, vision_model=vision_model, text_model=text_model)
-        return model if dtype is None else model.to(dtype)
-
-    @staticmethod
-    def _load_pretrained_tower(name_or_path: str, part: str) -> PreTrainedModel:
-        """The encoder at `name_or_path`; for a dual-encoder checkpoint (no `hidden_size` of its own, e.g. `clip`), the
-        tower described by its `part` (`"vision_config"` / `"text_config"`), read from the same weights file.
-
-        Weights BRIDGE leaves out on purpose (the tower's pooling layer; the other half of a dual encoder) are not
-        reported: transformers' load report is silenced for this call and any other unexpected key is warned about
-        here instead."""
-        check_local_path(name_or_path, f"{part.split('_')[0]} tower folder")
-        config = AutoConfig.from_pretrained(name_or_path)
-        whole = config
-        if getattr(config, "hidden_size", None) is None and getattr(config, part, None) is not None:
-            config = getattr(config, part)
-        kwargs = {"config": config, "dtype": torch.float32, "output_loading_info": True}
-        report_logger = logging.get_logger("transformers.modeling_utils")
-        report_filter = _DropLoadReport()
-        report_logger.addFilter(report_filter)
-        try:
-            try:  # BRIDGE pools on its own; towers that have a pooling layer are loaded without it (as in __init__)
-                tower, info = AutoModel.from_pretrained(name_or_path, add_pooling_layer=False, **kwargs)
-            except TypeError:
-                tower, info = AutoModel.from_pretrained(name_or_path, **kwargs)
-        finally:
-            report_logger.removeFilter(report_filter)
-        if info.get("missing_keys"):
-            raise ValueError(
-                f"{name_or_path} lacks weights of its {config.model_type!r} tower: {sorted(info['missing_keys'])}; "
-                "point to a folder or repo that holds the pretrained encoder."
-            )
-        unexpected = sorted(k for k in info.get("unexpected_keys", ()) if not k.startswith("pooler."))
-        if unexpected and whole is config:
-            logger.warning(f"{name_or_path}: weights not used by the {config.model_type!r} tower: {unexpected}.")
-        return tower
 
     # ---------------------------------------------------------------- input checks
 
@@ -729,7 +737,8 @@ class BridgeModel(BridgePreTrainedModel):
             )
         vc = self.config.vision_config
         channels = getattr(vc, "num_channels", 3)
-        size = getattr(vc, "image_size", None)
+        # A convolutional tower takes any size (its token count is checked on its output instead).
+        size = None if is_convolutional_tower(vc) else getattr(vc, "image_size", None)
         size = tuple(size) if isinstance(size, (list, tuple)) else (size, size)
         if pixel_values.dim() != 4 or pixel_values.shape[1] != channels:
             raise ValueError(
@@ -855,6 +864,18 @@ class BridgeModel(BridgePreTrainedModel):
             output_hidden_states=output_hidden_states,
             return_dict=True,
         )
+        if outputs.last_hidden_state.dim() == 4:
+            # A convolutional tower's (B, C, H, W) map: H*W tokens of width C in raster order (row by row), the
+            # order of a ViT's patches; its `hidden_states` stay the tower's own per-stage maps.
+            outputs.last_hidden_state = outputs.last_hidden_state.flatten(2).transpose(1, 2)
+            expected = self.config.num_vision_positions
+            if outputs.last_hidden_state.shape[1] != expected:
+                raise ValueError(
+                    f"The convolutional vision tower turns {tuple(pixel_values.shape[-2:])}-pixel images into "
+                    f"{outputs.last_hidden_state.shape[1]} tokens, but the model was built for "
+                    f"num_vision_positions={expected}: resize images to the size the model was built for "
+                    "(its image processor does)."
+                )
         return self._unimodal_output(outputs, self.vision_unimodal_projection)
 
     @can_return_tuple
@@ -1142,7 +1163,7 @@ class BridgeForPreTraining(BridgePreTrainedModel):
         bridge = BridgeModel(config, vision_model=vision_model, text_model=text_model)
         super().__init__(bridge.config)
         config = bridge.config
-        dv, dt = config.vision_config.hidden_size, config.text_config.hidden_size
+        dv, dt = tower_hidden_size(config.vision_config), config.text_config.hidden_size
         self.bridge = bridge
         # Training-only: sigmoid(itc_alpha) mixes cross and unimodal ITC; the MLM head reads the final text states,
         # the MIM head the final vision states. The MLM decoder is not tied to the text tower's word embeddings: the
@@ -1203,6 +1224,7 @@ class BridgeForPreTraining(BridgePreTrainedModel):
             duplicates,
             semi_hard=config.negative_mining == "semi_hard",
             generator=generator,
+            num_hardest=config.num_hardest_negatives,
         )
         k = negative_images.shape[1]
 
@@ -1245,6 +1267,7 @@ class BridgeForPreTraining(BridgePreTrainedModel):
                 duplicates,
                 semi_hard=config.negative_mining == "semi_hard",
                 generator=generator,
+                num_hardest=config.num_hardest_negatives,
             )
             # Every pair is run through the interaction stack for real: positives, (negative image, text anchor),
             # then (image anchor, negative text).
@@ -1288,6 +1311,49 @@ class BridgeForPreTraining(BridgePreTrainedModel):
         )
         return cross_itc, itm, itm_logits, itm_labels, out, attention_mask
 
+    def _precomputed_tower_output(self, part, states, input_ids, attention_mask=None) -> BaseModelOutputWithPooling:
+        """A tower's output rebuilt from its precomputed final states: the states and the unimodal embedding."""
+        bridge = self.bridge
+        tower = bridge.vision_model if part == "vision" else bridge.text_model
+        if self.training and any(p.requires_grad for p in tower.parameters()):
+            raise ValueError(
+                f"{part}_hidden_state was given in training mode, but the {part} tower has trainable parameters: it "
+                "would not learn. Freeze it (e.g. set_tower_trainable_blocks(tower, 0)) or pass the raw inputs."
+            )
+        if part == "vision":
+            width, length = tower_hidden_size(self.config.vision_config), self.config.num_vision_positions
+        else:
+            width, length = self.config.text_config.hidden_size, input_ids.shape[1]
+        if not (isinstance(states, torch.Tensor) and states.is_floating_point()):
+            raise TypeError(f"{part}_hidden_state must be a floating-point torch.Tensor, got {type(states).__name__}.")
+        if states.dim() != 3 or tuple(states.shape[1:]) != (length, width):
+            raise ValueError(
+                f"{part}_hidden_state has shape {tuple(states.shape)}; this model needs (batch, {length}, {width}) "
+                f"(the {part} tower's final states{'' if part == 'vision' else ' for the given input_ids'})."
+            )
+        projection = bridge.vision_unimodal_projection if part == "vision" else bridge.text_unimodal_projection
+        states = states.to(projection.weight.dtype)
+        return bridge._unimodal_output(
+            BaseModelOutputWithPooling(last_hidden_state=states), projection, attention_mask
+        )
+
+    def _mim_patch_size(self, pixel_values) -> tuple[int, int]:
+        """Pixels per masked unit: the tower's patch, or for a convolutional tower the image area of one cell of its
+        (square) last feature map."""
+        config = self.config
+        if not is_convolutional_tower(config.vision_config):
+            patch = config.vision_config.patch_size
+            return tuple(patch) if isinstance(patch, (list, tuple)) else (patch, patch)
+        side = math.isqrt(config.num_vision_positions)
+        height, width = pixel_values.shape[-2:]
+        if side * side != config.num_vision_positions or height % side or width % side:
+            raise ValueError(
+                f"MIM with a convolutional tower masks the image area of each feature-map cell: it needs a square "
+                f"map whose side divides the image, got num_vision_positions={config.num_vision_positions} for "
+                f"{height}x{width} images. Set mim_loss_weight=0."
+            )
+        return height // side, width // side
+
     def _masked_objective(
         self,
         vision,
@@ -1308,6 +1374,11 @@ class BridgeForPreTraining(BridgePreTrainedModel):
                 "mlm_loss_weight > 0 needs `mlm_input_ids` and `mlm_labels`: build batches with "
                 "BridgeDataCollator(mlm_probability=...) or set mlm_loss_weight=0."
             )
+        if use_mim and pixel_values is None:
+            raise ValueError(
+                "mim_loss_weight > 0 needs pixel_values (MIM runs the vision tower on masked images), not only "
+                "vision_hidden_state; pass the images or set mim_loss_weight=0."
+            )
         if use_mim and mim_mask is None:
             raise ValueError(
                 "mim_loss_weight > 0 needs `mim_mask`: build batches with "
@@ -1320,7 +1391,7 @@ class BridgeForPreTraining(BridgePreTrainedModel):
             ).last_hidden_state
         vision_states = vision.last_hidden_state
         if use_mim:
-            masked_pixels = mask_image_patches(pixel_values, mim_mask, config.vision_config.patch_size)
+            masked_pixels = mask_image_patches(pixel_values, mim_mask, self._mim_patch_size(pixel_values))
             vision_states = bridge.get_image_features(masked_pixels).last_hidden_state
         out = bridge.interact(
             vision_states,
@@ -1354,8 +1425,15 @@ class BridgeForPreTraining(BridgePreTrainedModel):
         return_loss: bool | None = True,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
+        vision_hidden_state: torch.FloatTensor | None = None,
+        text_hidden_state: torch.FloatTensor | None = None,
     ) -> BridgeForPreTrainingOutput | tuple:
         r"""
+        vision_hidden_state (`(batch, num_vision_positions, dv)`) / text_hidden_state (`(batch, Nt, dt)`), *optional*:
+            a frozen tower's final states computed ahead (e.g. by `modeling_bridge.training.cache_tower_states`),
+            used instead of running that tower; `pixel_values` may then be omitted. `input_ids` and
+            `attention_mask` are still needed (identical captions never serve as negatives). A tower with
+            trainable parameters cannot be replaced in training mode: it would silently stop learning.
         mlm_input_ids (`torch.LongTensor` of shape `(batch, Nt)`): the texts with masked tokens (MLM input).
         mlm_labels (`torch.LongTensor` of shape `(batch, Nt)`): original ids at masked positions, -100 elsewhere.
         mim_mask (`torch.BoolTensor` of shape `(batch, num_patches)`): patches hidden from the MIM pass.
@@ -1365,14 +1443,15 @@ class BridgeForPreTraining(BridgePreTrainedModel):
             (in `vision_model_output` / `text_model_output`); attentions also return the interaction's attention
             maps of the positive pairs. Default: the config's values.
         """
-        if input_ids is None or pixel_values is None:
+        images = pixel_values if vision_hidden_state is None else vision_hidden_state
+        if input_ids is None or images is None:
             raise ValueError(
-                "BridgeForPreTraining needs both pixel_values and input_ids: aligned pairs, image i "
-                "described by text i."
+                "BridgeForPreTraining needs both pixel_values (or vision_hidden_state) and input_ids: aligned pairs, "
+                "image i described by text i."
             )
-        if pixel_values.shape[0] != input_ids.shape[0]:
+        if images.shape[0] != input_ids.shape[0]:
             raise ValueError(
-                f"Got {pixel_values.shape[0]} images and {input_ids.shape[0]} texts; pre-training "
+                f"Got {images.shape[0]} images and {input_ids.shape[0]} texts; pre-training "
                 "takes aligned pairs (image i described by text i), so the counts must match."
             )
         config, bridge = self.config, self.bridge
@@ -1385,16 +1464,22 @@ class BridgeForPreTraining(BridgePreTrainedModel):
         output_attentions, output_hidden_states = bridge._output_flags(output_attentions, output_hidden_states)
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        vision = bridge.get_image_features(pixel_values, output_attentions, output_hidden_states, return_dict=True)
-        text = bridge.get_text_features(
-            input_ids,
-            attention_mask,
-            token_type_ids,
-            position_ids,
-            output_attentions,
-            output_hidden_states,
-            return_dict=True,
-        )
+        if vision_hidden_state is None:
+            vision = bridge.get_image_features(pixel_values, output_attentions, output_hidden_states, return_dict=True)
+        else:
+            vision = self._precomputed_tower_output("vision", vision_hidden_state, input_ids)
+        if text_hidden_state is None:
+            text = bridge.get_text_features(
+                input_ids,
+                attention_mask,
+                token_type_ids,
+                position_ids,
+                output_attentions,
+                output_hidden_states,
+                return_dict=True,
+            )
+        else:
+            text = self._precomputed_tower_output("text", text_hidden_state, input_ids, attention_mask)
         rank, world = distributed_rank_and_world()
         batch = input_ids.shape[0]
         if return_loss and batch * world < 2:

@@ -64,6 +64,11 @@ SAVE_FILE_PATTERNS = (
     "image_processing_*.py",
     "tokenization_*.py",
     "README.md",
+    # a `datasets` folder written by `save_to_disk` (the tower-state cache, with its fingerprint file)
+    "data-*-of-*.arrow",
+    "dataset_info.json",
+    "state.json",
+    "bridge_tower_cache.json",
 )
 
 

@@ -8,7 +8,9 @@ from transformers import (
     BertConfig,
     BertTokenizer,
     CLIPVisionConfig,
+    ConvNextConfig,
     Dinov2Config,
+    ResNetConfig,
     RobertaConfig,
     SiglipVisionConfig,
     ViTConfig,
@@ -62,7 +64,12 @@ VISION_CONFIGS = {
     "dinov2": lambda: Dinov2Config(
         hidden_size=32, num_hidden_layers=2, num_attention_heads=4, mlp_ratio=2, image_size=IMAGE_SIZE, patch_size=8
     ),
+    # Convolutional towers: a 32-pixel image becomes a 4 x 4 map of 32 channels (16 tokens, no CLS).
+    "resnet": lambda: ResNetConfig(embedding_size=16, hidden_sizes=[16, 32], depths=[1, 1], layer_type="basic"),
+    "convnext": lambda: ConvNextConfig(num_stages=2, patch_size=4, hidden_sizes=[16, 32], depths=[1, 1]),
 }
+# Tokens per IMAGE_SIZE image of the towers whose count a config cannot give (convolutional: the map's cells).
+CONV_VISION_POSITIONS = {"resnet": (IMAGE_SIZE // 8) ** 2, "convnext": (IMAGE_SIZE // 8) ** 2}
 TEXT_CONFIGS = {
     "bert": lambda: BertConfig(
         vocab_size=len(VOCAB),
@@ -95,6 +102,8 @@ def make_config(vision="vit", text="bert", **overrides) -> BridgeConfig:
         interaction_dropout=0.0,
         attention_dropout=0.0,
     )
+    if vision in CONV_VISION_POSITIONS:
+        fields["num_vision_positions"] = CONV_VISION_POSITIONS[vision]
     fields.update(overrides)
     return BridgeConfig.from_vision_text_configs(VISION_CONFIGS[vision](), TEXT_CONFIGS[text](), **fields)
 

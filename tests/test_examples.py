@@ -267,19 +267,55 @@ def test_demo_scores_galleries_without_tokenizer_warnings(processor):
     tokenizer = BertTokenizer(vocab={w: i for i, w in enumerate(VOCAB)}, model_max_length=32, max_length=128)
     saved_max_length = BridgeProcessor(image_processor=processor.image_processor, tokenizer=tokenizer)
     images, captions = random_images(3), ["a red circle", "a blue square", "a green triangle"]
+    bridge = make_model(vision="resnet")
+    dual = run_demo.DualEncoder(bridge.vision_model, bridge.text_model, 8).eval()
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        scores = run_demo.score_matrix(make_model(), saved_max_length, images, captions)
-        results = run_demo.evaluate_scores(make_model(), _Scores(scores), saved_max_length, images, captions)
-    assert scores.shape == (3, 3) and set(results["dual_encoder"]) == {"zeroshot_acc", "t2i_r1", "i2t_r1"}
+        scores = run_demo.score_matrices(bridge, dual, saved_max_length, images, captions)
+    assert set(scores) == {"bridge_unimodal", "bridge_fused", "bridge_itm", "dual_encoder"}
+    assert all(matrix.shape == (3, 3) for matrix in scores.values())
 
 
-class _Scores(torch.nn.Module):
-    """A stand-in baseline that returns fixed logits."""
+def test_twin_scores_follow_winoground():
+    import run_demo
 
-    def __init__(self, logits):
-        super().__init__()
-        self.logits = logits
+    # images 0/1 are twins, 2/3 are twins; rows are images, columns captions
+    scores = torch.tensor(
+        [
+            [0.9, 0.1, 0.0, 0.0],  # image 0 prefers caption 0
+            [0.5, 0.6, 0.0, 0.0],  # image 1 prefers caption 1; caption 0 prefers image 0 (0.9 > 0.5)
+            [0.0, 0.0, 0.4, 0.7],  # image 2 prefers caption 3: text score fails for this pair
+            [0.0, 0.0, 0.3, 0.8],  # caption 2 prefers image 2 (0.4 > 0.3), caption 3 prefers image 3 (0.8 > 0.7)
+        ]
+    )
+    got = run_demo.twin_scores(scores, [1, 0, 3, 2])
+    assert got == {"twin_text": 0.5, "twin_image": 1.0, "twin_group": 0.5}
+    assert run_demo.recall_at_1(scores) == (1.0, 0.75)
 
-    def forward(self, **inputs):
-        return type("Out", (), {"logits_per_image": self.logits})()
+
+def test_demo_runs_end_to_end_and_reuses_its_caches(tmp_path):
+    """A miniature `make demo`: pre-stage, cached tower states, both models, reload, pipeline, results and figure.
+    The second run reuses the pre-stage tower and the state cache instead of recomputing them."""
+    import run_demo
+
+    argv = ["--output_dir", str(tmp_path), "--num_train", "64", "--max_steps", "2", "--batch_size", "8"]
+    results = run_demo.main([*argv, "--tower_steps", "2"])
+    assert set(results) == {"bridge_unimodal", "bridge_fused", "bridge_itm", "dual_encoder"}
+    for row in results.values():
+        assert {"t2i_r1", "i2t_r1", "twin_text", "twin_image", "twin_group"} <= set(row)
+        assert all(0.0 <= value <= 1.0 for value in row.values())
+    assert 0.0 <= results["bridge_fused"]["zeroshot_acc"] <= 1.0
+    assert json.loads((tmp_path / "results.json").read_text()) == results
+    diagnostics = json.loads((tmp_path / "diagnostics.json").read_text())
+    assert {"color", "shape"} == set(diagnostics["vision_tower_prestage"]["probe_held_out"])
+    assert len(diagnostics["attention"]) == 2 * 2  # 2 layers x 2 directions
+    assert (tmp_path / "diagnostics.png").stat().st_size > 0
+    stamps = {
+        p: p.stat().st_mtime_ns
+        for p in (
+            tmp_path / "vision_tower" / "prestage.json",
+            tmp_path / "cache" / "train" / "bridge_tower_cache.json",
+        )
+    }
+    assert run_demo.main([*argv, "--tower_steps", "2"]) == results  # same seed, same caches: the same numbers
+    assert all(p.stat().st_mtime_ns == stamp for p, stamp in stamps.items())

@@ -95,7 +95,7 @@ def test_fresh_model_gates_and_temperatures_start_at_their_init():
     model = make_model(randomize=False)
     out = model(input_ids=torch.tensor([[5, 6, 7]]), pixel_values=torch.zeros(1, 3, IMAGE_SIZE, IMAGE_SIZE))
     torch.testing.assert_close(out.gate_values, torch.full((2, 2), 1 / (1 + math.exp(2.2))))
-    torch.testing.assert_close(out.temperatures, torch.ones(2, 2))
+    torch.testing.assert_close(out.temperatures, torch.full((2, 2), 0.1))
     torch.testing.assert_close(model.logit_scale.value, torch.tensor(2.6592))
     assert not hasattr(model, "itc_alpha")  # a pre-training parameter: BridgeForPreTraining holds it
 
@@ -255,7 +255,7 @@ def test_each_tower_type_builds_runs_forward_and_backward(vision, text):
     pixel_values, input_ids, attention_mask = random_inputs(2, 3)
     out = model(input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask, score="fused")
     n_v = model.config.num_vision_positions
-    assert n_v == (IMAGE_SIZE // 8) ** 2 + (0 if vision.startswith("siglip") else 1)
+    assert n_v == (IMAGE_SIZE // 8) ** 2 + (0 if vision.startswith(("siglip", "resnet", "convnext")) else 1)
     assert out.vision_model_output.last_hidden_state.shape[1] == n_v
     (out.logits_per_image.sum() + out.itm_logits.sum()).backward()
     for name in (
@@ -331,9 +331,12 @@ def test_gradient_checkpointing_gives_the_same_gradients(use_reentrant, cross_em
         )
     assert sum(bool(g.abs().sum() > 0) for g in grads[0].values()) > 50
     for name, reference in grads[0].items():
-        # Recomputation sums in another order: float32 noise of a few ulps of the tensor's largest entries.
+        # Recomputation sums in another order: float32 noise in units of the tensor's largest entries. A tower bias
+        # gradient sums ~70 per-token terms (2 x 2 pairs x 17 tokens) that are larger than the result (they cancel;
+        # 1/tau = 10 scales the attention's share), so allow ~80 ulps of the largest entry (1e-5), far below any
+        # real difference (a lost gradient is of the size of the entry itself).
         scale = reference.abs().max().item()
-        torch.testing.assert_close(grads[1][name], reference, atol=1e-6 * max(scale, 1.0), rtol=1e-5, msg=name)
+        torch.testing.assert_close(grads[1][name], reference, atol=1e-5 * max(scale, 1.0), rtol=1e-5, msg=name)
 
 
 @pytest.mark.parametrize(

@@ -250,7 +250,7 @@ def test_pretraining_errors_name_the_problem():
     pixel_values, input_ids, attention_mask = random_inputs(2, 3)
     with pytest.raises(ValueError, match="2 images and 3 texts"):
         model(input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask)
-    with pytest.raises(ValueError, match="needs both pixel_values and input_ids"):
+    with pytest.raises(ValueError, match=r"needs both pixel_values \(or vision_hidden_state\) and input_ids"):
         model(input_ids=input_ids)
     with pytest.raises(ValueError, match="mlm_loss_weight > 0 needs `mlm_input_ids`"):
         model(input_ids=input_ids[:2], pixel_values=pixel_values, attention_mask=attention_mask[:2])

@@ -40,6 +40,8 @@ BLOCK_PREFIX = {
     "clip_vision_model": "encoder.layers.",
     "siglip_vision_model": "encoder.layers.",
     "dinov2": "encoder.layer.",
+    "resnet": "encoder.stages.",
+    "convnext": "encoder.stages.",
     "bert": "encoder.layer.",
     "roberta": "encoder.layer.",
 }
@@ -48,6 +50,8 @@ AFTER_BLOCKS = {
     "clip_vision_model": ("post_layernorm.",),
     "siglip_vision_model": ("post_layernorm.", "head."),
     "dinov2": ("layernorm.",),
+    "resnet": (),
+    "convnext": ("layernorm.",),
     "bert": (),
     "roberta": (),
 }

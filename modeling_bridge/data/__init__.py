@@ -14,6 +14,7 @@ from .shapes import (
     is_held_out_binding,
     load_bridge_shapes,
     parse_shapes_caption,
+    shapes_cell_labels,
 )
 
 
@@ -30,5 +31,6 @@ __all__ = [
     "load_bridge_shapes",
     "load_image_text_dataset",
     "parse_shapes_caption",
+    "shapes_cell_labels",
     "twin_adjacent_order",
 ]

@@ -8,6 +8,8 @@ from typing import Any
 import torch
 from transformers import DataCollatorForLanguageModeling
 
+from ..configuration_bridge import is_convolutional_tower
+
 
 # Tokenizers without a real limit report this huge sentinel as model_max_length.
 _NO_LIMIT = 1_000_000
@@ -16,8 +18,11 @@ _NO_LIMIT = 1_000_000
 def num_patch_tokens(config) -> int:
     """Patch tokens of the vision tower for an image of its configured size, without CLS or register tokens: the
     `num_patches` that `mim_mask` needs. `config` is a BridgeConfig or a vision tower config; `image_size` and
-    `patch_size` may be ints or (height, width) pairs."""
+    `patch_size` may be ints or (height, width) pairs. For a convolutional tower, the BridgeConfig's
+    `num_vision_positions` (the cells of its feature map)."""
     vision = getattr(config, "vision_config", config)
+    if is_convolutional_tower(vision) and getattr(config, "num_vision_positions", None):
+        return config.num_vision_positions  # a feature map has no CLS token: every token is a cell
     image_size, patch_size = getattr(vision, "image_size", None), getattr(vision, "patch_size", None)
     if image_size is None or patch_size is None:
         raise ValueError(

@@ -344,6 +344,25 @@ def load_bridge_shapes(
     )
 
 
+def shapes_cell_labels(boxes, colors, shapes, image_size: int, grid: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-cell targets of a bridge-shapes scene on a `grid` x `grid` map (e.g. a vision tower's feature map):
+    the colour index (into `SHAPES_COLORS`) and shape index (into `SHAPES_NAMES`) of the object whose box holds the
+    cell's centre, -1 where none does (background). Row-major (grid, grid) int64 arrays; for pre-training or probing
+    a tower on what is where."""
+    if grid < 1 or image_size % grid:
+        raise ValueError(f"grid must be a positive divisor of image_size={image_size}, got {grid}.")
+    cell = image_size // grid
+    centres = np.arange(grid) * cell + (cell - 1) / 2
+    color_map, shape_map = np.full((grid, grid), -1), np.full((grid, grid), -1)
+    color_names, shape_names = list(SHAPES_COLORS), list(SHAPES_NAMES)
+    for (x0, y0, x1, y1), color, shape in zip(boxes, colors, shapes):
+        inside = (
+            (centres[:, None] >= y0) & (centres[:, None] <= y1) & (centres[None, :] >= x0) & (centres[None, :] <= x1)
+        )
+        color_map[inside], shape_map[inside] = color_names.index(color), shape_names.index(shape)
+    return color_map, shape_map
+
+
 __all__ = [
     "SHAPES_BACKGROUND",
     "SHAPES_COLORS",
@@ -355,4 +374,5 @@ __all__ = [
     "is_held_out_binding",
     "load_bridge_shapes",
     "parse_shapes_caption",
+    "shapes_cell_labels",
 ]

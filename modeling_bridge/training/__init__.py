@@ -10,13 +10,16 @@ from .stages import (
     set_tower_trainable_blocks,
     transformer_blocks,
 )
+from .tower_cache import TowerStateCollator, cache_tower_states
 from .trainer import BridgeTrainer
 
 
 __all__ = [
     "BridgeTrainer",
+    "TowerStateCollator",
     "TrainingStage",
     "apply_training_stage",
+    "cache_tower_states",
     "LoraAdapterMismatchError",
     "default_lora_target_modules",
     "find_bridge_model",

@@ -1,0 +1,172 @@
+"""Embed once, train the interaction layers many times: a `datasets`-backed cache of frozen towers' final states.
+
+With frozen towers (stage A), every epoch would run the same images and captions through the same towers again.
+`cache_tower_states` runs them once, writes the states to disk as a `datasets.Dataset` (in batches, with a progress
+bar; a folder `load_from_disk` reads), and `TowerStateCollator` batches its rows for `BridgeForPreTraining`, which
+takes them as `vision_hidden_state` / `text_hidden_state`. The folder records a fingerprint of the towers' weights,
+the rows and the preprocessing; a later call with the same fingerprint loads it instead of recomputing, and one with
+another fingerprint recomputes it (a folder that is not a previous cache is never replaced without `overwrite`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from datasets import Array2D, Dataset, Features, List, Value, load_from_disk
+from huggingface_hub.utils import tqdm
+
+from ..saving import check_output_dir, make_staging_dir, replace_directory
+from .stages import find_bridge_model
+
+
+CACHE_INFO_FILE = "bridge_tower_cache.json"
+CACHE_COLUMNS = ("input_ids", "attention_mask", "vision_hidden_state", "text_hidden_state")
+
+
+def towers_fingerprint(bridge) -> str:
+    """sha256 of both towers' parameters and buffers (names, dtypes, shapes, bytes)."""
+    digest = hashlib.sha256()
+    for prefix, tower in (("vision", bridge.vision_model), ("text", bridge.text_model)):
+        for name, tensor in sorted(tower.state_dict().items()):
+            tensor = tensor.detach().cpu().contiguous()
+            digest.update(f"{prefix}.{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+            digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _cache_fingerprint(bridge, dataset, processor, length, image_column, text_column) -> dict:
+    return {
+        "towers": towers_fingerprint(bridge),
+        "rows": dataset._fingerprint,
+        "num_rows": len(dataset),
+        "columns": [image_column, text_column],
+        "text_length": length,
+        "image_processor": json.loads(processor.image_processor.to_json_string()),
+        "tokenizer": type(processor.tokenizer).__name__,
+        "vocab_size": len(processor.tokenizer),
+    }
+
+
+def cache_tower_states(
+    model,
+    dataset: Dataset,
+    processor,
+    cache_dir: str | os.PathLike,
+    batch_size: int = 64,
+    max_length: int | None = None,
+    image_column: str = "image",
+    text_column: str = "caption",
+    overwrite: bool = False,
+    progress: bool = True,
+) -> Dataset:
+    """The towers' final states of every (image, caption) row of `dataset`, cached in `cache_dir`.
+
+    Returns a torch-formatted `Dataset` with `input_ids` and `attention_mask` (captions padded to the longest one,
+    at most `max_length`, default the model's `max_text_positions`), `vision_hidden_state`
+    (num_vision_positions x vision width) and `text_hidden_state` (length x text width), row i from row i of
+    `dataset`. Batch it with `TowerStateCollator`. The towers run in eval mode without autograd; reuse the cache
+    only while they stay frozen (`BridgeForPreTraining` refuses cached states for a trainable tower).
+    """
+    bridge = find_bridge_model(model)
+    config = bridge.config
+    for column in (image_column, text_column):
+        if column not in dataset.column_names:
+            raise ValueError(
+                f"cache_tower_states: the dataset has no {column!r} column; its columns are {dataset.column_names}."
+            )
+    if len(dataset) == 0:
+        raise ValueError("cache_tower_states got an empty dataset: nothing to embed.")
+    limit = config.max_text_positions if max_length is None else min(max_length, config.max_text_positions)
+    longest = max(len(ids) for ids in processor.tokenizer(list(dataset[text_column]))["input_ids"])
+    length = min(longest, limit)
+    info = _cache_fingerprint(bridge, dataset, processor, length, image_column, text_column)
+    info_path = os.path.join(cache_dir, CACHE_INFO_FILE)
+    if os.path.isfile(info_path):
+        with open(info_path, encoding="utf-8") as f:
+            if json.load(f) == info:
+                return load_from_disk(os.fspath(cache_dir)).with_format("torch")
+    check_output_dir(cache_dir, overwrite=overwrite)
+
+    vision_width, text_width = bridge.vision_unimodal_projection.in_features, config.text_config.hidden_size
+    features = Features(
+        {
+            "input_ids": List(Value("int32"), length=length),
+            "attention_mask": List(Value("int8"), length=length),
+            "vision_hidden_state": Array2D((config.num_vision_positions, vision_width), "float32"),
+            "text_hidden_state": Array2D((length, text_width), "float32"),
+        }
+    )
+
+    def batches():
+        was_training = bridge.training
+        bridge.eval()
+        try:
+            with torch.inference_mode():
+                starts = range(0, len(dataset), batch_size)
+                for start in tqdm(starts, desc="caching tower states", disable=not progress, unit="batch"):
+                    rows = dataset[start : start + batch_size]
+                    inputs = processor(
+                        images=rows[image_column],
+                        text=rows[text_column],
+                        padding="max_length",
+                        truncation=True,
+                        max_length=length,
+                        return_tensors="pt",
+                    )
+                    vision = bridge.get_image_features(inputs["pixel_values"]).last_hidden_state
+                    text_inputs = {k: v for k, v in inputs.items() if k in ("attention_mask", "token_type_ids")}
+                    text = bridge.get_text_features(inputs["input_ids"], **text_inputs).last_hidden_state
+                    for i in range(vision.shape[0]):
+                        yield {
+                            "input_ids": inputs["input_ids"][i].numpy().astype(np.int32),
+                            "attention_mask": inputs["attention_mask"][i].numpy().astype(np.int8),
+                            "vision_hidden_state": vision[i].float().numpy(),
+                            "text_hidden_state": text[i].float().numpy(),
+                        }
+        finally:
+            bridge.train(was_training)
+
+    staging = make_staging_dir(cache_dir)
+    try:
+        # from_generator writes its Arrow file into a throwaway datasets cache inside the staging folder; the
+        # saved copy next to it is what gets renamed into place.
+        built = Dataset.from_generator(batches, features=features, cache_dir=os.fspath(staging / "build"))
+        built.save_to_disk(os.fspath(staging / "cache"))
+        with open(staging / "cache" / CACHE_INFO_FILE, "w", encoding="utf-8") as f:
+            json.dump(info, f, indent=1)
+        del built
+        replace_directory(staging / "cache", cache_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return load_from_disk(os.fspath(cache_dir)).with_format("torch")
+
+
+@dataclass
+class TowerStateCollator:
+    """Stack rows of a `cache_tower_states` dataset into a `BridgeForPreTraining` batch, cutting the texts to the
+    longest real caption of the batch (padded positions are masked, so this changes no result and saves compute)."""
+
+    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        if not rows:
+            raise ValueError("TowerStateCollator got an empty list of rows.")
+        missing = [c for c in CACHE_COLUMNS if c not in rows[0]]
+        if missing:
+            raise ValueError(
+                f"TowerStateCollator needs the columns {list(CACHE_COLUMNS)} of a cache_tower_states dataset; "
+                f"the rows lack {missing}. Set remove_unused_columns=False in TrainingArguments."
+            )
+        batch = {c: torch.stack([torch.as_tensor(row[c]) for row in rows]) for c in CACHE_COLUMNS}
+        length = int(batch["attention_mask"].sum(1).max())
+        batch["input_ids"] = batch["input_ids"][:, :length].long()
+        batch["attention_mask"] = batch["attention_mask"][:, :length].long()
+        batch["text_hidden_state"] = batch["text_hidden_state"][:, :length]
+        return batch
+
+
+__all__ = ["CACHE_INFO_FILE", "TowerStateCollator", "cache_tower_states", "towers_fingerprint"]
