@@ -201,7 +201,7 @@ def pretrained_shapes_tower(args: DemoArguments, processor, test) -> dict:
     info = {
         "settings": settings,
         "seconds": round(seconds, 1),
-        "final_loss": round(loss.item(), 4),
+        "final_loss": round(loss.item(), 4) if settings["steps"] else None,
         "probe_held_out": probe_tower(tower, head, test, processor),
     }
     from modeling_bridge.saving import make_staging_dir, replace_directory

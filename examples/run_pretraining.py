@@ -13,6 +13,9 @@ a COCO/Flickr Karpathy JSON (`--dataset annotations.json --image_root images/`).
         --text_model bert-base-uncased --dataset coco_karpathy_train.json --image_root coco/ \
         --output_dir outputs/stage_a --per_device_train_batch_size 64 --num_train_epochs 5
 
+`--tower_state_cache DIR` (stage A: both towers frozen) embeds the data once into DIR, a `datasets` folder, and
+trains the interaction layers on the cached states: the towers never run again, in this run or the next one with
+the same towers and data.
 `--resume_from_checkpoint` (a checkpoint folder, or `True` for the latest in `--output_dir`) continues a killed run.
 The stage's learning rate, weight decay, warmup (as `warmup_steps`, a fraction below 1) and gradient clipping apply
 unless given on the command line.
@@ -38,7 +41,9 @@ from modeling_bridge.hub_utils import check_model_path, explain_load_error, prog
 from modeling_bridge.saving import check_output_dir
 from modeling_bridge.training import (
     BridgeTrainer,
+    TowerStateCollator,
     apply_training_stage,
+    cache_tower_states,
     load_training_stage,
     save_pretrained_atomically,
 )
@@ -98,6 +103,13 @@ class DataArguments:
     skip_invalid: bool = field(default=False, metadata={"help": "Skip unreadable images / empty captions."})
     mlm_probability: float = field(default=0.15, metadata={"help": "Token masking rate when MLM is on."})
     mim_probability: float = field(default=0.4, metadata={"help": "Patch masking rate when MIM is on."})
+    tower_state_cache: str | None = field(
+        default=None,
+        metadata={
+            "help": "With both towers frozen (stage A): embed every row once into this folder and train on the "
+            "cached tower states (reused while the towers, rows and processor stay the same)."
+        },
+    )
 
 
 # BridgeConfig's own fields; the tower configs come from the towers and are not overridden here.
@@ -306,6 +318,43 @@ def input_paths(model_args: ModelArguments, data_args: DataArguments, training_a
     return {p: label for p, label in candidates.items() if isinstance(p, str) and p and os.path.exists(p)}
 
 
+def cache_splits(model, processor, train, evaluation, data_args: DataArguments, training_args):
+    """Both splits (columns `image` and `caption`, as `load_splits` gives them) as cached tower states
+    (`cache_tower_states`), in `<tower_state_cache>/{train,eval}`. Only for
+    frozen towers and objectives that read the towers' final states (ITC, ITM, cycle), as in stage A."""
+    bridge = model.bridge
+    trainable = [
+        n for n in ("vision", "text") if any(p.requires_grad for p in getattr(bridge, f"{n}_model").parameters())
+    ]
+    if trainable:
+        raise ValueError(
+            f"--tower_state_cache needs frozen towers, but this stage trains the {' and '.join(trainable)} tower; "
+            "use it with stage a (or a stage whose *_trainable_blocks are 0)."
+        )
+    if model.config.mlm_loss_weight > 0 or model.config.mim_loss_weight > 0:
+        raise ValueError(
+            "--tower_state_cache cannot serve MLM / MIM (they run the towers on masked inputs); set their loss "
+            "weights to 0 or drop --tower_state_cache."
+        )
+    splits = []
+    for name, split in (("train", train), ("eval", evaluation)):
+        if split is None:
+            splits.append(None)
+            continue
+        with training_args.main_process_first(desc=f"caching the {name} tower states"):
+            splits.append(
+                cache_tower_states(
+                    model,
+                    split,
+                    processor,
+                    os.path.join(data_args.tower_state_cache, name),
+                    batch_size=training_args.per_device_eval_batch_size,
+                    progress=not training_args.disable_tqdm,
+                )
+            )
+    return tuple(splits)
+
+
 def check_batch_size(training_args) -> None:
     """In-batch contrastive losses need 2 pairs per step (all ranks together: they are gathered)."""
     if training_args.per_device_train_batch_size * training_args.world_size < 2:
@@ -370,9 +419,13 @@ def train(model_args: ModelArguments, data_args: DataArguments, training_args, a
             len(train),
             batch,
         )
-    collator = BridgeDataCollator.for_model(
-        processor, config, mlm_probability=data_args.mlm_probability, mim_probability=data_args.mim_probability
-    )
+    if data_args.tower_state_cache:
+        train, evaluation = cache_splits(model, processor, train, evaluation, data_args, training_args)
+        collator = TowerStateCollator()
+    else:
+        collator = BridgeDataCollator.for_model(
+            processor, config, mlm_probability=data_args.mlm_probability, mim_probability=data_args.mim_probability
+        )
     trainer = BridgeTrainer(
         model=model, args=training_args, train_dataset=train, eval_dataset=evaluation, data_collator=collator
     )

@@ -64,10 +64,8 @@ SAVE_FILE_PATTERNS = (
     "image_processing_*.py",
     "tokenization_*.py",
     "README.md",
-    # a `datasets` folder written by `save_to_disk` (the tower-state cache, with its fingerprint file)
-    "data-*-of-*.arrow",
-    "dataset_info.json",
-    "state.json",
+    # the tower-state cache (modeling_bridge.training.tower_cache)
+    "tower_states.arrow",
     "bridge_tower_cache.json",
 )
 

@@ -120,6 +120,29 @@ def test_bad_model_arguments_are_named(tiny_source, tmp_path):
         run_pretraining.main(["--vision_model", "x", "--output_dir", str(tmp_path)])
 
 
+def test_stage_a_on_cached_tower_states(tiny_source, tmp_path):
+    """--tower_state_cache: the towers run once into a datasets folder, the run trains on it, and a second run
+    (the next stage A epochs) reuses the folder. Stages that train a tower or need MLM / MIM are refused."""
+    cache = tmp_path / "states"
+    argv = [
+        *_args(tiny_source, tmp_path / "run", "--max_steps", "2", "--eval_split", "test", "--max_eval_samples", "8"),
+        "--tower_state_cache",
+        str(cache),
+    ]
+    trainer = run_pretraining.main(argv)
+    assert math.isfinite(trainer.state.log_history[-1]["eval_loss"])
+    info = cache / "train" / "bridge_tower_cache.json"
+    assert info.is_file() and (cache / "eval" / "bridge_tower_cache.json").is_file()
+    assert set(trainer.train_dataset.column_names) >= {"vision_hidden_state", "text_hidden_state"}
+    stamp = info.stat().st_mtime_ns
+    # The next run starts from the saved model: its towers are the same (frozen), so the cache is reused.
+    again = [*argv[2:], "--model_name_or_path", str(tmp_path / "run" / "model"), "--output_dir", str(tmp_path / "b")]
+    run_pretraining.main(again)
+    assert info.stat().st_mtime_ns == stamp
+    with pytest.raises(ValueError, match="--tower_state_cache needs frozen towers, but this stage trains the vision"):
+        run_pretraining.main([*_args(tiny_source, tmp_path / "c", "--stage", "c"), "--tower_state_cache", str(cache)])
+
+
 @pytest.fixture
 def tower_dirs(tmp_path, processor):
     from transformers import AutoModel

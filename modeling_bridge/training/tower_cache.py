@@ -1,11 +1,12 @@
 """Embed once, train the interaction layers many times: a `datasets`-backed cache of frozen towers' final states.
 
 With frozen towers (stage A), every epoch would run the same images and captions through the same towers again.
-`cache_tower_states` runs them once, writes the states to disk as a `datasets.Dataset` (in batches, with a progress
-bar; a folder `load_from_disk` reads), and `TowerStateCollator` batches its rows for `BridgeForPreTraining`, which
-takes them as `vision_hidden_state` / `text_hidden_state`. The folder records a fingerprint of the towers' weights,
-the rows and the preprocessing; a later call with the same fingerprint loads it instead of recomputing, and one with
-another fingerprint recomputes it (a folder that is not a previous cache is never replaced without `overwrite`).
+`cache_tower_states` runs them once and writes the states to disk as one Arrow file (in batches, with a progress
+bar), read back as a memory-mapped `datasets.Dataset`; `TowerStateCollator` batches its rows for
+`BridgeForPreTraining`, which takes them as `vision_hidden_state` / `text_hidden_state`. The folder records a
+fingerprint of the towers' weights, the rows and the preprocessing; a later call with the same fingerprint loads it
+instead of recomputing, and one with another fingerprint recomputes it (a folder that is not a previous cache is
+never replaced without `overwrite`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from datasets import Array2D, Dataset, Features, List, Value, load_from_disk
+from datasets import Array2D, Dataset, Features, List, Value
+from datasets.arrow_writer import ArrowWriter
 from huggingface_hub.utils import tqdm
 
 from ..saving import check_output_dir, make_staging_dir, replace_directory
@@ -26,6 +28,7 @@ from .stages import find_bridge_model
 
 
 CACHE_INFO_FILE = "bridge_tower_cache.json"
+CACHE_STATES_FILE = "tower_states.arrow"
 CACHE_COLUMNS = ("input_ids", "attention_mask", "vision_hidden_state", "text_hidden_state")
 
 
@@ -90,7 +93,7 @@ def cache_tower_states(
     if os.path.isfile(info_path):
         with open(info_path, encoding="utf-8") as f:
             if json.load(f) == info:
-                return load_from_disk(os.fspath(cache_dir)).with_format("torch")
+                return _load_cache(cache_dir)
     check_output_dir(cache_dir, overwrite=overwrite)
 
     vision_width, text_width = bridge.vision_unimodal_projection.in_features, config.text_config.hidden_size
@@ -134,17 +137,21 @@ def cache_tower_states(
 
     staging = make_staging_dir(cache_dir)
     try:
-        # from_generator writes its Arrow file into a throwaway datasets cache inside the staging folder; the
-        # saved copy next to it is what gets renamed into place.
-        built = Dataset.from_generator(batches, features=features, cache_dir=os.fspath(staging / "build"))
-        built.save_to_disk(os.fspath(staging / "cache"))
-        with open(staging / "cache" / CACHE_INFO_FILE, "w", encoding="utf-8") as f:
+        # One Arrow file written row group by row group (memory stays at one batch), memory-mapped when read.
+        with ArrowWriter(features=features, path=os.fspath(staging / CACHE_STATES_FILE)) as writer:
+            for row in batches():
+                writer.write(row)
+            writer.finalize()
+        with open(staging / CACHE_INFO_FILE, "w", encoding="utf-8") as f:
             json.dump(info, f, indent=1)
-        del built
-        replace_directory(staging / "cache", cache_dir)
+        replace_directory(staging, cache_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return load_from_disk(os.fspath(cache_dir)).with_format("torch")
+    return _load_cache(cache_dir)
+
+
+def _load_cache(cache_dir) -> Dataset:
+    return Dataset.from_file(os.path.join(cache_dir, CACHE_STATES_FILE)).with_format("torch")
 
 
 @dataclass
@@ -169,4 +176,4 @@ class TowerStateCollator:
         return batch
 
 
-__all__ = ["CACHE_INFO_FILE", "TowerStateCollator", "cache_tower_states", "towers_fingerprint"]
+__all__ = ["CACHE_INFO_FILE", "CACHE_STATES_FILE", "TowerStateCollator", "cache_tower_states", "towers_fingerprint"]
