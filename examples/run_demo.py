@@ -101,6 +101,10 @@ class DemoArguments:
     )
     init_temperature: float = field(default=0.1, metadata={"help": "BRIDGE's initial attention temperature."})
     cache: bool = field(default=True, metadata={"help": "With frozen towers, train on cached tower states."})
+    group_batches: bool = field(
+        default=True,
+        metadata={"help": "Batches hold runs of same-family, same-relation scenes (twins always come together)."},
+    )
     tower_steps: int = field(default=500, metadata={"help": "Pre-stage steps of the vision tower (cached)."})
     seed: int = field(default=0, metadata={"help": "Seeds the data order, the interaction layers and training."})
     overwrite: bool = field(
@@ -529,6 +533,11 @@ def main(argv=None):
     bridge, dual = build_models(args, os.path.join(args.output_dir, "vision_tower"), text_path)
     cached = args.cache and args.trainable_blocks == 0
     comparison_started = time.time()
+    # Both models read the same rows in the same order: each scene next to its twin, and (--group_batches) runs of
+    # scenes of one family and relation, so a batch also holds the shape-swapped same-word scenes.
+    grouping = (
+        dict(group_columns=("family", "relation"), group_rows=args.batch_size // 2) if args.group_batches else {}
+    )
     if cached:
         states = cache_tower_states(
             bridge,
@@ -538,12 +547,12 @@ def main(argv=None):
             max_length=MAX_TEXT_LENGTH,
             overwrite=args.overwrite,
         )
-        rows = twin_adjacent_order(
-            states.add_column("twin", list(train["twin"])), args.max_steps * args.batch_size, seed=args.seed
-        )
+        for column in ("twin", "family", "relation"):
+            states = states.add_column(column, list(train[column]))
+        rows = twin_adjacent_order(states, args.max_steps * args.batch_size, seed=args.seed, **grouping)
         collators = {"bridge": TowerStateCollator(), "dual_encoder": TowerStateCollator()}
     else:
-        rows = twin_adjacent_order(train, args.max_steps * args.batch_size, seed=args.seed)
+        rows = twin_adjacent_order(train, args.max_steps * args.batch_size, seed=args.seed, **grouping)
         collator = BridgeDataCollator(processor, max_length=MAX_TEXT_LENGTH)
         collators = {"bridge": collator, "dual_encoder": collator}
 

@@ -541,3 +541,28 @@ def test_twin_adjacent_order_keeps_twins_together_and_covers_the_data():
     assert twin_adjacent_order(data, 10, seed=2)["caption"] != captions
     with pytest.raises(ValueError, match="needs a 'twin' column"):
         twin_adjacent_order(data.remove_columns("twin"), 4)
+
+
+def test_twin_adjacent_order_groups_same_word_scenes_into_runs():
+    from datasets import Dataset
+
+    from modeling_bridge.data import twin_adjacent_order
+
+    # 12 rows in twin pairs (2k, 2k+1); groups by "family": rows 0-5 family 0, rows 6-11 family 1
+    data = Dataset.from_dict({"row": list(range(12)), "twin": [k ^ 1 for k in range(12)], "family": [0] * 6 + [1] * 6})
+    ordered = twin_adjacent_order(data, num_rows=24, seed=3, group_columns=("family",))
+    families = ordered["family"]
+    for start in (0, 12):  # each pass is two runs of one family each
+        one_pass = families[start : start + 12]
+        assert one_pass[:6] == [one_pass[0]] * 6 and one_pass[6:] == [one_pass[6]] * 6 and one_pass[0] != one_pass[6]
+    rows = ordered["row"]
+    assert all(rows[k] ^ 1 == rows[k + 1] for k in range(0, 24, 2))  # twins stay adjacent, pairs aligned
+    # group_rows=2 cuts each family into runs of one pair, shuffled: the families interleave (for this seed)
+    short = twin_adjacent_order(data, num_rows=12, seed=3, group_columns=("family",), group_rows=2)
+    changes = sum(a != b for a, b in zip(short["family"], short["family"][1:]))
+    assert changes > 1 and all(short["row"][k] ^ 1 == short["row"][k + 1] for k in range(0, 12, 2))
+    assert sorted(set(rows[:12])) == list(range(12))
+    with pytest.raises(ValueError, match="needs a 'family' column"):
+        twin_adjacent_order(data.remove_columns("family"), 4, group_columns=("family",))
+    with pytest.raises(ValueError, match="group_rows must be a positive number"):
+        twin_adjacent_order(data, 4, group_columns=("family",), group_rows=0)
