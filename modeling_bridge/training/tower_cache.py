@@ -11,7 +11,6 @@ never replaced without `overwrite`).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -23,6 +22,7 @@ from datasets import Array2D, Dataset, Features, List, Value
 from datasets.arrow_writer import ArrowWriter
 from huggingface_hub.utils import tqdm
 
+from ..fingerprint import weights_fingerprint
 from ..saving import check_output_dir, make_staging_dir, replace_directory
 from .stages import find_bridge_model
 
@@ -34,13 +34,7 @@ CACHE_COLUMNS = ("input_ids", "attention_mask", "vision_hidden_state", "text_hid
 
 def towers_fingerprint(bridge) -> str:
     """sha256 of both towers' parameters and buffers (names, dtypes, shapes, bytes)."""
-    digest = hashlib.sha256()
-    for prefix, tower in (("vision", bridge.vision_model), ("text", bridge.text_model)):
-        for name, tensor in sorted(tower.state_dict().items()):
-            tensor = tensor.detach().cpu().contiguous()
-            digest.update(f"{prefix}.{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
-            digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
+    return weights_fingerprint(vision=bridge.vision_model, text=bridge.text_model)
 
 
 def _cache_fingerprint(bridge, dataset, processor, length, image_column, text_column) -> dict:

@@ -1,0 +1,276 @@
+"""Two-stage search: embed a gallery once with the unimodal path, find each query's top-k candidates, then re-rank
+those k pairs with the fused or ITM score (`BridgeModel.interact` on (query, candidate) index pairs).
+
+Stage 1 is an exact top-k over the embedding matrix, or, for galleries written to disk (`cache_dir`), a FAISS
+inner-product index over a memory-mapped `datasets.Dataset` of the embeddings (`faiss-cpu`, the `[search]` extra).
+With k = the gallery's size the result is exact fused scoring (tested). Text-to-image: the gallery holds images and
+the queries are texts; image-to-text: the reverse.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..configuration_bridge import SCORE_MODES
+from ..fingerprint import weights_fingerprint
+
+
+GALLERY_INFO_FILE = "bridge_gallery.json"
+GALLERY_EMBEDDINGS_FILE = "gallery_embeddings.arrow"
+MODALITIES = ("image", "text")
+
+
+def unimodal_fingerprint(bridge, modality: str) -> str:
+    """Fingerprint of what produces a modality's unimodal embeddings: its tower and projection."""
+    if modality == "image":
+        return weights_fingerprint(tower=bridge.vision_model, projection=bridge.vision_unimodal_projection)
+    return weights_fingerprint(tower=bridge.text_model, projection=bridge.text_unimodal_projection)
+
+
+def _bridge_model(model):
+    bridge = getattr(model, "bridge", model)
+    if not hasattr(bridge, "interaction_layers"):
+        raise TypeError(f"Expected a BRIDGE model (BridgeModel or a model holding one), got {type(model).__name__}.")
+    return bridge
+
+
+def _batches(items, batch_size: int, progress: bool, desc: str):
+    from huggingface_hub.utils import tqdm
+
+    starts = range(0, len(items), batch_size)
+    for start in tqdm(starts, desc=desc, disable=not progress, unit="batch"):
+        yield _take(items, range(start, min(start + batch_size, len(items))))
+
+
+def _take(items, indices) -> list:
+    """Items at `indices` of a list, a tuple, or a one-column view of a `datasets.Dataset` (`GalleryItems`)."""
+    indices = [int(i) for i in indices]
+    if isinstance(items, GalleryItems):
+        return list(items.dataset.select(indices)[items.column])
+    return [items[i] for i in indices]
+
+
+@dataclass
+class GalleryItems:
+    """One column of a `datasets.Dataset` as gallery items, read row by row (never all at once)."""
+
+    dataset: Any
+    column: str
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+
+def _encode(bridge, processor, modality: str, items: list, max_length: int | None):
+    """Tower states, unimodal embeddings and (texts) the attention mask of a list of images or texts."""
+    if modality == "image":
+        inputs = processor(images=items, return_tensors="pt")
+        out = bridge.get_image_features(inputs["pixel_values"].to(bridge.device))
+        return out.last_hidden_state, out.pooler_output, None
+    length = max_length or bridge.config.max_text_positions
+    inputs = processor(text=items, return_tensors="pt", padding=True, truncation=True, max_length=length)
+    inputs = {
+        k: v.to(bridge.device) for k, v in inputs.items() if k in ("input_ids", "attention_mask", "token_type_ids")
+    }
+    out = bridge.get_text_features(**inputs)
+    return out.last_hidden_state, out.pooler_output, inputs["attention_mask"]
+
+
+@dataclass
+class Gallery:
+    """Unimodal embeddings of a gallery (images or texts) and what re-ranking needs: the items themselves (a list,
+    or `GalleryItems` of a dataset), and the fingerprint of the model path that embedded them."""
+
+    embeddings: torch.Tensor | None  # (N, dim) in memory; None for a gallery on disk (`index`)
+    modality: str
+    fingerprint: str
+    items: Sequence | GalleryItems
+    index: Any = field(default=None, repr=False)  # a datasets.Dataset with a FAISS index on "embedding"
+
+    def __len__(self) -> int:
+        return len(self.index) if self.embeddings is None else self.embeddings.shape[0]
+
+    @property
+    def dim(self) -> int:
+        return self.index.features["embedding"].length if self.embeddings is None else self.embeddings.shape[1]
+
+    def top_k(self, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Stage 1: (scores, indices) of the k most similar gallery items per query embedding (cosine)."""
+        if self.embeddings is not None:
+            scores, indices = (queries.float() @ self.embeddings.to(queries.device).float().t()).topk(k, dim=1)
+            return scores, indices
+        result = self.index.search_batch("embedding", queries.detach().float().cpu().numpy(), k=k)
+        return torch.as_tensor(result.total_scores).to(queries.device), torch.as_tensor(result.total_indices).long()
+
+
+@torch.no_grad()
+def build_gallery(
+    model,
+    processor,
+    images: Sequence | GalleryItems | None = None,
+    texts: Sequence[str] | GalleryItems | None = None,
+    batch_size: int = 64,
+    cache_dir: str | os.PathLike | None = None,
+    overwrite: bool = False,
+    max_length: int | None = None,
+    progress: bool = True,
+) -> Gallery:
+    """Embed a gallery of `images` or `texts` once with the unimodal path.
+
+    With `cache_dir`, the embeddings are written to disk batch by batch (an Arrow file, memory-mapped as a
+    `datasets.Dataset`) with the model's fingerprint, and stage 1 searches them through a FAISS inner-product index
+    (`pip install faiss-cpu`); a later call with the same model and items loads the file instead of embedding again.
+    """
+    if (images is None) == (texts is None):
+        raise ValueError("build_gallery takes images or texts (one gallery per modality), not both or neither.")
+    modality, items = ("image", images) if images is not None else ("text", texts)
+    if len(items) == 0:
+        raise ValueError(f"The {modality} gallery is empty: give at least one {modality}.")
+    bridge = _bridge_model(model)
+    bridge.eval()
+    fingerprint = unimodal_fingerprint(bridge, modality)
+    if cache_dir is not None:
+        return _disk_gallery(
+            bridge, processor, modality, items, fingerprint, batch_size, cache_dir, overwrite, max_length, progress
+        )
+    parts = [
+        _encode(bridge, processor, modality, batch, max_length)[1]
+        for batch in _batches(items, batch_size, progress, f"embedding the {modality} gallery")
+    ]
+    return Gallery(torch.cat(parts), modality, fingerprint, items)
+
+
+def _faiss_index(dataset):
+    try:
+        import faiss
+    except ImportError as error:
+        raise ImportError(
+            "Searching a gallery on disk uses a FAISS index: pip install faiss-cpu (or modeling-bridge[search]); "
+            "or build the gallery in memory (cache_dir=None) for an exact matrix search."
+        ) from error
+    dataset.add_faiss_index(column="embedding", metric_type=faiss.METRIC_INNER_PRODUCT)
+    return dataset
+
+
+def _disk_gallery(
+    bridge, processor, modality, items, fingerprint, batch_size, cache_dir, overwrite, max_length, progress
+) -> Gallery:
+    import shutil
+
+    from datasets import Dataset, Features, List, Value
+    from datasets.arrow_writer import ArrowWriter
+
+    from ..saving import check_output_dir, make_staging_dir, replace_directory
+
+    info = {"modality": modality, "fingerprint": fingerprint, "size": len(items), "dim": bridge.config.projection_dim}
+    info_path = os.path.join(cache_dir, GALLERY_INFO_FILE)
+    reuse = False
+    if os.path.isfile(info_path):
+        with open(info_path, encoding="utf-8") as f:
+            reuse = json.load(f) == info
+    if not reuse:
+        check_output_dir(cache_dir, overwrite=overwrite)
+        features = Features({"embedding": List(Value("float32"), length=bridge.config.projection_dim)})
+        staging = make_staging_dir(cache_dir)
+        try:
+            with ArrowWriter(features=features, path=os.fspath(staging / GALLERY_EMBEDDINGS_FILE)) as writer:
+                for batch in _batches(items, batch_size, progress, f"embedding the {modality} gallery"):
+                    embeddings = _encode(bridge, processor, modality, batch, max_length)[1].float().cpu()
+                    writer.write_batch({"embedding": embeddings.tolist()})
+                writer.finalize()
+            with open(staging / GALLERY_INFO_FILE, "w", encoding="utf-8") as f:
+                json.dump(info, f, indent=1)
+            replace_directory(staging, cache_dir)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    # Memory-mapped: the embeddings stay on disk; FAISS holds its own copy for the search.
+    dataset = Dataset.from_file(os.path.join(cache_dir, GALLERY_EMBEDDINGS_FILE))
+    return Gallery(None, modality, fingerprint, items, index=_faiss_index(dataset))
+
+
+@dataclass
+class SearchOutput:
+    """Per query, the k gallery indices best first, their final scores and their stage-1 (unimodal) scores."""
+
+    indices: torch.Tensor  # (num_queries, k)
+    scores: torch.Tensor  # (num_queries, k)
+    unimodal_scores: torch.Tensor  # (num_queries, k), in the order of `indices`
+
+
+@torch.no_grad()
+def search(
+    model,
+    processor,
+    gallery: Gallery,
+    queries: Sequence,
+    k: int = 32,
+    rerank: str | None = "fused",
+    batch_size: int = 32,
+    max_length: int | None = None,
+    progress: bool = False,
+) -> SearchOutput:
+    """Two-stage search of `queries` (texts for an image gallery, images for a text gallery): the k nearest gallery
+    items by unimodal cosine, re-ranked by the pairs' `"fused"` or `"itm"` score (`rerank=None`: stage 1 only).
+    `k` larger than the gallery is clamped to its size (with a warning)."""
+    if gallery.modality not in MODALITIES:
+        raise ValueError(f"gallery.modality must be one of {MODALITIES}, got {gallery.modality!r}.")
+    if len(gallery) == 0:
+        raise ValueError("The gallery is empty: nothing to search.")
+    if rerank is not None and rerank not in SCORE_MODES[1:]:
+        raise ValueError(f"rerank must be None, 'fused' or 'itm', got {rerank!r}.")
+    bridge = _bridge_model(model)
+    bridge.eval()
+    if gallery.dim != bridge.config.projection_dim:
+        raise ValueError(
+            f"The gallery's embeddings have {gallery.dim} dimensions but the model embeds into "
+            f"{bridge.config.projection_dim}: the gallery was built with another model. Rebuild it with this one."
+        )
+    if unimodal_fingerprint(bridge, gallery.modality) != gallery.fingerprint:
+        raise ValueError(
+            f"The {gallery.modality} gallery was embedded by another model (or other weights) than this one: its "
+            "stage-1 scores would not match this model's. Rebuild it with build_gallery(model, ...)."
+        )
+    if k > len(gallery):
+        warnings.warn(
+            f"k={k} is larger than the gallery ({len(gallery)} items); using k={len(gallery)}.", stacklevel=2
+        )
+    k = min(k, len(gallery))
+    query_modality = "text" if gallery.modality == "image" else "image"
+    outputs = []
+    for batch in _batches(queries, batch_size, progress, "searching"):
+        states, embeddings, mask = _encode(bridge, processor, query_modality, batch, max_length)
+        first_scores, indices = gallery.top_k(embeddings, k)
+        if rerank is None:
+            outputs.append((indices, first_scores, first_scores))
+            continue
+        candidates, position = indices.unique(return_inverse=True)  # each candidate encoded once per batch
+        cand_states, _, cand_mask = _encode(
+            bridge, processor, gallery.modality, _take(gallery.items, candidates), max_length
+        )
+        query_index = torch.arange(len(batch), device=indices.device).repeat_interleave(k)
+        if gallery.modality == "image":  # text queries against candidate images
+            out = bridge.interact(cand_states, states, mask, position.flatten(), query_index)
+        else:  # image queries against candidate texts
+            out = bridge.interact(states, cand_states, cand_mask, query_index, position.flatten())
+        scores = (out.fused_logits if rerank == "fused" else out.itm_logits[..., 1]).view(len(batch), k)
+        order = scores.argsort(dim=1, descending=True, stable=True)
+        outputs.append((indices.gather(1, order), scores.gather(1, order), first_scores.gather(1, order)))
+    return SearchOutput(*(torch.cat(parts) for parts in zip(*outputs)))
+
+
+__all__ = [
+    "Gallery",
+    "GalleryItems",
+    "SearchOutput",
+    "build_gallery",
+    "search",
+    "unimodal_fingerprint",
+    "weights_fingerprint",
+]
