@@ -10,6 +10,7 @@ from transformers import (
     AutoConfig,
     AutoModel,
     AutoModelForPreTraining,
+    AutoModelForVisualQuestionAnswering,
     AutoModelForZeroShotImageClassification,
     AutoProcessor,
 )
@@ -19,6 +20,8 @@ from .modeling_bridge import (
     BridgeCrossAttention,
     BridgeForPreTraining,
     BridgeForPreTrainingOutput,
+    BridgeForQuestionAnswering,
+    BridgeForQuestionAnsweringOutput,
     BridgeInteractionLayer,
     BridgeInteractionOutput,
     BridgeModel,
@@ -35,12 +38,14 @@ AutoConfig.register(BridgeConfig.model_type, BridgeConfig, exist_ok=True)
 AutoModel.register(BridgeConfig, BridgeModel, exist_ok=True)
 AutoModelForZeroShotImageClassification.register(BridgeConfig, BridgeModel, exist_ok=True)
 AutoModelForPreTraining.register(BridgeConfig, BridgeForPreTraining, exist_ok=True)
+AutoModelForVisualQuestionAnswering.register(BridgeConfig, BridgeForQuestionAnswering, exist_ok=True)
 AutoProcessor.register(BridgeConfig, BridgeProcessor, exist_ok=True)
 
 # Saving then writes the Hub code files and `auto_map`, for loading with trust_remote_code=True.
 BridgeConfig.register_for_auto_class()
 BridgeModel.register_for_auto_class("AutoModel")
 BridgeForPreTraining.register_for_auto_class("AutoModelForPreTraining")
+BridgeForQuestionAnswering.register_for_auto_class("AutoModelForVisualQuestionAnswering")
 BridgeProcessor.register_for_auto_class("AutoProcessor")
 
 __all__ = [
@@ -48,6 +53,8 @@ __all__ = [
     "BridgeCrossAttention",
     "BridgeForPreTraining",
     "BridgeForPreTrainingOutput",
+    "BridgeForQuestionAnswering",
+    "BridgeForQuestionAnsweringOutput",
     "BridgeInteractionLayer",
     "BridgeInteractionOutput",
     "BridgeModel",

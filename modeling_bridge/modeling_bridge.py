@@ -53,6 +53,7 @@ BRIDGE_AUTO_MAP = {
     "AutoModel": "modeling_bridge.BridgeModel",
     "AutoModelForZeroShotImageClassification": "modeling_bridge.BridgeModel",
     "AutoModelForPreTraining": "modeling_bridge.BridgeForPreTraining",
+    "AutoModelForVisualQuestionAnswering": "modeling_bridge.BridgeForQuestionAnswering",
 }
 
 
@@ -1561,6 +1562,109 @@ class BridgeForPreTraining(BridgePreTrainedModel):
         return BridgeForPreTrainingOutput(**{k: v for k, v in fields.items() if v is not None})
 
 
+# --------------------------------------------------------------------------------------------------------------------
+# Task heads
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class BridgeForQuestionAnsweringOutput(ModelOutput):
+    r"""
+    loss (`torch.FloatTensor`): binary cross-entropy against the soft answer scores, summed over answers and averaged
+        over questions (the usual VQA objective).
+    logits (`torch.FloatTensor` of shape `(batch, num_labels)`): a score per answer of `config.id2label`.
+    cross_image_embeds / cross_text_embeds (`torch.FloatTensor` of shape `(batch, projection_dim)`): the fused
+        embeddings of each (image, question) pair, which the classifier reads.
+    interaction_text_attentions / interaction_vision_attentions (`tuple(torch.FloatTensor)`): per interaction layer,
+        on `output_attentions`: question tokens over image tokens and the reverse.
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    cross_image_embeds: torch.FloatTensor | None = None
+    cross_text_embeds: torch.FloatTensor | None = None
+    interaction_text_attentions: tuple[torch.FloatTensor, ...] | None = None
+    interaction_vision_attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+class BridgeForQuestionAnswering(BridgePreTrainedModel):
+    """Visual question answering as classification over an answer vocabulary (`config.id2label`): each (image,
+    question) pair runs through the interaction layers, and an MLP reads `[c_v ; c_t ; c_v * c_t]` of its fused
+    embeddings. Trained with soft targets (the VQA score of each answer, e.g. min(1, annotators / 3)) and BCE."""
+
+    _default_auto_class = "AutoModelForVisualQuestionAnswering"
+    # A pre-training checkpoint (BridgeForPreTraining) starts a VQA model: its pre-training heads are left behind.
+    _keys_to_ignore_on_load_unexpected = [r"^(mlm_head|mim_head|itc_alpha)\."]
+
+    def __init__(
+        self,
+        config: BridgeConfig | None = None,
+        vision_model: PreTrainedModel | None = None,
+        text_model: PreTrainedModel | None = None,
+    ):
+        bridge = BridgeModel(config, vision_model=vision_model, text_model=text_model)
+        super().__init__(bridge.config)
+        p = bridge.config.projection_dim
+        self.bridge = bridge
+        self.classifier = nn.Sequential(
+            nn.Linear(3 * p, 2 * p), nn.GELU(), nn.LayerNorm(2 * p), nn.Linear(2 * p, bridge.config.num_labels)
+        )
+        self.post_init()
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.LongTensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        labels: torch.FloatTensor | None = None,
+        output_attentions: bool | None = None,
+    ) -> BridgeForQuestionAnsweringOutput | tuple:
+        r"""
+        Image i with question i (aligned pairs).
+
+        labels (`torch.FloatTensor` of shape `(batch, num_labels)`, *optional*): the score of each answer in [0, 1]
+            (soft VQA targets; a one-hot row for a single answer).
+        """
+        if input_ids is None or pixel_values is None:
+            raise ValueError("BridgeForQuestionAnswering needs pixel_values and input_ids: image i with question i.")
+        if pixel_values.shape[0] != input_ids.shape[0]:
+            raise ValueError(
+                f"Got {pixel_values.shape[0]} images and {input_ids.shape[0]} questions; each question goes with the "
+                "image of the same row, so the counts must match."
+            )
+        bridge = self.bridge
+        output_attentions = bridge._output_flags(output_attentions, None)[0]
+        input_ids, attention_mask, token_type_ids, position_ids = bridge._prepare_text(
+            input_ids, attention_mask, token_type_ids, position_ids
+        )
+        vision = bridge.get_image_features(pixel_values, return_dict=True)
+        text = bridge._encode_text(input_ids, attention_mask, token_type_ids, position_ids, False, False)
+        out = bridge.interact(
+            vision.last_hidden_state, text.last_hidden_state, attention_mask, output_attentions=output_attentions
+        )
+        image, question = out.cross_image_embeds, out.cross_text_embeds
+        logits = self.classifier(torch.cat([image, question, image * question], dim=-1))
+        loss = None
+        if labels is not None:
+            if tuple(labels.shape) != tuple(logits.shape):
+                raise ValueError(
+                    f"labels have shape {tuple(labels.shape)}; VQA labels are soft answer scores of shape (batch, "
+                    f"num_labels) = {tuple(logits.shape)}, one column per answer of config.id2label."
+                )
+            loss = F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype)) * logits.shape[1]
+        return BridgeForQuestionAnsweringOutput(
+            loss=loss,
+            logits=logits,
+            cross_image_embeds=image,
+            cross_text_embeds=question,
+            interaction_text_attentions=out.text_attentions,
+            interaction_vision_attentions=out.vision_attentions,
+        )
+
+
 def _tower_from_config(tower_config) -> PreTrainedModel:
     """Build a tower from its config. Pooling layers are left out where the model allows it: BRIDGE pools on its
     own, and parameters that never get a gradient break DDP and gradient checks."""
@@ -1574,6 +1678,8 @@ __all__ = [
     "BridgeCrossAttention",
     "BridgeForPreTraining",
     "BridgeForPreTrainingOutput",
+    "BridgeForQuestionAnswering",
+    "BridgeForQuestionAnsweringOutput",
     "BridgeInteractionLayer",
     "BridgeInteractionOutput",
     "BridgeModel",
