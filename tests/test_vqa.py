@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -107,3 +108,113 @@ def test_vqa_round_trip_and_auto_class(tmp_path):
     assert out["class"] == "BridgeForQuestionAnswering"
     with torch.no_grad():
         assert torch.equal(torch.tensor(out["logits"]), model(**inputs).logits)
+
+
+def test_bridge_shapes_vqa_questions_and_soft_targets():
+    from modeling_bridge.data import answer_vocabulary, load_bridge_shapes_vqa, parse_shapes_caption, vqa_soft_targets
+    from modeling_bridge.data.shapes import load_bridge_shapes
+
+    data = load_bridge_shapes_vqa(num_train=20)
+    scenes = load_bridge_shapes(num_train=20)["test"]
+    test = data["test"]
+    assert len(test) == 6 * len(scenes)  # two objects: 2 colour + 2 shape + 2 relation questions each
+    first = parse_shapes_caption(scenes[0]["caption"])
+    (c1, s1), (c2, s2) = first.objects
+    rows = [test[i] for i in range(6)]
+    assert [(r["question"], r["answer"]) for r in rows] == [
+        (f"what colour is the {s1}?", c1),
+        (f"what shape is the {c1} one?", s1),
+        (f"what colour is the {s2}?", c2),
+        (f"what shape is the {c2} one?", s2),
+        (f"is the {c1} {s1} {first.relation} the {c2} {s2}?", "yes"),
+        (f"is the {c2} {s2} {first.relation} the {c1} {s1}?", "no"),
+    ]
+    assert rows[0]["image"].size == (64, 64) and rows[0]["answers"] == [c1]
+    assert len(set(test["question_id"])) == len(test) and min(test["question_id"]) == len(data["train"])
+
+    vocabulary = answer_vocabulary([["b", "a"], ["a"], ["c"], ["A "]], max_answers=2)
+    assert vocabulary == ["a", "b"]  # a: 3 questions, then b and c once each, alphabetical
+    label2id = {a: i for i, a in enumerate(vocabulary)}
+    assert vqa_soft_targets(["a"], label2id) == {0: 1.0}
+    assert vqa_soft_targets(["c"], label2id) == {}
+    ten = ["a"] * 2 + ["b"] * 7 + ["c"]
+    assert vqa_soft_targets(ten, label2id) == {0: pytest.approx(2 / 3), 1: 1.0}
+
+
+def test_vqa_metric_module_matches_hand_computed_values():
+    from pathlib import Path
+
+    import evaluate
+
+    metric = evaluate.load(str(Path(__file__).resolve().parents[1] / "metrics" / "bridge_vqa"))
+    ten = ["2"] * 2 + ["two"] * 8
+    got = metric.compute(
+        predictions=["Red.", "no", "2", "two"],
+        references=[["red"], ["yes"], ten, ten],
+        question_types=["color", "relation", "number", "number"],
+    )
+    # "2": leaving out one of the 2 matching annotators leaves 1 match (1/3), one of the 8 others 2 (2/3):
+    # (2 x 1/3 + 8 x 2/3) / 10 = 0.6; "two": 8 or 7 matches, always >= 3 -> 1
+    assert got == {
+        "accuracy": pytest.approx((1 + 0 + 0.6 + 1) / 4),
+        "num_questions": 4,
+        "accuracy_color": 1.0,
+        "accuracy_number": pytest.approx(0.8),
+        "accuracy_relation": 0.0,
+    }
+
+
+def test_vqa_example_runs_end_to_end(processor, tmp_path):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+    import run_vqa
+
+    from conftest import make_model
+
+    make_model().save_pretrained(tmp_path / "base")
+    processor.save_pretrained(tmp_path / "base")
+    argv = [
+        "--model_name_or_path", str(tmp_path / "base"), "--output_dir", str(tmp_path / "out"),
+        "--shapes_num_train", "16", "--max_eval_samples", "12", "--max_answers", "8", "--max_steps", "2",
+        "--per_device_train_batch_size", "4", "--report_to", "none", "--use_cpu", "true", "--disable_tqdm", "true",
+        "--save_strategy", "no",
+    ]  # fmt: skip
+    results = run_vqa.main(argv)
+    assert results["answer_vocabulary"] == 8 and results["skipped_training_questions"] > 0
+    assert 0.0 <= results["accuracy"] <= 1.0 and results["num_questions"] == 12
+    saved = json.loads((tmp_path / "out" / "model" / "config.json").read_text())
+    assert saved["architectures"] == ["BridgeForQuestionAnswering"] and len(saved["id2label"]) == 8
+    assert json.loads((tmp_path / "out" / "vqa_results.json").read_text()) == results
+    with pytest.raises(ValueError, match="--dataset vqav2 needs --train_questions, --eval_questions, --image_root"):
+        run_vqa.main([*argv[:4], "--dataset", "vqav2"])
+
+
+def test_vqav2_loader_reads_the_official_format(tmp_path):
+    from PIL import Image
+
+    from modeling_bridge.data import load_vqav2
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "COCO_val2014_000000000042.jpg")
+    questions = {
+        "data_subtype": "val2014",
+        "questions": [{"image_id": 42, "question": "Is it dark?", "question_id": 7}],
+    }
+    annotations = {
+        "annotations": [
+            {
+                "question_id": 7,
+                "image_id": 42,
+                "answer_type": "yes/no",
+                "multiple_choice_answer": "yes",
+                "answers": [{"answer": "yes", "answer_id": k} for k in range(10)],
+            }
+        ]
+    }
+    (tmp_path / "q.json").write_text(json.dumps(questions))
+    (tmp_path / "a.json").write_text(json.dumps(annotations))
+    rows = load_vqav2(tmp_path / "q.json", tmp_path / "a.json", str(tmp_path))
+    assert rows[0]["question"] == "Is it dark?" and rows[0]["answers"] == ["yes"] * 10 and rows[0]["answer"] == "yes"
+    assert rows[0]["question_type"] == "yes/no" and rows[0]["image"].size == (8, 8)
+    questions["questions"][0]["image_id"] = 43
+    (tmp_path / "q.json").write_text(json.dumps(questions))
+    with pytest.raises(FileNotFoundError, match="VQAv2 question 7: no image COCO_val2014_000000000043.jpg"):
+        load_vqav2(tmp_path / "q.json", tmp_path / "a.json", str(tmp_path))

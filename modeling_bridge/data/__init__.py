@@ -16,6 +16,7 @@ from .shapes import (
     parse_shapes_caption,
     shapes_cell_labels,
 )
+from .vqa import VQA_FEATURES, answer_vocabulary, load_bridge_shapes_vqa, load_vqav2, vqa_soft_targets
 
 
 __all__ = [
@@ -33,4 +34,9 @@ __all__ = [
     "parse_shapes_caption",
     "shapes_cell_labels",
     "twin_adjacent_order",
+    "VQA_FEATURES",
+    "load_bridge_shapes_vqa",
+    "load_vqav2",
+    "answer_vocabulary",
+    "vqa_soft_targets",
 ]
