@@ -110,3 +110,11 @@ def test_top_stages_of_a_resnet_train():
     trainable = {n.split(".")[2] for n, p in tower.named_parameters() if p.requires_grad and n.startswith("encoder.")}
     assert trainable == {"1"}  # the last of the two stages
     assert not any(p.requires_grad for p in tower.embedder.parameters())
+
+
+def test_lora_defaults_leave_a_conv_tower_out():
+    from modeling_bridge.training import default_lora_target_modules
+
+    targets = default_lora_target_modules(make_model(vision="resnet"))
+    assert not any(t.startswith("vision_model.") for t in targets)
+    assert any(t.startswith("text_model.") for t in targets) and any(".q_proj" in t for t in targets)

@@ -27,6 +27,7 @@ from peft.tuners.tuners_utils import BaseTunerLayer, check_target_module_exists
 from peft.utils.constants import INCLUDE_LINEAR_LAYERS_SHORTHAND
 from torch import nn
 
+from ..configuration_bridge import is_convolutional_tower
 from .stages import find_bridge_model, transformer_blocks
 
 
@@ -78,7 +79,8 @@ def default_lora_target_modules(model: nn.Module, towers: bool = True, interacti
 
     - interaction: `q_proj/k_proj/v_proj/o_proj` of every `BridgeCrossAttention` (both directions, every layer);
     - towers: the query/key/value linears (leaf names in `TOWER_QKV_NAMES`) inside each tower's stack of transformer
-      blocks, found by structure (`transformer_blocks`), so poolers, embeddings and heads are never hit.
+      blocks, found by structure (`transformer_blocks`), so poolers, embeddings and heads are never hit; a
+      convolutional tower (ResNet, ConvNeXt) has no attention and is left out.
 
     `model` is a `BridgeModel`, `BridgeForPreTraining` or any model holding one (task heads), loaded locally or as
     Hub code. Raises ValueError when a tower's blocks hold no recognised attention projection, listing the linear
@@ -107,6 +109,8 @@ def default_lora_target_modules(model: nn.Module, towers: bool = True, interacti
     if towers:
         for tower_name in ("vision_model", "text_model"):
             tower = getattr(bridge, tower_name)
+            if is_convolutional_tower(tower.config):
+                continue  # no attention to adapt (ResNet, ConvNeXt): LoRA stays in the interaction and the other tower
             blocks_name, blocks = transformer_blocks(tower)
             stack = f"{base}{tower_name}.{blocks_name}."
             found = _linear_children(blocks, stack, TOWER_QKV_NAMES)
