@@ -60,7 +60,7 @@ from modeling_bridge.data import (
     twin_adjacent_order,
 )
 from modeling_bridge.hub_utils import run_command
-from modeling_bridge.modeling_bridge import BridgeScalar, pool_tokens
+from modeling_bridge.modeling_bridge import BridgeScalar, keep_frozen_parts_in_eval_mode, pool_tokens
 from modeling_bridge.saving import check_output_dir
 from modeling_bridge.training import (
     BridgeTrainer,
@@ -234,6 +234,12 @@ class DualEncoder(nn.Module):
         self.visual_projection = nn.Linear(vision_model.config.hidden_sizes[-1], projection_dim)
         self.text_projection = nn.Linear(text_model.config.hidden_size, projection_dim)
         self.logit_scale = BridgeScalar(math.log(1 / 0.07))  # no weight decay (BridgeTrainer)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if mode:  # as BRIDGE does: a frozen tower runs in eval mode (what its cached states hold)
+            keep_frozen_parts_in_eval_mode(self, (self.vision_model, self.text_model))
+        return self
 
     def embed_images(self, pixel_values=None, vision_hidden_state=None):
         if vision_hidden_state is None:

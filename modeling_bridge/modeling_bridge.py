@@ -519,6 +519,23 @@ def pool_tokens(hidden_states: torch.Tensor, pooling: str, mask: torch.Tensor | 
 # --------------------------------------------------------------------------------------------------------------------
 
 
+def keep_frozen_parts_in_eval_mode(module: nn.Module, towers=()) -> None:
+    """After `module.train()`: put each tower in `towers` that has no trainable parameter, and every batch-norm layer
+    whose affine parameters do not train, back into eval mode.
+
+    A frozen tower then computes exactly what a cache of its states holds (`cache_tower_states` runs in eval mode):
+    no dropout noise on its outputs, and no batch-norm running statistics updated from every batch (which would
+    also make a LoRA adapter, saved without them, fail to reproduce the trained model)."""
+    for tower in towers:
+        if not any(p.requires_grad for p in tower.parameters()):
+            tower.eval()
+    for layer in module.modules():
+        if isinstance(layer, nn.modules.batchnorm._BatchNorm) and not any(
+            p.requires_grad for p in layer.parameters(recurse=False)
+        ):
+            layer.eval()
+
+
 class BridgePreTrainedModel(PreTrainedModel):
     config_class = BridgeConfig
     config: BridgeConfig
@@ -542,6 +559,15 @@ class BridgePreTrainedModel(PreTrainedModel):
             init.zeros_(module.position_bias)
         else:
             super()._init_weights(module)
+
+    def train(self, mode: bool = True):
+        """As `nn.Module.train`, except that a frozen tower (stage A) and frozen batch-norm layers stay in eval mode:
+        the towers' outputs then equal their cached states (`keep_frozen_parts_in_eval_mode`)."""
+        super().train(mode)
+        if mode:
+            bridge = getattr(self, self.base_model_prefix, self)
+            keep_frozen_parts_in_eval_mode(self, (bridge.vision_model, bridge.text_model))
+        return self
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         # `register_for_auto_class` keeps one class only; the zero-shot pipeline needs all three mappings.

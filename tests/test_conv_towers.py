@@ -118,3 +118,23 @@ def test_lora_defaults_leave_a_conv_tower_out():
     targets = default_lora_target_modules(make_model(vision="resnet"))
     assert not any(t.startswith("vision_model.") for t in targets)
     assert any(t.startswith("text_model.") for t in targets) and any(".q_proj" in t for t in targets)
+
+
+def test_a_frozen_conv_tower_keeps_its_batch_norm_statistics():
+    """Train mode would update a frozen ResNet's running statistics from every batch; they stay fixed unless the
+    tower trains."""
+    model = BridgeForPreTraining(make_config(vision="resnet"))
+    tower = model.bridge.vision_model
+    set_tower_trainable_blocks(tower, 0)
+    norm = tower.embedder.embedder.normalization
+    before = norm.running_mean.clone()
+    pixel_values, input_ids, attention_mask = random_inputs(2, 2)
+    model.train()
+    assert model.bridge.interaction_layers.training and not norm.training and not tower.training
+    model(input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask)
+    assert torch.equal(norm.running_mean, before)
+    set_tower_trainable_blocks(tower, -1)
+    model.train()
+    assert norm.training
+    model(input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask)
+    assert not torch.equal(norm.running_mean, before)

@@ -121,3 +121,28 @@ def test_num_hardest_negatives_is_validated():
         make_config(num_hardest_negatives=4)
     assert BridgeConfig().init_temperature == 0.1
     assert IMAGE_SIZE == 32
+
+
+def test_in_train_mode_a_frozen_tower_gives_its_cached_states(processor, tmp_path):
+    """A frozen tower runs in eval mode even when the model trains (no dropout on its states): training on the raw
+    inputs and on the cached states is the same computation."""
+    model = _frozen_model()
+    for tower in (model.bridge.vision_model, model.bridge.text_model):
+        tower.config.hidden_dropout_prob = 0.5  # towers with real dropout
+        for module in tower.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.5
+    rows = _rows()
+    cache = cache_tower_states(model, rows, processor, tmp_path / "cache", progress=False)
+    batch = TowerStateCollator()([cache[i] for i in range(4)])
+    raw = processor(images=list(rows["image"]), text=CAPTIONS, return_tensors="pt", padding=True)
+    model.train()
+    assert not model.bridge.text_model.training and model.bridge.interaction_layers.training
+    torch.manual_seed(3)  # the same negatives for both passes
+    expected = model(**raw)
+    torch.manual_seed(3)
+    got = model(**batch)
+    torch.testing.assert_close(got.loss, expected.loss, rtol=1e-5, atol=1e-5)
+    set_tower_trainable_blocks(model.bridge.text_model, 1)
+    model.train()
+    assert model.bridge.text_model.training  # a tower that trains keeps its dropout
