@@ -102,8 +102,11 @@ class DemoArguments:
     init_temperature: float = field(default=0.1, metadata={"help": "BRIDGE's initial attention temperature."})
     cache: bool = field(default=True, metadata={"help": "With frozen towers, train on cached tower states."})
     group_batches: bool = field(
-        default=True,
-        metadata={"help": "Batches hold runs of same-family, same-relation scenes (twins always come together)."},
+        default=False,
+        metadata={
+            "help": "Batches hold runs of same-family, same-relation scenes (twins always come together); an "
+            "ablation: it made the fused objective collapse (BENCHMARKS.md)."
+        },
     )
     tower_steps: int = field(default=500, metadata={"help": "Pre-stage steps of the vision tower (cached)."})
     seed: int = field(default=0, metadata={"help": "Seeds the data order, the interaction layers and training."})

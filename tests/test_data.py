@@ -557,6 +557,9 @@ def test_twin_adjacent_order_groups_same_word_scenes_into_runs():
         assert one_pass[:6] == [one_pass[0]] * 6 and one_pass[6:] == [one_pass[6]] * 6 and one_pass[0] != one_pass[6]
     rows = ordered["row"]
     assert all(rows[k] ^ 1 == rows[k + 1] for k in range(0, 24, 2))  # twins stay adjacent, pairs aligned
+    # the same order from a torch-formatted dataset (its columns are tensors)
+    formatted = twin_adjacent_order(data.with_format("torch"), num_rows=24, seed=3, group_columns=("family",))
+    assert formatted.with_format(None)["row"] == ordered["row"]
     # group_rows=2 cuts each family into runs of one pair, shuffled: the families interleave (for this seed)
     short = twin_adjacent_order(data, num_rows=12, seed=3, group_columns=("family",), group_rows=2)
     changes = sum(a != b for a, b in zip(short["family"], short["family"][1:]))

@@ -34,11 +34,14 @@ def twin_adjacent_order(
             )
     if group_rows is not None and group_rows < 1:
         raise ValueError(f"group_rows must be a positive number of rows, got {group_rows}.")
-    twins = np.asarray(dataset[twin_column])
+    # Plain Python values whatever the dataset's format: a torch-formatted column would give 0-d tensors, which hash
+    # by identity and would make every unit a group of its own.
+    plain = dataset.with_format(None)
+    twins = np.asarray(plain[twin_column])
     units = [[i] if t < 0 else [i, int(t)] for i, t in enumerate(twins) if t < 0 or i < t]
     if not units:
         raise ValueError("twin_adjacent_order got an empty dataset.")
-    keys = list(zip(*(dataset[c] for c in group_columns))) if group_columns else None
+    keys = list(zip(*(plain[c] for c in group_columns))) if group_columns else None
     rng = np.random.default_rng(seed)
     order: list[int] = []
     while len(order) < num_rows:
