@@ -20,7 +20,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import evaluate
-import torch
 from transformers import AutoModel, AutoProcessor, HfArgumentParser
 
 import modeling_bridge  # noqa: F401  (registers BRIDGE with the Auto classes)
@@ -109,7 +108,6 @@ def main(argv=None):
     model = AutoModel.from_pretrained(args.model_name_or_path).eval()
     processor = AutoProcessor.from_pretrained(args.model_name_or_path)
     metric = evaluate.load(METRIC_PATH)
-    torch.set_grad_enabled(False)
     image_gallery = build_gallery(model, processor, images=images, batch_size=args.batch_size)
     text_gallery = build_gallery(model, processor, texts=captions, batch_size=args.batch_size)
     results = {

@@ -48,6 +48,7 @@ def test_save_writes_weights_code_files_and_auto_map(saved):
         "AutoModel": "modeling_bridge.BridgeModel",
         "AutoModelForZeroShotImageClassification": "modeling_bridge.BridgeModel",
         "AutoModelForPreTraining": "modeling_bridge.BridgeForPreTraining",
+        "AutoModelForVisualQuestionAnswering": "modeling_bridge.BridgeForQuestionAnswering",
     }
     assert json.loads((saved / "processor_config.json").read_text())["auto_map"] == {
         "AutoProcessor": "processing_bridge.BridgeProcessor"
