@@ -9,7 +9,6 @@ the queries are texts; image-to-text: the reverse.
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from collections.abc import Sequence
@@ -162,34 +161,20 @@ def _faiss_index(dataset):
 def _disk_gallery(
     bridge, processor, modality, items, fingerprint, batch_size, cache_dir, overwrite, max_length, progress
 ) -> Gallery:
-    import shutil
-
     from datasets import Dataset, Features, List, Value
-    from datasets.arrow_writer import ArrowWriter
 
-    from ..saving import check_output_dir, make_staging_dir, replace_directory
+    from ..arrow_cache import fingerprinted_folder_matches, write_fingerprinted_arrow_folder
 
     info = {"modality": modality, "fingerprint": fingerprint, "size": len(items), "dim": bridge.config.projection_dim}
-    info_path = os.path.join(cache_dir, GALLERY_INFO_FILE)
-    reuse = False
-    if os.path.isfile(info_path):
-        with open(info_path, encoding="utf-8") as f:
-            reuse = json.load(f) == info
-    if not reuse:
-        check_output_dir(cache_dir, overwrite=overwrite)
+    if not fingerprinted_folder_matches(cache_dir, GALLERY_INFO_FILE, info):
         features = Features({"embedding": List(Value("float32"), length=bridge.config.projection_dim)})
-        staging = make_staging_dir(cache_dir)
-        try:
-            with ArrowWriter(features=features, path=os.fspath(staging / GALLERY_EMBEDDINGS_FILE)) as writer:
-                for batch in _batches(items, batch_size, progress, f"embedding the {modality} gallery"):
-                    embeddings = _encode(bridge, processor, modality, batch, max_length)[1].float().cpu()
-                    writer.write_batch({"embedding": embeddings.tolist()})
-                writer.finalize()
-            with open(staging / GALLERY_INFO_FILE, "w", encoding="utf-8") as f:
-                json.dump(info, f, indent=1)
-            replace_directory(staging, cache_dir)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+        batches = (
+            {"embedding": _encode(bridge, processor, modality, batch, max_length)[1].float().cpu().tolist()}
+            for batch in _batches(items, batch_size, progress, f"embedding the {modality} gallery")
+        )
+        write_fingerprinted_arrow_folder(
+            cache_dir, GALLERY_EMBEDDINGS_FILE, features, batches, GALLERY_INFO_FILE, info, overwrite=overwrite
+        )
     # Memory-mapped: the embeddings stay on disk; FAISS holds its own copy for the search.
     dataset = Dataset.from_file(os.path.join(cache_dir, GALLERY_EMBEDDINGS_FILE))
     return Gallery(None, modality, fingerprint, items, index=_faiss_index(dataset))

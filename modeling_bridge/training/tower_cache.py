@@ -13,17 +13,15 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from datasets import Array2D, Dataset, Features, List, Value
-from datasets.arrow_writer import ArrowWriter
 from huggingface_hub.utils import tqdm
 
+from ..arrow_cache import fingerprinted_folder_matches, write_fingerprinted_arrow_folder
 from ..fingerprint import weights_fingerprint
-from ..saving import check_output_dir, make_staging_dir, replace_directory
 from .stages import find_bridge_model
 
 
@@ -83,12 +81,8 @@ def cache_tower_states(
     longest = max(len(ids) for ids in processor.tokenizer(list(dataset[text_column]))["input_ids"])
     length = min(longest, limit)
     info = _cache_fingerprint(bridge, dataset, processor, length, image_column, text_column)
-    info_path = os.path.join(cache_dir, CACHE_INFO_FILE)
-    if os.path.isfile(info_path):
-        with open(info_path, encoding="utf-8") as f:
-            if json.load(f) == info:
-                return _load_cache(cache_dir)
-    check_output_dir(cache_dir, overwrite=overwrite)
+    if fingerprinted_folder_matches(cache_dir, CACHE_INFO_FILE, info):
+        return _load_cache(cache_dir)
 
     vision_width, text_width = bridge.vision_unimodal_projection.in_features, config.text_config.hidden_size
     features = Features(
@@ -119,28 +113,18 @@ def cache_tower_states(
                     vision = bridge.get_image_features(inputs["pixel_values"]).last_hidden_state
                     text_inputs = {k: v for k, v in inputs.items() if k in ("attention_mask", "token_type_ids")}
                     text = bridge.get_text_features(inputs["input_ids"], **text_inputs).last_hidden_state
-                    for i in range(vision.shape[0]):
-                        yield {
-                            "input_ids": inputs["input_ids"][i].numpy().astype(np.int32),
-                            "attention_mask": inputs["attention_mask"][i].numpy().astype(np.int8),
-                            "vision_hidden_state": vision[i].float().numpy(),
-                            "text_hidden_state": text[i].float().numpy(),
-                        }
+                    yield {
+                        "input_ids": inputs["input_ids"].numpy().astype(np.int32).tolist(),
+                        "attention_mask": inputs["attention_mask"].numpy().astype(np.int8).tolist(),
+                        "vision_hidden_state": list(vision.float().numpy()),
+                        "text_hidden_state": list(text.float().numpy()),
+                    }
         finally:
             bridge.train(was_training)
 
-    staging = make_staging_dir(cache_dir)
-    try:
-        # One Arrow file written row group by row group (memory stays at one batch), memory-mapped when read.
-        with ArrowWriter(features=features, path=os.fspath(staging / CACHE_STATES_FILE)) as writer:
-            for row in batches():
-                writer.write(row)
-            writer.finalize()
-        with open(staging / CACHE_INFO_FILE, "w", encoding="utf-8") as f:
-            json.dump(info, f, indent=1)
-        replace_directory(staging, cache_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    write_fingerprinted_arrow_folder(
+        cache_dir, CACHE_STATES_FILE, features, batches(), CACHE_INFO_FILE, info, overwrite=overwrite
+    )
     return _load_cache(cache_dir)
 
 
