@@ -61,7 +61,13 @@ from modeling_bridge.data import (
 )
 from modeling_bridge.hub_utils import run_command
 from modeling_bridge.modeling_bridge import BridgeScalar, keep_frozen_parts_in_eval_mode, pool_tokens
-from modeling_bridge.saving import check_output_dir, make_staging_dir, replace_directory
+from modeling_bridge.saving import (
+    check_output_dir,
+    make_staging_dir,
+    replace_directory,
+    write_file_atomically,
+    write_json_atomically,
+)
 from modeling_bridge.training import (
     BridgeTrainer,
     TowerStateCollator,
@@ -496,9 +502,7 @@ def save_diagnostics_figure(path, history, attention, held_out, seen):
     axes[2].set_title("twin group score (chance 1/6)")
     axes[2].legend(fontsize=7)
     figure.tight_layout()
-    tmp = f"{path}.tmp.png"
-    figure.savefig(tmp, dpi=100)
-    os.replace(tmp, path)
+    write_file_atomically(path, lambda tmp: figure.savefig(tmp, dpi=100))
     plt.close(figure)
 
 
@@ -507,13 +511,6 @@ def print_table(title: str, results: dict[str, dict[str, float]]) -> None:
     print(f"\n{title}\n{'model':<18}" + "".join(f"{c:>12}" for c in columns))
     for name, row in results.items():
         print(f"{name:<18}" + "".join(f"{row[c]:>12.3f}" for c in columns))
-
-
-def write_json(path, payload):
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(payload, f, indent=2)
-    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -620,8 +617,8 @@ def main(argv=None):
             f"max probability {row['max_probability']:.2f}"
         )
 
-    write_json(os.path.join(args.output_dir, "results.json"), results)
-    write_json(
+    write_json_atomically(os.path.join(args.output_dir, "results.json"), results)
+    write_json_atomically(
         os.path.join(args.output_dir, "diagnostics.json"),
         {
             "arguments": asdict(args),

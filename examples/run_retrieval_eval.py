@@ -12,7 +12,6 @@ caption per image. Metrics (recall@1/5/10, mean and median rank) come from the l
 the run with one `error: ...` line.
 """
 
-import json
 import os
 import sys
 import time
@@ -26,6 +25,7 @@ import modeling_bridge  # noqa: F401  (registers BRIDGE with the Auto classes)
 from modeling_bridge.data import load_bridge_shapes, load_image_text_dataset
 from modeling_bridge.hub_utils import check_model_path, run_command
 from modeling_bridge.retrieval import build_gallery, search
+from modeling_bridge.saving import write_json_atomically
 
 
 METRIC_PATH = str(Path(__file__).resolve().parents[1] / "metrics" / "bridge_retrieval")
@@ -124,9 +124,7 @@ def main(argv=None):
             )
     os.makedirs(args.output_dir, exist_ok=True)
     path = os.path.join(args.output_dir, "retrieval_results.json")
-    with open(f"{path}.tmp", "w", encoding="utf-8") as f:
-        json.dump({"arguments": asdict(args), "num_pairs": len(images), **results}, f, indent=2)
-    os.replace(f"{path}.tmp", path)
+    write_json_atomically(path, {"arguments": asdict(args), "num_pairs": len(images), **results})
     print(f"\nwrote {path}")
     return results
 

@@ -12,7 +12,6 @@ type) through the local `evaluate` module `metrics/bridge_vqa`; the model goes t
 and the metrics to `<output_dir>/vqa_results.json`. Wrong input ends the run with one `error: ...` line.
 """
 
-import json
 import os
 import sys
 from dataclasses import dataclass, field
@@ -27,7 +26,7 @@ import modeling_bridge  # noqa: F401  (registers BRIDGE with the Auto classes)
 from modeling_bridge import BridgeForQuestionAnswering
 from modeling_bridge.data import answer_vocabulary, load_bridge_shapes_vqa, load_vqav2, vqa_soft_targets
 from modeling_bridge.hub_utils import check_model_path, run_command
-from modeling_bridge.saving import check_output_dir
+from modeling_bridge.saving import check_output_dir, write_json_atomically
 from modeling_bridge.training import BridgeTrainer, save_pretrained_atomically, set_tower_trainable_blocks
 
 
@@ -148,9 +147,7 @@ def main(argv=None):
     for key in sorted(k for k in results if k.startswith("accuracy_")):
         print(f"  {key.removeprefix('accuracy_'):<10} {results[key]:.3f}")
     path = os.path.join(training_args.output_dir, "vqa_results.json")
-    with open(f"{path}.tmp", "w", encoding="utf-8") as f:
-        json.dump(results, f, indent=2)
-    os.replace(f"{path}.tmp", path)
+    write_json_atomically(path, results)
     print(f"saved the model to {model_dir}; wrote {path}")
     return results
 

@@ -1,7 +1,8 @@
 """BRIDGE for the Hugging Face ecosystem.
 
-Importing the package registers BRIDGE with the Auto classes (config, model, processor and the zero-shot
-image-classification mapping), so `AutoModel.from_pretrained(dir)` and
+Importing the package registers BRIDGE with the Auto classes (config, model, processor, the zero-shot
+image-classification and visual-question-answering mappings, and this package's `AutoModelForImageTextRetrieval` /
+`AutoModelForVisualReasoning`), so `AutoModel.from_pretrained(dir)` and
 `pipeline("zero-shot-image-classification", model=dir)` work without `trust_remote_code`. Nothing else of transformers
 is changed: no pipeline class is re-registered.
 """
@@ -15,20 +16,25 @@ from transformers import (
     AutoProcessor,
 )
 
+from .auto import AutoModelForImageTextRetrieval, AutoModelForVisualReasoning
 from .configuration_bridge import BridgeConfig
 from .modeling_bridge import (
     BridgeCrossAttention,
+    BridgeForImageTextRetrieval,
+    BridgeForImageTextRetrievalOutput,
     BridgeForPreTraining,
     BridgeForPreTrainingOutput,
     BridgeForQuestionAnswering,
     BridgeForQuestionAnsweringOutput,
+    BridgeForVisualReasoning,
+    BridgeForVisualReasoningOutput,
     BridgeInteractionLayer,
     BridgeInteractionOutput,
     BridgeModel,
     BridgeOutput,
     BridgePreTrainedModel,
 )
-from .pipelines import BridgeZeroShotImageClassificationPipeline
+from .pipelines import BridgeVisualQuestionAnsweringPipeline, BridgeZeroShotImageClassificationPipeline
 from .processing_bridge import BridgeProcessor
 
 
@@ -39,6 +45,8 @@ AutoModel.register(BridgeConfig, BridgeModel, exist_ok=True)
 AutoModelForZeroShotImageClassification.register(BridgeConfig, BridgeModel, exist_ok=True)
 AutoModelForPreTraining.register(BridgeConfig, BridgeForPreTraining, exist_ok=True)
 AutoModelForVisualQuestionAnswering.register(BridgeConfig, BridgeForQuestionAnswering, exist_ok=True)
+AutoModelForImageTextRetrieval.register(BridgeConfig, BridgeForImageTextRetrieval, exist_ok=True)
+AutoModelForVisualReasoning.register(BridgeConfig, BridgeForVisualReasoning, exist_ok=True)
 AutoProcessor.register(BridgeConfig, BridgeProcessor, exist_ok=True)
 
 # Saving then writes the Hub code files and `auto_map`, for loading with trust_remote_code=True.
@@ -47,19 +55,29 @@ BridgeModel.register_for_auto_class("AutoModel")
 BridgeForPreTraining.register_for_auto_class("AutoModelForPreTraining")
 BridgeForQuestionAnswering.register_for_auto_class("AutoModelForVisualQuestionAnswering")
 BridgeProcessor.register_for_auto_class("AutoProcessor")
+# This package's own Auto classes: transformers' register_for_auto_class accepts only its own names.
+BridgeForImageTextRetrieval._auto_class = "AutoModelForImageTextRetrieval"
+BridgeForVisualReasoning._auto_class = "AutoModelForVisualReasoning"
 
 __all__ = [
+    "AutoModelForImageTextRetrieval",
+    "AutoModelForVisualReasoning",
     "BridgeConfig",
     "BridgeCrossAttention",
+    "BridgeForImageTextRetrieval",
+    "BridgeForImageTextRetrievalOutput",
     "BridgeForPreTraining",
     "BridgeForPreTrainingOutput",
     "BridgeForQuestionAnswering",
     "BridgeForQuestionAnsweringOutput",
+    "BridgeForVisualReasoning",
+    "BridgeForVisualReasoningOutput",
     "BridgeInteractionLayer",
     "BridgeInteractionOutput",
     "BridgeModel",
     "BridgeOutput",
     "BridgePreTrainedModel",
     "BridgeProcessor",
+    "BridgeVisualQuestionAnsweringPipeline",
     "BridgeZeroShotImageClassificationPipeline",
 ]

@@ -168,6 +168,7 @@ class BridgeConfig(PreTrainedConfig):
             up. `"hardest"`: the most similar candidates, e.g. an image that differs from the positive only in which
             colour goes with which shape; early in training these can be too hard to learn from (BENCHMARKS.md).
         itm_margin_min / itm_margin_max (`float`, defaults to 0.2 / 0.5): the semi-hard band.
+        num_images (`int`, defaults to 2): images per statement of `BridgeForVisualReasoning` (NLVR2: left, right).
         itc_loss_weight, itm_loss_weight, mlm_loss_weight, mim_loss_weight, cycle_loss_weight (`float`): weights of
             the pre-training loss components (0 disables one); defaults 1, 1, 0, 0, 0 (stage A of the recipe).
     """
@@ -210,6 +211,7 @@ class BridgeConfig(PreTrainedConfig):
     mlm_loss_weight: float = 0.0
     mim_loss_weight: float = 0.0
     cycle_loss_weight: float = 0.0
+    num_images: int = 2
 
     def __post_init__(self, **kwargs):
         for name in ("vision_config", "text_config"):
@@ -275,6 +277,7 @@ class BridgeConfig(PreTrainedConfig):
             "max_text_positions",
             "num_vision_positions",
             "num_hard_negatives",
+            "num_images",
         ):
             check(getattr(self, field) >= 1, field, "must be a positive integer")
         check(

@@ -4,6 +4,7 @@ Hub code: imports only the standard library, torch, transformers and `.configura
 next to the weights and loaded with ``trust_remote_code=True`` where this package is not installed.
 """
 
+import json
 import logging as pylogging
 import math
 import os
@@ -54,6 +55,9 @@ BRIDGE_AUTO_MAP = {
     "AutoModelForZeroShotImageClassification": "modeling_bridge.BridgeModel",
     "AutoModelForPreTraining": "modeling_bridge.BridgeForPreTraining",
     "AutoModelForVisualQuestionAnswering": "modeling_bridge.BridgeForQuestionAnswering",
+    # Auto classes of this package (transformers has none for these tasks): modeling_bridge.auto
+    "AutoModelForImageTextRetrieval": "modeling_bridge.BridgeForImageTextRetrieval",
+    "AutoModelForVisualReasoning": "modeling_bridge.BridgeForVisualReasoning",
 }
 
 
@@ -572,6 +576,13 @@ class BridgePreTrainedModel(PreTrainedModel):
     def save_pretrained(self, save_directory, *args, **kwargs):
         # `register_for_auto_class` keeps one class only; the zero-shot pipeline needs all three mappings.
         self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **BRIDGE_AUTO_MAP}
+        # Only a VQA model names the VQA pipeline (a BridgeModel saved from a VQA config would load a VQA head).
+        from .pipelines import VQA_CUSTOM_PIPELINES  # the import also makes the saved Hub code carry pipelines.py
+
+        if isinstance(self, BridgeForQuestionAnswering):
+            self.config.custom_pipelines = json.loads(json.dumps(VQA_CUSTOM_PIPELINES))
+        elif hasattr(self.config, "custom_pipelines"):
+            del self.config.custom_pipelines
         if type(self)._auto_class is None:
             type(self).register_for_auto_class(self._default_auto_class)
         return super().save_pretrained(save_directory, *args, **kwargs)
@@ -977,6 +988,33 @@ class BridgeModel(BridgePreTrainedModel):
         out["fused_logits"] = self.fused_logits(cross_image_embeds, cross_text_embeds)
         out["itm_logits"] = self.itm_head(cross_image_embeds, cross_text_embeds)
         return out
+
+    def encode_and_interact(
+        self,
+        pixel_values: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        text_index: torch.Tensor | None = None,
+        output_attentions: bool = False,
+    ) -> BridgeInteractionOutput:
+        """Encode images and texts once each, then interact image p with text `text_index[p]` (image i with text i
+        when None): what the task heads (retrieval, VQA, visual reasoning) read."""
+        input_ids, attention_mask, token_type_ids, position_ids = self._prepare_text(
+            input_ids, attention_mask, token_type_ids, position_ids
+        )
+        vision = self.get_image_features(pixel_values, False, False, return_dict=True)
+        text = self._encode_text(input_ids, attention_mask, token_type_ids, position_ids, False, False)
+        image_index = None if text_index is None else torch.arange(pixel_values.shape[0], device=text_index.device)
+        return self.interact(
+            vision.last_hidden_state,
+            text.last_hidden_state,
+            attention_mask,
+            image_index,
+            text_index,
+            output_attentions=output_attentions,
+        )
 
     def fused_logits(self, cross_image_embeds: torch.Tensor, cross_text_embeds: torch.Tensor) -> torch.Tensor:
         """logit_scale * <c_v, c_t> for aligned fused embeddings."""
@@ -1632,9 +1670,7 @@ class BridgeForQuestionAnswering(BridgePreTrainedModel):
         super().__init__(bridge.config)
         p = bridge.config.projection_dim
         self.bridge = bridge
-        self.classifier = nn.Sequential(
-            nn.Linear(3 * p, 2 * p), nn.GELU(), nn.LayerNorm(2 * p), nn.Linear(2 * p, bridge.config.num_labels)
-        )
+        self.classifier = _pair_classifier(3 * p, 2 * p, bridge.config.num_labels)
         self.post_init()
 
     @can_return_tuple
@@ -1654,25 +1690,12 @@ class BridgeForQuestionAnswering(BridgePreTrainedModel):
         labels (`torch.FloatTensor` of shape `(batch, num_labels)`, *optional*): the score of each answer in [0, 1]
             (soft VQA targets; a one-hot row for a single answer).
         """
-        if input_ids is None or pixel_values is None:
-            raise ValueError("BridgeForQuestionAnswering needs pixel_values and input_ids: image i with question i.")
-        if pixel_values.shape[0] != input_ids.shape[0]:
-            raise ValueError(
-                f"Got {pixel_values.shape[0]} images and {input_ids.shape[0]} questions; each question goes with the "
-                "image of the same row, so the counts must match."
-            )
-        bridge = self.bridge
-        output_attentions = bridge._output_flags(output_attentions, None)[0]
-        input_ids, attention_mask, token_type_ids, position_ids = bridge._prepare_text(
-            input_ids, attention_mask, token_type_ids, position_ids
+        _check_aligned(pixel_values, input_ids, "BridgeForQuestionAnswering", "questions")
+        output_attentions = self.bridge._output_flags(output_attentions, None)[0]
+        out = self.bridge.encode_and_interact(
+            pixel_values, input_ids, attention_mask, token_type_ids, position_ids, output_attentions=output_attentions
         )
-        vision = bridge.get_image_features(pixel_values, return_dict=True)
-        text = bridge._encode_text(input_ids, attention_mask, token_type_ids, position_ids, False, False)
-        out = bridge.interact(
-            vision.last_hidden_state, text.last_hidden_state, attention_mask, output_attentions=output_attentions
-        )
-        image, question = out.cross_image_embeds, out.cross_text_embeds
-        logits = self.classifier(torch.cat([image, question, image * question], dim=-1))
+        logits = self.classifier(_pair_features(out))
         loss = None
         if labels is not None:
             if tuple(labels.shape) != tuple(logits.shape):
@@ -1684,8 +1707,225 @@ class BridgeForQuestionAnswering(BridgePreTrainedModel):
         return BridgeForQuestionAnsweringOutput(
             loss=loss,
             logits=logits,
-            cross_image_embeds=image,
-            cross_text_embeds=question,
+            cross_image_embeds=out.cross_image_embeds,
+            cross_text_embeds=out.cross_text_embeds,
+            interaction_text_attentions=out.text_attentions,
+            interaction_vision_attentions=out.vision_attentions,
+        )
+
+
+def _pair_classifier(in_features: int, hidden: int, num_labels: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Linear(in_features, hidden), nn.GELU(), nn.LayerNorm(hidden), nn.Linear(hidden, num_labels)
+    )
+
+
+def _pair_features(out: BridgeInteractionOutput) -> torch.Tensor:
+    """`[c_v ; c_t ; c_v * c_t]` of each pair's fused embeddings: what the classification heads read."""
+    image, text = out.cross_image_embeds, out.cross_text_embeds
+    return torch.cat([image, text, image * text], dim=-1)
+
+
+def _search_module():
+    # The search code lives in the installed package (it needs `datasets`); Hub code alone does not carry it.
+    try:
+        from modeling_bridge import retrieval
+    except ImportError as error:
+        raise ImportError(
+            "Gallery search needs the modeling-bridge package (pip install 'modeling-bridge[search]'); the Hub code "
+            "files hold the model only."
+        ) from error
+    return retrieval
+
+
+@dataclass
+class BridgeForImageTextRetrievalOutput(ModelOutput):
+    r"""
+    loss (`torch.FloatTensor`, *optional*): cross-entropy of the ITM logits against `labels` (1: match, 0: not).
+    logits (`torch.FloatTensor` of shape `(batch, 2)`): ITM `[no-match, match]` logits of each (image i, text i) pair.
+    fused_logits (`torch.FloatTensor` of shape `(batch,)`): the pairs' fused scores, `logit_scale * <c_v, c_t>`.
+    cross_image_embeds / cross_text_embeds (`torch.FloatTensor` of shape `(batch, projection_dim)`): fused embeddings.
+    interaction_text_attentions / interaction_vision_attentions (`tuple(torch.FloatTensor)`): per interaction layer,
+        on `output_attentions`: text tokens over image tokens and the reverse.
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    fused_logits: torch.FloatTensor | None = None
+    cross_image_embeds: torch.FloatTensor | None = None
+    cross_text_embeds: torch.FloatTensor | None = None
+    interaction_text_attentions: tuple[torch.FloatTensor, ...] | None = None
+    interaction_vision_attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+class BridgeForImageTextRetrieval(BridgePreTrainedModel):
+    """Image-text matching and search. `forward` scores aligned pairs (image i with text i) with the ITM head, as
+    transformers' `BridgeTowerForImageAndTextRetrieval` does; `build_gallery` / `search` run two-stage retrieval
+    (unimodal top-k, then the k pairs re-ranked by the ITM or fused score). It adds no weights to `BridgeModel`'s, so
+    any BRIDGE folder loads into it."""
+
+    _default_auto_class = "AutoModelForImageTextRetrieval"
+    _keys_to_ignore_on_load_unexpected = [r"^(mlm_head|mim_head|itc_alpha)\."]
+
+    def __init__(
+        self,
+        config: BridgeConfig | None = None,
+        vision_model: PreTrainedModel | None = None,
+        text_model: PreTrainedModel | None = None,
+    ):
+        bridge = BridgeModel(config, vision_model=vision_model, text_model=text_model)
+        super().__init__(bridge.config)
+        self.bridge = bridge
+        self.post_init()
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.LongTensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        output_attentions: bool | None = None,
+    ) -> BridgeForImageTextRetrievalOutput | tuple:
+        r"""
+        Image i with text i (aligned pairs); for every image against every text use `BridgeModel` (`score="itm"`).
+
+        labels (`torch.LongTensor` of shape `(batch,)`, *optional*): 1 where text i describes image i, else 0.
+        """
+        _check_aligned(pixel_values, input_ids, "BridgeForImageTextRetrieval", "texts")
+        output_attentions = self.bridge._output_flags(output_attentions, None)[0]
+        out = self.bridge.encode_and_interact(
+            pixel_values, input_ids, attention_mask, token_type_ids, position_ids, output_attentions=output_attentions
+        )
+        loss = None
+        if labels is not None:
+            loss = _binary_label_loss(out.itm_logits, labels, "image-text match")
+        return BridgeForImageTextRetrievalOutput(
+            loss=loss,
+            logits=out.itm_logits,
+            fused_logits=out.fused_logits,
+            cross_image_embeds=out.cross_image_embeds,
+            cross_text_embeds=out.cross_text_embeds,
+            interaction_text_attentions=out.text_attentions,
+            interaction_vision_attentions=out.vision_attentions,
+        )
+
+    def build_gallery(self, processor, images=None, texts=None, **kwargs):
+        """Embed a gallery of images or texts once (`modeling_bridge.retrieval.build_gallery`)."""
+        return _search_module().build_gallery(self, processor, images=images, texts=texts, **kwargs)
+
+    def search(self, processor, gallery, queries, k: int = 32, rerank: str | None = "itm", **kwargs):
+        """Two-stage search of `queries` in `gallery`, re-ranked by the ITM score by default
+        (`modeling_bridge.retrieval.search`)."""
+        return _search_module().search(self, processor, gallery, queries, k=k, rerank=rerank, **kwargs)
+
+
+def _check_aligned(pixel_values, input_ids, head: str, texts: str) -> None:
+    if input_ids is None or pixel_values is None:
+        raise ValueError(f"{head} needs pixel_values and input_ids: image i with {texts[:-1]} i.")
+    if pixel_values.shape[0] != input_ids.shape[0]:
+        raise ValueError(
+            f"Got {pixel_values.shape[0]} images and {input_ids.shape[0]} {texts}; each of the {texts} goes with the "
+            "image of the same row, so the counts must match."
+        )
+
+
+def _binary_label_loss(logits: torch.Tensor, labels: torch.Tensor, what: str) -> torch.Tensor:
+    """Cross-entropy of (batch, 2) logits against 0/1 labels, with a clear error for labels of another shape."""
+    if tuple(labels.shape) != (logits.shape[0],) or labels.is_floating_point():
+        raise ValueError(
+            f"labels must be a (batch,) = ({logits.shape[0]},) integer tensor of 0 / 1 ({what}: 1 for true), got "
+            f"{labels.dtype} of shape {tuple(labels.shape)}."
+        )
+    return F.cross_entropy(logits, labels.to(logits.device))
+
+
+@dataclass
+class BridgeForVisualReasoningOutput(ModelOutput):
+    r"""
+    loss (`torch.FloatTensor`, *optional*): cross-entropy against `labels` (1: the statement is true).
+    logits (`torch.FloatTensor` of shape `(batch, 2)`): `[false, true]` logits of each (left, right, statement).
+    cross_image_embeds / cross_text_embeds (`torch.FloatTensor` of shape `(batch, num_images, projection_dim)`): the
+        fused embeddings of each image with the statement.
+    interaction_text_attentions / interaction_vision_attentions (`tuple(torch.FloatTensor)`): per interaction layer,
+        on `output_attentions`, for the `batch * num_images` (image, statement) pairs, image-major.
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    cross_image_embeds: torch.FloatTensor | None = None
+    cross_text_embeds: torch.FloatTensor | None = None
+    interaction_text_attentions: tuple[torch.FloatTensor, ...] | None = None
+    interaction_vision_attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+class BridgeForVisualReasoning(BridgePreTrainedModel):
+    """NLVR2-style reasoning: a statement about two images (left, right), true or false. Each image interacts with
+    the statement on its own; an MLP reads the two pairs' `[c_v ; c_t ; c_v * c_t]`, in image order (the statement
+    may name "the left image"), as transformers' `ViltForImagesAndTextClassification` reads its pooled states."""
+
+    _default_auto_class = "AutoModelForVisualReasoning"
+    _keys_to_ignore_on_load_unexpected = [r"^(mlm_head|mim_head|itc_alpha)\."]
+
+    def __init__(
+        self,
+        config: BridgeConfig | None = None,
+        vision_model: PreTrainedModel | None = None,
+        text_model: PreTrainedModel | None = None,
+    ):
+        bridge = BridgeModel(config, vision_model=vision_model, text_model=text_model)
+        super().__init__(bridge.config)
+        p = bridge.config.projection_dim
+        self.bridge = bridge
+        self.classifier = _pair_classifier(3 * p * bridge.config.num_images, 2 * p, 2)
+        self.post_init()
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.LongTensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        output_attentions: bool | None = None,
+    ) -> BridgeForVisualReasoningOutput | tuple:
+        r"""
+        pixel_values (`torch.FloatTensor` of shape `(batch, num_images, channels, height, width)`): the images of each
+            statement, left first (`config.num_images`, 2 for NLVR2).
+        labels (`torch.LongTensor` of shape `(batch,)`, *optional*): 1 where the statement is true, else 0.
+        """
+        num_images = self.config.num_images
+        if input_ids is None or pixel_values is None:
+            raise ValueError("BridgeForVisualReasoning needs pixel_values and input_ids: images and a statement.")
+        if pixel_values.dim() != 5 or pixel_values.shape[1] != num_images:
+            raise ValueError(
+                f"pixel_values must be (batch, {num_images}, channels, height, width): the {num_images} images of "
+                f"each statement; got shape {tuple(pixel_values.shape)}."
+            )
+        _check_aligned(pixel_values, input_ids, "BridgeForVisualReasoning", "statements")
+        output_attentions = self.bridge._output_flags(output_attentions, None)[0]
+        batch = input_ids.shape[0]
+        text_index = torch.arange(batch, device=input_ids.device).repeat_interleave(num_images)
+        out = self.bridge.encode_and_interact(
+            pixel_values.flatten(0, 1),
+            input_ids,
+            attention_mask,
+            token_type_ids,
+            position_ids,
+            text_index=text_index,
+            output_attentions=output_attentions,
+        )
+        logits = self.classifier(_pair_features(out).view(batch, -1))
+        loss = None if labels is None else _binary_label_loss(logits, labels, "statement")
+        return BridgeForVisualReasoningOutput(
+            loss=loss,
+            logits=logits,
+            cross_image_embeds=out.cross_image_embeds.view(batch, num_images, -1),
+            cross_text_embeds=out.cross_text_embeds.view(batch, num_images, -1),
             interaction_text_attentions=out.text_attentions,
             interaction_vision_attentions=out.vision_attentions,
         )
@@ -1703,11 +1943,15 @@ def _tower_from_config(tower_config) -> PreTrainedModel:
 __all__ = [
     "BridgeCrossAttention",
     "BridgeForPreTraining",
+    "BridgeForImageTextRetrieval",
+    "BridgeForImageTextRetrievalOutput",
     "BridgeForPreTrainingOutput",
     "BridgeForQuestionAnswering",
     "BridgeForQuestionAnsweringOutput",
     "BridgeInteractionLayer",
     "BridgeInteractionOutput",
+    "BridgeForVisualReasoning",
+    "BridgeForVisualReasoningOutput",
     "BridgeModel",
     "BridgeOutput",
     "BridgePreTrainedModel",

@@ -1,4 +1,13 @@
-"""An optional zero-shot image-classification pipeline class with friendlier label handling for BRIDGE.
+"""Pipelines for BRIDGE: visual question answering, and a zero-shot image-classification class with friendlier label
+handling.
+
+Hub code: imports transformers only. A saved `BridgeForQuestionAnswering` folder carries this file and names
+`BridgeVisualQuestionAnsweringPipeline` under `custom_pipelines` in its config, so that
+`pipeline("visual-question-answering", model=folder, trust_remote_code=True)` answers (transformers 5 removed its own
+visual-question-answering pipeline; nothing is registered globally).
+
+Zero-shot image classification
+------------------------------
 
 `pipeline("zero-shot-image-classification", model=dir)` uses transformers' own class, unchanged: this package
 registers no pipeline globally, so no other model's pipeline changes. With transformers' class, long labels are
@@ -10,7 +19,8 @@ also get:
 - labels tokenized with truncation to the model's `max_text_positions` (no warning).
 """
 
-from transformers.pipelines import ZeroShotImageClassificationPipeline
+from transformers.image_utils import load_image
+from transformers.pipelines import Pipeline, ZeroShotImageClassificationPipeline
 
 
 class BridgeZeroShotImageClassificationPipeline(ZeroShotImageClassificationPipeline):
@@ -28,4 +38,83 @@ class BridgeZeroShotImageClassificationPipeline(ZeroShotImageClassificationPipel
         return super().preprocess(image, candidate_labels, *args, tokenizer_kwargs=tokenizer_kwargs, **kwargs)
 
 
-__all__ = ["BridgeZeroShotImageClassificationPipeline"]
+class BridgeVisualQuestionAnsweringPipeline(Pipeline):
+    """Answers questions about images with a VQA classifier (`BridgeForQuestionAnswering`): the `top_k` answers of
+    its vocabulary with their sigmoid scores, best first.
+
+        vqa = pipeline("visual-question-answering", model=folder, trust_remote_code=True)
+        vqa(image, "what colour is the circle?")              # [{"answer": "red", "score": 0.97}, ...]
+        vqa([{"image": a, "question": q1}, {"image": b, "question": q2}], top_k=1)
+
+    `image` is a PIL image, a path or a URL; one image with a list of questions (or one question with a list of
+    images) asks each.
+    """
+
+    _load_processor = True
+    _load_image_processor = False
+    _load_feature_extractor = False
+    _load_tokenizer = False
+
+    def __call__(self, image, question=None, **kwargs):
+        if question is None:
+            inputs = image  # {"image": ..., "question": ...} or a list of them
+        elif isinstance(image, (list, tuple)) or isinstance(question, (list, tuple)):
+            images = image if isinstance(image, (list, tuple)) else [image] * len(question)
+            questions = question if isinstance(question, (list, tuple)) else [question] * len(images)
+            if len(images) != len(questions):
+                raise ValueError(
+                    f"Got {len(images)} images and {len(questions)} questions; pass one of each per question, or one "
+                    "image (or one question) for all."
+                )
+            inputs = [{"image": i, "question": q} for i, q in zip(images, questions)]
+        else:
+            inputs = {"image": image, "question": question}
+        return super().__call__(inputs, **kwargs)
+
+    def _sanitize_parameters(self, top_k=None, timeout=None, **kwargs):
+        postprocess = {}
+        if top_k is not None:
+            if not isinstance(top_k, int) or top_k < 1:
+                raise ValueError(f"top_k must be a positive integer, got {top_k!r}.")
+            postprocess["top_k"] = top_k
+        return {"timeout": timeout}, {}, postprocess
+
+    def preprocess(self, inputs, timeout=None):
+        if not isinstance(inputs, dict) or "image" not in inputs or "question" not in inputs:
+            raise ValueError(
+                "visual-question-answering takes (image, question), or dicts {'image': ..., 'question': ...}; got "
+                f"{type(inputs).__name__}."
+            )
+        if not isinstance(inputs["question"], str) or not inputs["question"].strip():
+            raise ValueError(f"The question must be a non-empty string, got {inputs['question']!r}.")
+        image = load_image(inputs["image"], timeout=timeout)
+        limit = self.model.config.max_text_positions
+        return self.processor(
+            images=image, text=inputs["question"], return_tensors="pt", truncation=True, max_length=limit
+        )
+
+    def _forward(self, model_inputs):
+        return {"logits": self.model(**model_inputs).logits}
+
+    def postprocess(self, model_outputs, top_k=5):
+        scores = model_outputs["logits"][0].float().sigmoid()
+        scores, ids = scores.topk(min(top_k, scores.shape[0]))
+        labels = self.model.config.id2label
+        return [{"answer": labels[int(i)], "score": float(s)} for s, i in zip(scores, ids)]
+
+
+# What a saved BridgeForQuestionAnswering config names under `custom_pipelines` (file name without `.py`).
+VQA_CUSTOM_PIPELINES = {
+    "visual-question-answering": {
+        "impl": "pipelines.BridgeVisualQuestionAnsweringPipeline",
+        "pt": ["AutoModelForVisualQuestionAnswering"],
+        "type": "multimodal",
+    }
+}
+
+
+__all__ = [
+    "VQA_CUSTOM_PIPELINES",
+    "BridgeVisualQuestionAnsweringPipeline",
+    "BridgeZeroShotImageClassificationPipeline",
+]

@@ -20,6 +20,7 @@ safetensors issue #782), so a saved model is as readable as any other folder the
 from __future__ import annotations
 
 import fnmatch
+import json
 import os
 import secrets
 import shutil
@@ -63,6 +64,7 @@ SAVE_FILE_PATTERNS = (
     "loss_*.py",
     "image_processing_*.py",
     "tokenization_*.py",
+    "pipelines.py",  # the custom VQA pipeline of a BridgeForQuestionAnswering save
     "README.md",
     # the tower-state cache (modeling_bridge.training.tower_cache)
     "tower_states.arrow",
@@ -230,6 +232,30 @@ def save_pretrained_atomically(
     return target
 
 
+def write_file_atomically(path: str | os.PathLike, write) -> None:
+    """`write(temporary_path)` writes the file, which is then renamed to `path`: a reader never sees half a file,
+    and an interrupted write leaves the previous file in place. The temporary name keeps the extension (for writers
+    that choose the format by it, e.g. matplotlib's savefig)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.tmp-{secrets.token_hex(4)}{path.suffix}")
+    try:
+        write(str(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_json_atomically(path: str | os.PathLike, payload) -> None:
+    """`payload` as indented JSON at `path`, through `write_file_atomically`."""
+
+    def write(tmp):
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(payload, f, indent=2)
+
+    write_file_atomically(path, write)
+
+
 __all__ = [
     "SAVE_FILE_PATTERNS",
     "apply_default_permissions",
@@ -238,4 +264,6 @@ __all__ = [
     "make_staging_dir",
     "replace_directory",
     "save_pretrained_atomically",
+    "write_file_atomically",
+    "write_json_atomically",
 ]

@@ -1,5 +1,11 @@
 """Tiny BRIDGE models built from configs in code: no downloads."""
 
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
 import numpy as np
 import pytest
 import torch
@@ -31,6 +37,28 @@ class NoPackage(importlib.abc.MetaPathFinder):
             raise ImportError("modeling_bridge is not importable in this process")
 sys.meta_path.insert(0, NoPackage())
 """
+
+
+def run_as_hub_code(tmp_path, source: str, *args) -> dict:
+    """Run `source` in a fresh Python where `modeling_bridge` cannot be imported (so BRIDGE comes from the Hub code
+    files of a saved folder), offline, with `sys.argv[1:] = args` and `sys.argv[-1]` a JSON file the script writes;
+    return what it wrote."""
+    script, out = tmp_path / "hub_code_script.py", tmp_path / "hub_code_out.json"
+    script.write_text(BLOCK_PACKAGE_PRELUDE + textwrap.dedent(source))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    done = subprocess.run(
+        [sys.executable, str(script), *map(str, args), str(out)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(out.read_text())
+
+
 VOCAB = [
     "[PAD]",
     "[UNK]",

@@ -1,10 +1,7 @@
 """BridgeForQuestionAnswering: VQA as classification over an answer vocabulary, on each pair's fused embeddings."""
 
 import json
-import os
-import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -12,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForVisualQuestionAnswering
 
-from conftest import BLOCK_PACKAGE_PRELUDE, make_config, random_inputs
+from conftest import make_config, random_inputs, run_as_hub_code
 from modeling_bridge import BridgeForPreTraining, BridgeForQuestionAnswering
 
 
@@ -77,34 +74,21 @@ def test_vqa_round_trip_and_auto_class(tmp_path):
     )
     assert vqa.classifier[-1].out_features == 3
 
-    script = tmp_path / "remote.py"
-    script.write_text(
-        BLOCK_PACKAGE_PRELUDE
-        + textwrap.dedent(
-            """
-            import json, sys
-            import torch
-            from transformers import AutoModelForVisualQuestionAnswering
-            model = AutoModelForVisualQuestionAnswering.from_pretrained(sys.argv[1], trust_remote_code=True).eval()
-            with torch.no_grad():
-                logits = model(**torch.load(sys.argv[2], weights_only=True)).logits
-            json.dump({"class": type(model).__name__, "logits": logits.tolist()}, open(sys.argv[3], "w"))
-            """
-        )
-    )
     torch.save(inputs, tmp_path / "inputs.pt")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
-    done = subprocess.run(
-        [sys.executable, str(script), str(tmp_path / "vqa"), str(tmp_path / "inputs.pt"), str(tmp_path / "out.json")],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        stdin=subprocess.DEVNULL,
-        timeout=300,
+    out = run_as_hub_code(
+        tmp_path,
+        """
+        import json, sys
+        import torch
+        from transformers import AutoModelForVisualQuestionAnswering
+        model = AutoModelForVisualQuestionAnswering.from_pretrained(sys.argv[1], trust_remote_code=True).eval()
+        with torch.no_grad():
+            logits = model(**torch.load(sys.argv[2], weights_only=True)).logits
+        json.dump({"class": type(model).__name__, "logits": logits.tolist()}, open(sys.argv[3], "w"))
+        """,
+        tmp_path / "vqa",
+        tmp_path / "inputs.pt",
     )
-    assert done.returncode == 0, done.stderr[-3000:]
-    out = json.loads((tmp_path / "out.json").read_text())
     assert out["class"] == "BridgeForQuestionAnswering"
     with torch.no_grad():
         assert torch.equal(torch.tensor(out["logits"]), model(**inputs).logits)
@@ -218,3 +202,59 @@ def test_vqav2_loader_reads_the_official_format(tmp_path):
     (tmp_path / "q.json").write_text(json.dumps(questions))
     with pytest.raises(FileNotFoundError, match="VQAv2 question 7: no image COCO_val2014_000000000043.jpg"):
         load_vqav2(tmp_path / "q.json", tmp_path / "a.json", str(tmp_path))
+
+
+VQA_PIPELINE_SCRIPT = """
+import json, sys
+from PIL import Image
+from transformers import pipeline
+vqa = pipeline("visual-question-answering", model=sys.argv[1], trust_remote_code=True)
+image = Image.open(sys.argv[2])
+json.dump({"class": type(vqa).__name__, "answers": vqa(image, "what colour is the circle?", top_k=3)},
+          open(sys.argv[3], "w"))
+"""
+
+
+def test_vqa_pipeline_answers_installed_and_as_hub_code(processor, tmp_path):
+    from transformers import pipeline
+
+    from conftest import random_images
+
+    model = _model().eval()
+    model.save_pretrained(tmp_path / "vqa")
+    processor.save_pretrained(tmp_path / "vqa")
+    assert json.loads((tmp_path / "vqa" / "config.json").read_text())["custom_pipelines"] == {
+        "visual-question-answering": {
+            "impl": "pipelines.BridgeVisualQuestionAnsweringPipeline",
+            "pt": ["AutoModelForVisualQuestionAnswering"],
+            "type": "multimodal",
+        }
+    }
+    image, other = random_images(2)
+    image.save(tmp_path / "image.png")
+    question = "what colour is the circle?"
+    with torch.no_grad():
+        inputs = processor(images=image, text=question, return_tensors="pt")
+        scores = model(**inputs).logits[0].sigmoid()
+    expected = [{"answer": ANSWERS[int(i)], "score": pytest.approx(float(scores[i]), abs=1e-6)} for i in
+                scores.argsort(descending=True)[:3]]  # fmt: skip
+
+    vqa = pipeline("visual-question-answering", model=str(tmp_path / "vqa"), trust_remote_code=True)
+    assert type(vqa).__name__ == "BridgeVisualQuestionAnsweringPipeline"
+    assert vqa(str(tmp_path / "image.png"), question, top_k=3) == expected
+    assert len(vqa(image, question)) == 5  # default top_k
+    both = vqa([{"image": image, "question": question}, {"image": other, "question": question}], top_k=3)
+    assert both[0] == expected and both[1] != expected
+    assert vqa(image, [question, "what shape is the red one?"], top_k=1)[0] == expected[:1]
+    with pytest.raises(ValueError, match="The question must be a non-empty string"):
+        vqa(image, "")
+    with pytest.raises(ValueError, match="Got 2 images and 3 questions"):
+        vqa([image, other], [question] * 3)
+    with pytest.raises(ValueError, match="top_k must be a positive integer"):
+        vqa(image, question, top_k=0)
+    # a BridgeModel saved from the VQA config names no VQA pipeline
+    model.bridge.save_pretrained(tmp_path / "base")
+    assert "custom_pipelines" not in json.loads((tmp_path / "base" / "config.json").read_text())
+
+    out = run_as_hub_code(tmp_path, VQA_PIPELINE_SCRIPT, tmp_path / "vqa", tmp_path / "image.png")
+    assert out["class"] == "BridgeVisualQuestionAnsweringPipeline" and out["answers"] == expected

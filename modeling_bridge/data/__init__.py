@@ -2,6 +2,7 @@
 
 from .collator import BridgeDataCollator
 from .loading import load_image_text_dataset
+from .nlvr2 import NLVR2_FEATURES, load_bridge_shapes_nlvr2, load_nlvr2
 from .sampling import twin_adjacent_order
 from .shapes import (
     SHAPES_BACKGROUND,
@@ -39,4 +40,7 @@ __all__ = [
     "load_vqav2",
     "answer_vocabulary",
     "vqa_soft_targets",
+    "NLVR2_FEATURES",
+    "load_bridge_shapes_nlvr2",
+    "load_nlvr2",
 ]
