@@ -8,7 +8,9 @@ Rows are (image, caption) pairs and each query's match is its own row's partner:
 images with each caption, image->text the rows' captions with each image. Data: the held-out split of
 bridge-shapes (default), or a `datasets` folder / Karpathy JSON (`--dataset`, `--image_root`, `--split`) with one
 caption per image. Metrics (recall@1/5/10, mean and median rank) come from the local `evaluate` module
-`metrics/bridge_retrieval` (loaded by path). Prints a table and writes `retrieval_results.json`; wrong input ends
+`metrics/bridge_retrieval` (loaded by path). Prints a table and writes `retrieval_results.json`, and for the first
+`--num_figures` pairs `figures/words_<i>.png` (where each word of caption i looks in image i) and
+`figures/search_t2i_<i>.png` / `search_i2t_<i>.png` (the top 5 of each direction with their scores); wrong input ends
 the run with one `error: ...` line.
 """
 
@@ -26,6 +28,7 @@ from modeling_bridge.data import load_bridge_shapes, load_image_text_dataset
 from modeling_bridge.hub_utils import check_model_path, run_command
 from modeling_bridge.retrieval import build_gallery, search
 from modeling_bridge.saving import write_json_atomically
+from modeling_bridge.visualization import save_search_figure, save_word_attention_figure, word_attention_maps
 
 
 METRIC_PATH = str(Path(__file__).resolve().parents[1] / "metrics" / "bridge_retrieval")
@@ -43,6 +46,9 @@ class RetrievalArguments:
         default="fused", metadata={"help": "Re-ranking score: fused or itm.", "choices": ["fused", "itm"]}
     )
     batch_size: int = field(default=32, metadata={"help": "Queries / gallery items per batch."})
+    num_figures: int = field(
+        default=3, metadata={"help": "Pairs drawn as figures: per-word attention maps and top-5 search results."}
+    )
     output_dir: str = field(default="outputs/retrieval", metadata={"help": "Where retrieval_results.json goes."})
 
 
@@ -100,6 +106,40 @@ def evaluate_direction(model, processor, metric, gallery, queries, ks, args) -> 
     return results
 
 
+def write_figures(model, processor, image_gallery, text_gallery, images, captions, args) -> None:
+    """What the fused model sees, for the first `num_figures` pairs: each caption word's attention over its image,
+    and the top 5 of a search in each direction (re-ranked score, unimodal score, the true match marked)."""
+    count = min(args.num_figures, len(images))
+    if count <= 0:
+        return
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        print("figures skipped: matplotlib is not installed (pip install matplotlib)")
+        return
+    folder = os.path.join(args.output_dir, "figures")
+    os.makedirs(folder, exist_ok=True)
+    k = min(5, len(images))
+    for i in range(count):
+        attention = word_attention_maps(model, processor, images[i], captions[i])
+        save_word_attention_figure(images[i], attention, os.path.join(folder, f"words_{i}.png"), title=captions[i])
+        for name, gallery, query, items in (
+            ("t2i", image_gallery, captions[i], images),
+            ("i2t", text_gallery, images[i], captions),
+        ):
+            found = search(model, processor, gallery, [query], k=k, rerank=args.rerank)
+            indices = found.indices[0].tolist()
+            save_search_figure(
+                query,
+                [items[j] for j in indices],
+                found.scores[0],
+                os.path.join(folder, f"search_{name}_{i}.png"),
+                unimodal_scores=found.unimodal_scores[0],
+                target=indices.index(i) if i in indices else None,
+            )
+    print(f"wrote {3 * count} figures to {folder}")
+
+
 def main(argv=None):
     (args,) = HfArgumentParser(RetrievalArguments).parse_args_into_dataclasses(args=argv)
     check_model_path(args.model_name_or_path)
@@ -123,6 +163,7 @@ def main(argv=None):
                 f"{row['median_rank']:>8.1f}{1000 * row['seconds_per_query']:>10.2f}"
             )
     os.makedirs(args.output_dir, exist_ok=True)
+    write_figures(model, processor, image_gallery, text_gallery, images, captions, args)
     path = os.path.join(args.output_dir, "retrieval_results.json")
     write_json_atomically(path, {"arguments": asdict(args), "num_pairs": len(images), **results})
     print(f"\nwrote {path}")

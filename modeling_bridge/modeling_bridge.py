@@ -1,7 +1,8 @@
 """BRIDGE: cross-only, bidirectional interaction layers on top of a pretrained vision tower and text tower.
 
-Hub code: imports only the standard library, torch, transformers and `.configuration_bridge`, so that it can be saved
-next to the weights and loaded with ``trust_remote_code=True`` where this package is not installed.
+Hub code: imports only the standard library, torch, transformers and its siblings (`.configuration_bridge`,
+`.loss_bridge`, `.pipelines`), so that it can be saved next to the weights and loaded with ``trust_remote_code=True``
+where this package is not installed (the optional search helpers import the package inside a try block).
 """
 
 import json

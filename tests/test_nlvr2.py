@@ -15,18 +15,19 @@ def test_bridge_shapes_statements_are_decided_by_the_images():
     data = load_bridge_shapes_nlvr2(num_train=40)
     scenes = load_bridge_shapes(num_train=40)
     test = data["test"]
-    # 72 twin pairs x 2 binding statements x 2 orders + 144 scenes x 1 count statement x 2 orders
+    # 72 twin pairs x 2 binding statements (one per twin's caption) x 2 orders + 144 scenes x 1 count statement x 2
     assert len(test) == 576 and data["test"].features["label"].names == ["False", "True"]
     assert sorted(set(test["statement_type"])) == ["binding", "count"]
-    captions = [parse_shapes_caption(c) for c in scenes["test"]["caption"]]
+    captions = scenes["test"]["caption"]
     for row in test.select(range(0, 576, 7)):
-        _, _, left, right = row["identifier"].split("-")
-        left, right = captions[int(left)].objects, captions[int(right)].objects
+        left, right = (int(part) for part in row["identifier"].split("-")[2:])
         words = row["sentence"].split()
-        if row["statement_type"] == "binding":  # "the left image has a red circle"
-            named = left if words[1] == "left" else right
-            assert row["label"] == ((words[-2], words[-1]) in named)
+        if row["statement_type"] == "binding":  # "the left image shows <a caption>", the other image its twin
+            assert captions[left] != captions[right] and scenes["test"][left]["twin"] == right
+            named = captions[left] if words[1] == "left" else captions[right]
+            assert row["label"] == (" ".join(words[4:]) == named)
         else:  # "the left image has more circles than the right one"
+            left, right = parse_shapes_caption(captions[left]).objects, parse_shapes_caption(captions[right]).objects
             named, other = (left, right) if words[1] == "left" else (right, left)
             shape = words[5][:-1]
             assert row["label"] == (sum(s == shape for _, s in named) > sum(s == shape for _, s in other))

@@ -154,5 +154,7 @@ def test_retrieval_eval_example_runs_end_to_end(processor, tmp_path):
         assert all(row["mean_rank"] is not None and 1 <= row["mean_rank"] <= 12 for row in rows.values())
     saved = json.loads((tmp_path / "out" / "retrieval_results.json").read_text())
     assert saved["num_pairs"] == 12 and saved["text_to_image"] == results["text_to_image"]
+    figures = sorted(p.name for p in (tmp_path / "out" / "figures").iterdir())  # --num_figures 3 by default
+    assert figures == sorted(f"{kind}_{i}.png" for kind in ("words", "search_t2i", "search_i2t") for i in range(3))
     with pytest.raises(ValueError, match="--k must be comma-separated positive integers"):
         run_retrieval_eval.main([*argv[:4], "--k", "0,x", "--output_dir", str(tmp_path / "bad")])

@@ -8,9 +8,10 @@ consistency (the fraction of groups whose examples are all answered correctly).
 
 bridge-shapes statements, per split of `load_bridge_shapes` (the test split's scenes are the held-out families):
 
-- binding: a scene and its colour-swapped twin side by side, "the left image has a red circle" (true with the scene on
-  the left, false with the twin there) and "the right image has a blue square": the images differ only in which
-  colour goes with which shape, so the statement is decided by that binding alone; in test, bindings never trained;
+- binding: a scene and its colour-swapped twin side by side, "the left image shows a red circle left of a blue
+  square" (true with that scene on the left, false with its twin there), and the twin's caption for the right
+  image: the two images differ only in which colour goes with which shape, so the statement is decided by that
+  binding alone; in test, bindings never trained;
 - count: "the left image has more circles than the right one" (or the mirrored wording with the images swapped) for
   a scene and another scene of the split: true when the named image shows the shape and the other does not.
 
@@ -45,7 +46,7 @@ NLVR2_FEATURES = Features(
 def _statements(scenes: Dataset, split: str, rng: np.random.Generator) -> dict[str, list]:
     columns = {name: [] for name in NLVR2_FEATURES}
     images = scenes.cast_column("image", Image(decode=False))["image"]  # the PNG bytes, not decoded and re-encoded
-    colors, shapes, twins = scenes["colors"], scenes["shapes"], scenes["twin"]
+    captions, shapes, twins = scenes["caption"], scenes["shapes"], scenes["twin"]
 
     def add(left, right, sentence, label, kind, group):
         columns["left_image"].append(images[left])
@@ -58,12 +59,13 @@ def _statements(scenes: Dataset, split: str, rng: np.random.Generator) -> dict[s
 
     statement = 0
     for scene, twin in enumerate(twins):
-        if twin > scene:  # each twin pair once
-            for side, (color, shape) in zip(("left", "right"), zip(colors[scene], shapes[scene])):
-                sentence = f"the {side} image has a {color} {shape}"
-                scene_on_named_side = (scene, twin) if side == "left" else (twin, scene)
-                add(*scene_on_named_side, sentence, True, "binding", statement)
-                add(*reversed(scene_on_named_side), sentence, False, "binding", statement)
+        if twin > scene:  # each twin pair once: each twin's caption, named on one side
+            for side, described in (("left", scene), ("right", twin)):
+                sentence = f"the {side} image shows {captions[described]}"
+                other = twin if described == scene else scene
+                on_named_side = (described, other) if side == "left" else (other, described)
+                add(*on_named_side, sentence, True, "binding", statement)
+                add(*reversed(on_named_side), sentence, False, "binding", statement)
                 statement += 1
         if len(shapes[scene]) == 2:
             other = int(rng.integers(len(twins) - 1))
