@@ -10,6 +10,7 @@ is changed: no pipeline class is re-registered.
 from transformers import (
     AutoConfig,
     AutoModel,
+    AutoModelForImageTextToText,
     AutoModelForPreTraining,
     AutoModelForVisualQuestionAnswering,
     AutoModelForZeroShotImageClassification,
@@ -18,6 +19,7 @@ from transformers import (
 
 from .auto import AutoModelForImageTextRetrieval, AutoModelForVisualReasoning
 from .configuration_bridge import BridgeConfig
+from .configuration_langbridge import LangBridgeConfig
 from .modeling_bridge import (
     BridgeCrossAttention,
     BridgeForImageTextRetrieval,
@@ -34,6 +36,7 @@ from .modeling_bridge import (
     BridgeOutput,
     BridgePreTrainedModel,
 )
+from .modeling_langbridge import BridgeForConditionalGeneration, build_vocabulary_subset
 from .pipelines import BridgeVisualQuestionAnsweringPipeline, BridgeZeroShotImageClassificationPipeline
 from .processing_bridge import BridgeProcessor
 
@@ -41,6 +44,8 @@ from .processing_bridge import BridgeProcessor
 __version__ = "0.1.0"
 
 AutoConfig.register(BridgeConfig.model_type, BridgeConfig, exist_ok=True)
+AutoConfig.register(LangBridgeConfig.model_type, LangBridgeConfig, exist_ok=True)
+AutoModelForImageTextToText.register(LangBridgeConfig, BridgeForConditionalGeneration, exist_ok=True)
 AutoModel.register(BridgeConfig, BridgeModel, exist_ok=True)
 AutoModelForZeroShotImageClassification.register(BridgeConfig, BridgeModel, exist_ok=True)
 AutoModelForPreTraining.register(BridgeConfig, BridgeForPreTraining, exist_ok=True)
@@ -51,6 +56,8 @@ AutoProcessor.register(BridgeConfig, BridgeProcessor, exist_ok=True)
 
 # Saving then writes the Hub code files and `auto_map`, for loading with trust_remote_code=True.
 BridgeConfig.register_for_auto_class()
+LangBridgeConfig.register_for_auto_class()
+BridgeForConditionalGeneration.register_for_auto_class("AutoModelForImageTextToText")
 BridgeModel.register_for_auto_class("AutoModel")
 BridgeForPreTraining.register_for_auto_class("AutoModelForPreTraining")
 BridgeForQuestionAnswering.register_for_auto_class("AutoModelForVisualQuestionAnswering")
@@ -64,6 +71,7 @@ __all__ = [
     "AutoModelForVisualReasoning",
     "BridgeConfig",
     "BridgeCrossAttention",
+    "BridgeForConditionalGeneration",
     "BridgeForImageTextRetrieval",
     "BridgeForImageTextRetrievalOutput",
     "BridgeForPreTraining",
@@ -80,4 +88,6 @@ __all__ = [
     "BridgeProcessor",
     "BridgeVisualQuestionAnsweringPipeline",
     "BridgeZeroShotImageClassificationPipeline",
+    "LangBridgeConfig",
+    "build_vocabulary_subset",
 ]

@@ -1,0 +1,330 @@
+"""Generation through a LangBridge adapter: BRIDGE's vision states as a prefix for any causal language model.
+
+LangBridge ("Interpreting Image as a Combination of Language Embeddings", 2025) maps each visual token to weights over
+a fixed subset of vocabulary *words* and takes the weighted sum of the LM's own (frozen) input embeddings of those
+words. The adapter's output is "which words, how much", not coordinates in one LM's space, so it moves to another LM
+by looking the same words up there (`transfer_to`), and each visual token reads as words (`top_words`).
+
+Hub code: imports only torch, transformers and its siblings.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+from transformers import AutoModelForCausalLM, PreTrainedModel
+from transformers.utils import logging
+
+from .configuration_langbridge import LangBridgeConfig
+from .modeling_bridge import BridgeModel
+
+
+logger = logging.get_logger(__name__)
+
+
+def single_token_id(tokenizer, word: str) -> int | None:
+    """The id of `word` in `tokenizer` when the word is one token there (as a word after a space, the form it takes
+    inside a sentence for BPE / SentencePiece vocabularies, or on its own) that decodes back to it (so not the
+    unknown token); None otherwise."""
+    for text in (f" {word}", word):
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(ids) == 1 and ids[0] != tokenizer.unk_token_id and tokenizer.decode(ids).strip() == word:
+            return int(ids[0])
+    return None
+
+
+def build_vocabulary_subset(tokenizers, corpus: Iterable[str], size: int) -> list[str]:
+    """The `size` words a LangBridge adapter weights: words that are a single token in every one of `tokenizers`,
+    most frequent first in the reference `corpus` (ties alphabetically), then the other such words of the first
+    tokenizer's vocabulary (in its id order) if the corpus has too few. Words are lower-cased, split on whitespace,
+    with surrounding punctuation removed."""
+    if size < 1:
+        raise ValueError(f"size must be a positive integer, got {size}.")
+    tokenizers = list(tokenizers)
+    if not tokenizers:
+        raise ValueError("build_vocabulary_subset needs at least one tokenizer.")
+    counts = Counter(word.strip(".,;:!?\"'()") for text in corpus for word in text.lower().split())
+    counts.pop("", None)
+
+    def shared(word):
+        return all(single_token_id(tokenizer, word) is not None for tokenizer in tokenizers)
+
+    subset = [word for word in sorted(counts, key=lambda w: (-counts[w], w)) if shared(word)][:size]
+    if len(subset) < size:
+        chosen = set(subset)
+        first = tokenizers[0]
+        for token_id in range(len(first)):
+            word = first.decode([token_id]).strip()
+            if word.isalpha() and word not in chosen and shared(word):
+                subset.append(word)
+                chosen.add(word)
+                if len(subset) == size:
+                    break
+    return subset
+
+
+def subset_token_ids(tokenizer, words: list[str]) -> torch.Tensor:
+    """Each subset word's row in the LM the tokenizer belongs to; -1 where the word is not one token there."""
+    ids = [single_token_id(tokenizer, word) for word in words]
+    return torch.tensor([-1 if i is None else i for i in ids], dtype=torch.long)
+
+
+class LangBridgeAdapter(nn.Module):
+    """Visual token -> softmax weights over the vocabulary subset -> the weighted sum of the LM's embedding rows of
+    those words. Words the bound LM lacks get weight 0 (the others renormalised)."""
+
+    def __init__(self, input_size: int, hidden_size: int, subset_size: int):
+        super().__init__()
+        self.mlp = nn.Sequential(
+            nn.Linear(input_size, hidden_size),
+            nn.GELU(),
+            nn.Linear(hidden_size, hidden_size),
+            nn.GELU(),
+            nn.Linear(hidden_size, subset_size),
+        )
+
+    def word_weights(self, visual_states: torch.Tensor, available: torch.Tensor) -> torch.Tensor:
+        """(batch, tokens, subset) weights, each token's summing to 1 over the available words."""
+        logits = self.mlp(visual_states).float()
+        logits = logits.masked_fill(~available, torch.finfo(logits.dtype).min)
+        return logits.softmax(dim=-1)
+
+    def forward(self, visual_states, embedding_rows, available) -> tuple[torch.Tensor, torch.Tensor]:
+        weights = self.word_weights(visual_states, available)
+        return (weights.to(embedding_rows.dtype) @ embedding_rows), weights
+
+
+class MlpAdapter(nn.Module):
+    """LLaVA-style baseline: an MLP from the vision states straight into one LM's input-embedding space."""
+
+    def __init__(self, input_size: int, hidden_size: int, output_size: int):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(input_size, hidden_size), nn.GELU(), nn.Linear(hidden_size, output_size))
+
+    def forward(self, visual_states, embedding_rows=None, available=None) -> tuple[torch.Tensor, None]:
+        return self.mlp(visual_states), None
+
+
+class BridgeForConditionalGeneration(PreTrainedModel):
+    """BRIDGE + an adapter + a causal LM. The image's vision states (the tower's, in the shared space of the first
+    interaction layer; or, given a BRIDGE-tokenized prompt, the states after the interaction layers with it) become
+    one prefix embedding per visual token; the LM continues from the prefix and the prompt. The LM is frozen by
+    default; the loss is the LM's on `labels` (the prefix never counts)."""
+
+    config_class = LangBridgeConfig
+    config: LangBridgeConfig
+    base_model_prefix = "model"
+    main_input_name = "pixel_values"
+    input_modalities = ("image", "text")
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+
+    def __init__(self, config: LangBridgeConfig, bridge=None, language_model=None):
+        super().__init__(config)
+        self.bridge = bridge if bridge is not None else BridgeModel(config.bridge_config)
+        if language_model is None:
+            language_model = AutoModelForCausalLM.from_config(config.lm_config)
+        self.language_model = language_model
+        shared, width = config.bridge_config.shared_dim, language_model.get_input_embeddings().embedding_dim
+        if config.adapter_type == "langbridge":
+            self.adapter = LangBridgeAdapter(shared, config.adapter_hidden_size, len(config.vocabulary_subset))
+            # the bound LM's row of each subset word (-1: missing); saved, so a reload needs no tokenizer
+            self.register_buffer("subset_token_ids", torch.full((len(config.vocabulary_subset),), -1))
+        else:
+            self.adapter = MlpAdapter(shared, config.adapter_hidden_size, width)
+        if config.freeze_language_model:
+            self.language_model.requires_grad_(False)
+        self.post_init()
+
+    # ------------------------------------------------------------------------------------------------ building
+
+    @classmethod
+    def from_parts(cls, bridge: BridgeModel, language_model, tokenizer, vocabulary_subset=None, **config_kwargs):
+        """A model around a BRIDGE model and a causal LM (both kept as they are; the adapter is new), with the LM's
+        `tokenizer` to find the subset words' rows."""
+        config = LangBridgeConfig(
+            bridge_config=bridge.config,
+            lm_config=language_model.config,
+            vocabulary_subset=vocabulary_subset,
+            **config_kwargs,
+        )
+        model = cls(config, bridge=bridge, language_model=language_model)
+        if config.adapter_type == "langbridge":
+            model._bind(tokenizer)
+        return model
+
+    def _bind(self, tokenizer) -> int:
+        """Look the subset words up in `tokenizer` (the LM's): returns how many it lacks."""
+        ids = subset_token_ids(tokenizer, self.config.vocabulary_subset)
+        if (ids < 0).all():
+            raise ValueError(
+                f"The language model's tokenizer ({type(tokenizer).__name__}) has none of the adapter's "
+                f"{len(ids)} subset words as a single token (e.g. {self.config.vocabulary_subset[:5]}): a LangBridge "
+                "adapter cannot be bound to it. Build the subset with build_vocabulary_subset over both tokenizers."
+            )
+        vocabulary = self.language_model.get_input_embeddings().num_embeddings
+        if int(ids.max()) >= vocabulary:
+            raise ValueError(
+                f"The tokenizer gives ids up to {int(ids.max())}, but the language model has {vocabulary} embedding "
+                "rows: they do not belong together."
+            )
+        self.subset_token_ids = ids.to(self.subset_token_ids.device)
+        return int((ids < 0).sum())
+
+    def transfer_to(self, language_model, tokenizer) -> int:
+        """Re-bind the adapter to another causal LM, without training: the subset words are looked up in its
+        vocabulary (words it lacks get weight 0, the rest renormalised). Returns the number of words dropped. The two
+        LMs' hidden sizes may differ."""
+        if self.config.adapter_type != "langbridge":
+            raise ValueError(
+                "Only a LangBridge adapter (adapter_type='langbridge') transfers to another LM: an MLP adapter's "
+                "output lives in the embedding space of the LM it was trained with."
+            )
+        previous = self.language_model
+        self.language_model = language_model
+        try:
+            dropped = self._bind(tokenizer)
+        except ValueError:
+            self.language_model = previous
+            raise
+        self.config.lm_config = language_model.config
+        if self.config.freeze_language_model:
+            self.language_model.requires_grad_(False)
+        if dropped:
+            logger.warning(
+                f"transfer_to: {dropped} of {len(self.subset_token_ids)} subset words are not single tokens of the "
+                "new LM; their weights are dropped and the rest renormalised."
+            )
+        return dropped
+
+    def get_input_embeddings(self):
+        return self.language_model.get_input_embeddings()
+
+    # ------------------------------------------------------------------------------------------------ forward
+
+    def visual_states(self, pixel_values, bridge_input_ids=None, bridge_attention_mask=None) -> torch.Tensor:
+        """(batch, vision positions, shared_dim): the tower's states projected into the shared space (first
+        interaction layer), or with a BRIDGE-tokenized prompt the vision states after the interaction layers."""
+        if pixel_values is None:
+            raise ValueError("BridgeForConditionalGeneration needs pixel_values: the image the text is about.")
+        bridge = self.bridge
+        vision = bridge.get_image_features(pixel_values, False, False, return_dict=True).last_hidden_state
+        if bridge_input_ids is None:
+            return bridge.interaction_layers[0].project_vision(vision)
+        text = bridge.get_text_features(bridge_input_ids, bridge_attention_mask, return_dict=True)
+        out = bridge.interact(vision, text.last_hidden_state, bridge_attention_mask, output_last_hidden_state=True)
+        return out.vision_last_hidden_state
+
+    def prefix_embeddings(self, pixel_values, bridge_input_ids=None, bridge_attention_mask=None):
+        """(embeddings (batch, visual tokens, LM width), word weights or None): the LM's input prefix."""
+        states = self.visual_states(pixel_values, bridge_input_ids, bridge_attention_mask)
+        if self.config.adapter_type != "langbridge":
+            return self.adapter(states)
+        ids = self.subset_token_ids
+        available = ids >= 0
+        if not available.any():
+            raise ValueError(
+                "The adapter is bound to no word of the LM: build the model with BridgeForConditionalGeneration."
+                "from_parts(bridge, lm, tokenizer, subset), or call transfer_to(lm, tokenizer)."
+            )
+        rows = self.language_model.get_input_embeddings().weight[ids.clamp(min=0)]
+        return self.adapter(states.to(self.adapter.mlp[0].weight.dtype), rows, available)
+
+    def _lm_inputs(self, pixel_values, input_ids, attention_mask, labels, bridge_input_ids, bridge_attention_mask):
+        prefix, _ = self.prefix_embeddings(pixel_values, bridge_input_ids, bridge_attention_mask)
+        batch, num_prefix = prefix.shape[:2]
+        device = prefix.device
+        if input_ids is None:
+            input_ids = torch.zeros(batch, 0, dtype=torch.long, device=device)
+        if input_ids.shape[0] != batch:
+            raise ValueError(f"Got {batch} images and {input_ids.shape[0]} texts; give one text per image.")
+        limit = getattr(self.language_model.config, "max_position_embeddings", None) or getattr(
+            self.language_model.config, "n_positions", None
+        )
+        if limit is not None and num_prefix + input_ids.shape[1] > limit:
+            raise ValueError(
+                f"The {num_prefix} visual tokens and {input_ids.shape[1]} text tokens make "
+                f"{num_prefix + input_ids.shape[1]} positions, more than the language model's context of {limit}: "
+                "shorten the prompt (or the labels)."
+            )
+        embeds = torch.cat(
+            [prefix.to(self.get_input_embeddings().weight.dtype), self.get_input_embeddings()(input_ids)], 1
+        )
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        mask = torch.cat([torch.ones(batch, num_prefix, dtype=attention_mask.dtype, device=device), attention_mask], 1)
+        if labels is not None:
+            if labels.shape != input_ids.shape:
+                raise ValueError(
+                    f"labels have shape {tuple(labels.shape)} but input_ids {tuple(input_ids.shape)}: give one label "
+                    "per text token (-100 where no loss is wanted, e.g. the prompt)."
+                )
+            ignore = torch.full((batch, num_prefix), -100, dtype=labels.dtype, device=device)
+            labels = torch.cat([ignore, labels], 1)
+        return embeds, mask, labels
+
+    def forward(
+        self,
+        pixel_values: torch.FloatTensor | None = None,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        bridge_input_ids: torch.LongTensor | None = None,
+        bridge_attention_mask: torch.Tensor | None = None,
+        **kwargs,
+    ):
+        r"""
+        pixel_values: the images. input_ids / attention_mask: the LM's tokens after the visual prefix (prompt and,
+            in training, the target text). labels: the LM's labels for `input_ids` (-100: no loss), shifted inside
+            the LM as usual. bridge_input_ids / bridge_attention_mask: the prompt in the BRIDGE text tower's
+            tokenization, to read the vision states after the interaction layers with it.
+        Returns the LM's output (`CausalLMOutputWithPast`), over the prefix and the text.
+        """
+        embeds, mask, labels = self._lm_inputs(
+            pixel_values, input_ids, attention_mask, labels, bridge_input_ids, bridge_attention_mask
+        )
+        return self.language_model(inputs_embeds=embeds, attention_mask=mask, labels=labels, **kwargs)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        pixel_values: torch.FloatTensor | None = None,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        bridge_input_ids: torch.LongTensor | None = None,
+        bridge_attention_mask: torch.Tensor | None = None,
+        **generate_kwargs,
+    ) -> torch.LongTensor:
+        """Generate text after the visual prefix (and the prompt `input_ids`, if any): the LM's `generate` on the
+        prefix embeddings. Returns the new tokens only."""
+        embeds, mask, _ = self._lm_inputs(
+            pixel_values, input_ids, attention_mask, None, bridge_input_ids, bridge_attention_mask
+        )
+        return self.language_model.generate(inputs_embeds=embeds, attention_mask=mask, **generate_kwargs)
+
+    @torch.no_grad()
+    def top_words(self, pixel_values, k: int = 5, bridge_input_ids=None, bridge_attention_mask=None):
+        """Per image, per visual token, the `k` words of the subset it weights most, as (word, weight) pairs: what
+        each region reads as."""
+        if self.config.adapter_type != "langbridge":
+            raise ValueError("top_words needs a LangBridge adapter; an MLP adapter's output is not a word weighting.")
+        _, weights = self.prefix_embeddings(pixel_values, bridge_input_ids, bridge_attention_mask)
+        values, indices = weights.topk(min(k, weights.shape[-1]), dim=-1)
+        words = self.config.vocabulary_subset
+        return [
+            [[(words[i], float(v)) for v, i in zip(vs.tolist(), ids.tolist())] for vs, ids in zip(img_v, img_i)]
+            for img_v, img_i in zip(values, indices)
+        ]
+
+
+__all__ = [
+    "BridgeForConditionalGeneration",
+    "LangBridgeAdapter",
+    "MlpAdapter",
+    "build_vocabulary_subset",
+    "single_token_id",
+    "subset_token_ids",
+]

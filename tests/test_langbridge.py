@@ -1,0 +1,167 @@
+"""LangBridge generation: visual tokens as weightings over vocabulary words, moved to another LM without training."""
+
+import copy
+
+import pytest
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+from conftest import make_model, random_inputs
+from modeling_bridge.modeling_langbridge import (
+    BridgeForConditionalGeneration,
+    build_vocabulary_subset,
+    single_token_id,
+)
+
+
+WORDS = ["[PAD]", "[UNK]", "[EOS]", "a", "red", "blue", "green", "circle", "square", "left", "of", "above", "the"]
+SUBSET = ["red", "blue", "circle", "square", "left", "of"]
+
+
+def word_tokenizer(words, order=None):
+    """A word-level tokenizer; `order[i]` is the id of words[i] (default: i)."""
+    order = order or list(range(len(words)))
+    vocab = {word: order[i] for i, word in enumerate(words)}
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", pad_token="[PAD]", eos_token="[EOS]")
+
+
+def tiny_lm(vocab_size, width=16, seed=0):
+    torch.manual_seed(seed)
+    config = GPT2Config(vocab_size=vocab_size, n_embd=width, n_layer=1, n_head=2, n_positions=40, eos_token_id=2,
+                        pad_token_id=0, bos_token_id=2)  # fmt: skip
+    return GPT2LMHeadModel(config).eval()
+
+
+def permuted_lm(lm, order):
+    """The same LM with word i's embedding row moved to id order[i] (the head is tied to the embeddings)."""
+    other = copy.deepcopy(lm)
+    weight = lm.get_input_embeddings().weight
+    with torch.no_grad():
+        other.get_input_embeddings().weight[torch.tensor(order)] = weight
+    return other
+
+
+def _model(adapter_type="langbridge"):
+    torch.manual_seed(0)
+    lm, tokenizer = tiny_lm(len(WORDS)), word_tokenizer(WORDS)
+    subset = SUBSET if adapter_type == "langbridge" else None
+    model = BridgeForConditionalGeneration.from_parts(
+        make_model(), lm, tokenizer, subset, adapter_type=adapter_type, adapter_hidden_size=32
+    )
+    return model.eval(), tokenizer
+
+
+def test_adapter_weights_are_normalised_per_visual_token_and_readable_as_words():
+    model, _ = _model()
+    pixel_values = random_inputs(2, 1)[0]
+    prefix, weights = model.prefix_embeddings(pixel_values)
+    tokens = model.config.bridge_config.num_vision_positions
+    assert prefix.shape == (2, tokens, 16) and weights.shape == (2, tokens, len(SUBSET))
+    torch.testing.assert_close(weights.sum(-1), torch.ones(2, tokens))
+    rows = model.language_model.get_input_embeddings().weight[model.subset_token_ids]
+    torch.testing.assert_close(prefix, weights @ rows)
+    words = model.top_words(pixel_values, k=3)
+    assert len(words) == 2 and len(words[0]) == tokens and len(words[0][0]) == 3
+    first = words[0][0]
+    assert [w for w, _ in first] == [SUBSET[i] for i in weights[0, 0].topk(3).indices.tolist()]
+    assert first[0][1] >= first[1][1] >= first[2][1] and first[0][1] == pytest.approx(
+        float(weights[0, 0].max().detach())
+    )
+
+
+def test_transfer_to_the_same_rows_under_other_ids_gives_identical_prefix_and_generations():
+    model, tokenizer = _model()
+    pixel_values = random_inputs(2, 1)[0]
+    order = list(reversed(range(len(WORDS))))
+    other_lm, other_tokenizer = permuted_lm(model.language_model, order), word_tokenizer(WORDS, order)
+    prompt = tokenizer(["a red", "the"], return_tensors="pt", padding=True)
+    other_prompt = other_tokenizer(["a red", "the"], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        prefix = model.prefix_embeddings(pixel_values)[0]
+        new = model.generate(pixel_values, max_new_tokens=6, do_sample=False, eos_token_id=None)
+        prompted = model.generate(pixel_values, **prompt, max_new_tokens=4, do_sample=False, eos_token_id=None)
+    moved = copy.deepcopy(model)
+    assert moved.transfer_to(other_lm, other_tokenizer) == 0
+    assert moved.subset_token_ids.tolist() == [order[WORDS.index(w)] for w in SUBSET]
+    with torch.no_grad():
+        assert torch.equal(moved.prefix_embeddings(pixel_values)[0], prefix)
+        moved_new = moved.generate(pixel_values, max_new_tokens=6, do_sample=False, eos_token_id=None)
+        moved_prompted = moved.generate(
+            pixel_values, **other_prompt, max_new_tokens=4, do_sample=False, eos_token_id=None
+        )
+    assert tokenizer.batch_decode(new) == other_tokenizer.batch_decode(moved_new)
+    assert tokenizer.batch_decode(prompted) == other_tokenizer.batch_decode(moved_prompted)
+    assert new.shape == (2, 6) and prompted.shape == (2, 4)  # new tokens only
+
+
+def test_transfer_to_an_lm_with_another_width_and_missing_words(caplog):
+    model, _ = _model()
+    pixel_values = random_inputs(1, 1)[0]
+    smaller = [w for w in WORDS if w != "left"]
+    lm, tokenizer = tiny_lm(len(smaller), width=24, seed=3), word_tokenizer(smaller)
+    assert model.transfer_to(lm, tokenizer) == 1  # "left" is dropped
+    prefix, weights = model.prefix_embeddings(pixel_values)
+    assert prefix.shape[-1] == 24 and model.config.lm_config.n_embd == 24
+    assert torch.all(weights[..., SUBSET.index("left")] == 0)
+    torch.testing.assert_close(weights.sum(-1), torch.ones(weights.shape[:2]))
+    assert not any(p.requires_grad for p in model.language_model.parameters())  # still frozen
+
+    none = word_tokenizer([w for w in WORDS if w not in SUBSET])
+    with pytest.raises(ValueError, match="has none of the adapter's 6 subset words as a single token"):
+        model.transfer_to(tiny_lm(len(WORDS) - 6), none)
+    assert model.language_model is lm  # a failed transfer leaves the model as it was
+    mlp, _ = _model("mlp")
+    with pytest.raises(ValueError, match="Only a LangBridge adapter"):
+        mlp.transfer_to(lm, tokenizer)
+
+
+def test_captioning_loss_trains_the_adapter_not_the_frozen_lm():
+    model, tokenizer = _model()
+    model.train()
+    pixel_values = random_inputs(2, 1)[0]
+    text = tokenizer(["a red circle", "a blue square"], return_tensors="pt")
+    out = model(pixel_values=pixel_values, **text, labels=text["input_ids"])
+    logits = out.logits[:, model.config.bridge_config.num_vision_positions - 1 : -1]  # the text positions' predictions
+    expected = torch.nn.functional.cross_entropy(logits.flatten(0, 1), text["input_ids"].flatten())
+    torch.testing.assert_close(out.loss, expected)
+    out.loss.backward()
+    assert model.adapter.mlp[0].weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in model.language_model.parameters())
+
+
+def test_round_trip_and_bad_inputs(tmp_path):
+    from transformers import AutoModelForImageTextToText
+
+    import modeling_bridge  # noqa: F401  (registers the Auto classes)
+
+    model, tokenizer = _model()
+    pixel_values = random_inputs(1, 1)[0]
+    model.save_pretrained(tmp_path / "gen")
+    reloaded = AutoModelForImageTextToText.from_pretrained(tmp_path / "gen").eval()
+    assert type(reloaded) is BridgeForConditionalGeneration
+    assert reloaded.subset_token_ids.tolist() == model.subset_token_ids.tolist()
+    with torch.no_grad():
+        assert torch.equal(reloaded.generate(pixel_values, max_new_tokens=3, do_sample=False),
+                           model.generate(pixel_values, max_new_tokens=3, do_sample=False))  # fmt: skip
+
+    with pytest.raises(ValueError, match="needs pixel_values"):
+        model.generate(None, max_new_tokens=2)
+    too_long = torch.full((1, 40), 3)
+    with pytest.raises(ValueError, match="more than the language model's context of 40"):
+        model(pixel_values=pixel_values, input_ids=too_long)
+    with pytest.raises(ValueError, match="vocabulary_subset must be a non-empty list of words"):
+        BridgeForConditionalGeneration.from_parts(make_model(), tiny_lm(len(WORDS)), tokenizer, [])
+
+
+def test_vocabulary_subset_is_shared_and_ranked_by_the_corpus():
+    first = word_tokenizer(WORDS)
+    second = word_tokenizer([w for w in WORDS if w != "blue"])
+    corpus = ["a red circle left of a blue square", "the red square", "A red circle."]
+    assert single_token_id(first, "blue") == WORDS.index("blue") and single_token_id(second, "blue") is None
+    # a: 3, red: 3, circle: 2, square: 2, then left, of, the (1 each); "blue" is not shared
+    assert build_vocabulary_subset([first, second], corpus, 5) == ["a", "red", "circle", "square", "left"]
+    filled = build_vocabulary_subset([first], ["red"], 3)
+    assert filled[0] == "red" and len(filled) == 3 and all(w in WORDS for w in filled)
