@@ -165,3 +165,29 @@ def test_vocabulary_subset_is_shared_and_ranked_by_the_corpus():
     assert build_vocabulary_subset([first, second], corpus, 5) == ["a", "red", "circle", "square", "left"]
     filled = build_vocabulary_subset([first], ["red"], 3)
     assert filled[0] == "red" and len(filled) == 3 and all(w in WORDS for w in filled)
+
+
+def test_loads_as_hub_remote_code(tmp_path):
+    from conftest import run_as_hub_code
+
+    model, _ = _model()
+    pixel_values = random_inputs(1, 1)[0]
+    model.save_pretrained(tmp_path / "gen")
+    torch.save({"pixel_values": pixel_values}, tmp_path / "inputs.pt")
+    out = run_as_hub_code(
+        tmp_path,
+        """
+        import json, sys
+        import torch
+        from transformers import AutoModelForImageTextToText
+        model = AutoModelForImageTextToText.from_pretrained(sys.argv[1], trust_remote_code=True).eval()
+        pixel_values = torch.load(sys.argv[2], weights_only=True)["pixel_values"]
+        tokens = model.generate(pixel_values, max_new_tokens=4, do_sample=False)
+        json.dump({"class": type(model).__name__, "tokens": tokens.tolist()}, open(sys.argv[3], "w"))
+        """,
+        tmp_path / "gen",
+        tmp_path / "inputs.pt",
+    )
+    assert out["class"] == "BridgeForConditionalGeneration"
+    with torch.no_grad():
+        assert out["tokens"] == model.generate(pixel_values, max_new_tokens=4, do_sample=False).tolist()
