@@ -39,6 +39,7 @@ from .modeling_bridge import (
 from .modeling_langbridge import BridgeForConditionalGeneration, build_vocabulary_subset
 from .pipelines import BridgeVisualQuestionAnsweringPipeline, BridgeZeroShotImageClassificationPipeline
 from .processing_bridge import BridgeProcessor
+from .processing_langbridge import BridgeGenerationProcessor
 
 
 __version__ = "0.1.0"
@@ -53,6 +54,7 @@ AutoModelForVisualQuestionAnswering.register(BridgeConfig, BridgeForQuestionAnsw
 AutoModelForImageTextRetrieval.register(BridgeConfig, BridgeForImageTextRetrieval, exist_ok=True)
 AutoModelForVisualReasoning.register(BridgeConfig, BridgeForVisualReasoning, exist_ok=True)
 AutoProcessor.register(BridgeConfig, BridgeProcessor, exist_ok=True)
+AutoProcessor.register(LangBridgeConfig, BridgeGenerationProcessor, exist_ok=True)
 
 # Saving then writes the Hub code files and `auto_map`, for loading with trust_remote_code=True.
 BridgeConfig.register_for_auto_class()
@@ -62,6 +64,7 @@ BridgeModel.register_for_auto_class("AutoModel")
 BridgeForPreTraining.register_for_auto_class("AutoModelForPreTraining")
 BridgeForQuestionAnswering.register_for_auto_class("AutoModelForVisualQuestionAnswering")
 BridgeProcessor.register_for_auto_class("AutoProcessor")
+BridgeGenerationProcessor.register_for_auto_class("AutoProcessor")
 # This package's own Auto classes: transformers' register_for_auto_class accepts only its own names.
 BridgeForImageTextRetrieval._auto_class = "AutoModelForImageTextRetrieval"
 BridgeForVisualReasoning._auto_class = "AutoModelForVisualReasoning"
@@ -72,6 +75,7 @@ __all__ = [
     "BridgeConfig",
     "BridgeCrossAttention",
     "BridgeForConditionalGeneration",
+    "BridgeGenerationProcessor",
     "BridgeForImageTextRetrieval",
     "BridgeForImageTextRetrievalOutput",
     "BridgeForPreTraining",

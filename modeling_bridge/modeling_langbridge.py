@@ -15,11 +15,11 @@ from collections.abc import Iterable
 
 import torch
 from torch import nn
-from transformers import AutoModelForCausalLM, PreTrainedModel
+from transformers import AutoModelForCausalLM, GenerationMixin, PreTrainedModel
 from transformers.utils import logging
 
 from .configuration_langbridge import LangBridgeConfig
-from .modeling_bridge import BridgeModel
+from .modeling_bridge import BridgeModel, keep_frozen_parts_in_eval_mode
 
 
 logger = logging.get_logger(__name__)
@@ -108,7 +108,7 @@ class MlpAdapter(nn.Module):
         return self.mlp(visual_states), None
 
 
-class BridgeForConditionalGeneration(PreTrainedModel):
+class BridgeForConditionalGeneration(PreTrainedModel, GenerationMixin):
     """BRIDGE + an adapter + a causal LM. The image's vision states (the tower's, in the shared space of the first
     interaction layer; or, given a BRIDGE-tokenized prompt, the states after the interaction layers with it) become
     one prefix embedding per visual token; the LM continues from the prefix and the prompt. The LM is frozen by
@@ -145,6 +145,10 @@ class BridgeForConditionalGeneration(PreTrainedModel):
     def from_parts(cls, bridge: BridgeModel, language_model, tokenizer, vocabulary_subset=None, **config_kwargs):
         """A model around a BRIDGE model and a causal LM (both kept as they are; the adapter is new), with the LM's
         `tokenizer` to find the subset words' rows."""
+        # Building the composite config resets its sub-configs' attention implementation, and the parts share those
+        # configs (an LM left with none builds no padding mask): each part's own is restored.
+        parts = [m for part in (bridge, language_model) for m in part.modules() if isinstance(m, PreTrainedModel)]
+        implementations = [(m.config, m.config._attn_implementation) for m in parts]
         config = LangBridgeConfig(
             bridge_config=bridge.config,
             lm_config=language_model.config,
@@ -152,6 +156,8 @@ class BridgeForConditionalGeneration(PreTrainedModel):
             **config_kwargs,
         )
         model = cls(config, bridge=bridge, language_model=language_model)
+        for part_config, implementation in implementations:
+            part_config._attn_implementation = implementation
         if config.adapter_type == "langbridge":
             model._bind(tokenizer)
         return model
@@ -202,6 +208,14 @@ class BridgeForConditionalGeneration(PreTrainedModel):
 
     def get_input_embeddings(self):
         return self.language_model.get_input_embeddings()
+
+    def train(self, mode: bool = True):
+        """As `nn.Module.train`, except that a frozen LM or a frozen BRIDGE model stays in eval mode (no dropout, no
+        batch-norm statistics drifting): training the adapter alone sees the same states as inference."""
+        super().train(mode)
+        if mode:
+            keep_frozen_parts_in_eval_mode(self, (self.bridge, self.language_model))
+        return self
 
     # ------------------------------------------------------------------------------------------------ forward
 
@@ -264,6 +278,12 @@ class BridgeForConditionalGeneration(PreTrainedModel):
                 )
             ignore = torch.full((batch, num_prefix), -100, dtype=labels.dtype, device=device)
             labels = torch.cat([ignore, labels], 1)
+        # Each row's padding first, wherever the tokenizer put it: [pad..., prefix, text]. The text then ends every row
+        # (generation continues it), and positions count real tokens only.
+        order = mask.argsort(dim=1, stable=True)
+        embeds = embeds.gather(1, order[..., None].expand_as(embeds))
+        mask = mask.gather(1, order)
+        labels = None if labels is None else labels.gather(1, order)
         return embeds, mask, labels
 
     def forward(
@@ -286,6 +306,7 @@ class BridgeForConditionalGeneration(PreTrainedModel):
         embeds, mask, labels = self._lm_inputs(
             pixel_values, input_ids, attention_mask, labels, bridge_input_ids, bridge_attention_mask
         )
+        kwargs.setdefault("position_ids", (mask.long().cumsum(-1) - 1).clamp(min=0))
         return self.language_model(inputs_embeds=embeds, attention_mask=mask, labels=labels, **kwargs)
 
     @torch.no_grad()
@@ -299,7 +320,7 @@ class BridgeForConditionalGeneration(PreTrainedModel):
         **generate_kwargs,
     ) -> torch.LongTensor:
         """Generate text after the visual prefix (and the prompt `input_ids`, if any): the LM's `generate` on the
-        prefix embeddings. Returns the new tokens only."""
+        prefix embeddings, with the LM's generation config. Returns the new tokens only."""
         embeds, mask, _ = self._lm_inputs(
             pixel_values, input_ids, attention_mask, None, bridge_input_ids, bridge_attention_mask
         )

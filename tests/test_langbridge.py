@@ -19,13 +19,13 @@ WORDS = ["[PAD]", "[UNK]", "[EOS]", "a", "red", "blue", "green", "circle", "squa
 SUBSET = ["red", "blue", "circle", "square", "left", "of"]
 
 
-def word_tokenizer(words, order=None):
+def word_tokenizer(words, order=None, eos_token="[EOS]"):
     """A word-level tokenizer; `order[i]` is the id of words[i] (default: i)."""
     order = order or list(range(len(words)))
     vocab = {word: order[i] for i, word in enumerate(words)}
     backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", pad_token="[PAD]", eos_token="[EOS]")
+    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", pad_token="[PAD]", eos_token=eos_token)
 
 
 def tiny_lm(vocab_size, width=16, seed=0):
@@ -191,3 +191,86 @@ def test_loads_as_hub_remote_code(tmp_path):
     assert out["class"] == "BridgeForConditionalGeneration"
     with torch.no_grad():
         assert out["tokens"] == model.generate(pixel_values, max_new_tokens=4, do_sample=False).tolist()
+
+
+def _processor(tokenizer):
+    from transformers import ViTImageProcessor
+
+    from conftest import IMAGE_SIZE
+    from modeling_bridge import BridgeGenerationProcessor
+
+    image_processor = ViTImageProcessor(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
+    return BridgeGenerationProcessor(image_processor=image_processor, tokenizer=tokenizer)
+
+
+def test_processor_masks_prompts_and_padding_and_batches_like_single_rows():
+    from conftest import random_images
+
+    model, tokenizer = _model()
+    processor = _processor(tokenizer)
+    images = random_images(2)
+    batch = processor(images=images, text=["the", "a red circle"], labels=["red", "blue square"])
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    ids = [[WORDS.index(w) for w in words.split()] for words in ("the red", "a red circle blue square")]
+    assert batch["input_ids"].tolist() == [ids[0] + [eos] + [pad] * 3, ids[1] + [eos]]
+    assert batch["labels"].tolist() == [[-100, ids[0][1], eos, -100, -100, -100], [-100] * 3 + ids[1][3:] + [eos]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1, 0, 0, 0], [1] * 6]
+    with torch.no_grad():  # the padded row's loss and generations equal the row's own
+        together = model(**batch).logits
+        alone = model(**processor(images=images[:1], text=["the"], labels=["red"])).logits
+        torch.testing.assert_close(together[0, 3:], alone[0], rtol=1e-4, atol=1e-5)  # its 3 pads moved in front
+        prompts = processor(images=images, text=["the", "a red circle"])
+        both = model.generate(**prompts, max_new_tokens=3, do_sample=False, eos_token_id=None)
+        first = model.generate(**processor(images=images[:1], text=["the"]), max_new_tokens=3, do_sample=False,
+                               eos_token_id=None)  # fmt: skip
+    assert both[0].tolist() == first[0].tolist()
+    with pytest.raises(ValueError, match="has no end-of-sequence token"):
+        from modeling_bridge import BridgeGenerationProcessor
+
+        BridgeGenerationProcessor(
+            image_processor=processor.image_processor, tokenizer=word_tokenizer(WORDS, eos_token=None)
+        )
+
+
+PIPELINE_SCRIPT = """
+import json, sys
+from PIL import Image
+from transformers import pipeline
+captioner = pipeline("image-text-to-text", model=sys.argv[1], trust_remote_code=True)
+image = Image.open(sys.argv[2])
+messages = [{"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": "a red"}]}]
+out = captioner(text=messages, max_new_tokens=3, do_sample=False, return_full_text=False)
+json.dump({"generated": out[0]["generated_text"]}, open(sys.argv[3], "w"))
+"""
+
+
+def test_image_text_to_text_pipeline_installed_and_as_hub_code(tmp_path):
+    from transformers import pipeline
+
+    from conftest import random_images, run_as_hub_code
+
+    model, tokenizer = _model()
+    processor = _processor(tokenizer)
+    model.save_pretrained(tmp_path / "gen")
+    processor.save_pretrained(tmp_path / "gen")
+    image = random_images(1)[0]
+    image.save(tmp_path / "image.png")
+    with torch.no_grad():
+        tokens = model.generate(**processor(images=[image], text=["a red"]), max_new_tokens=3, do_sample=False)
+    expected = tokenizer.decode(tokens[0], skip_special_tokens=True)
+    captioner = pipeline("image-text-to-text", model=str(tmp_path / "gen"), trust_remote_code=True)
+    messages = [{"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": "a red"}]}]
+    out = captioner(text=messages, max_new_tokens=3, do_sample=False, return_full_text=False)
+    assert out[0]["generated_text"] == expected
+    remote = run_as_hub_code(tmp_path, PIPELINE_SCRIPT, tmp_path / "gen", tmp_path / "image.png")
+    assert remote["generated"] == expected
+
+
+def test_frozen_parts_stay_in_eval_mode_while_the_adapter_trains():
+    model, _ = _model()
+    model.bridge.requires_grad_(False)
+    model.train()
+    assert model.adapter.training and not model.language_model.training and not model.bridge.training
+    model.bridge.interaction_layers.requires_grad_(True)
+    model.train()
+    assert model.bridge.training and not model.bridge.vision_model.training  # a frozen tower stays in eval mode
