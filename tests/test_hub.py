@@ -2,7 +2,6 @@
 
 import json
 import os
-import subprocess
 import sys
 import textwrap
 
@@ -17,7 +16,7 @@ from transformers import (
     pipeline,
 )
 
-from conftest import BLOCK_PACKAGE_PRELUDE, IMAGE_SIZE, random_images, random_inputs
+from conftest import IMAGE_SIZE, random_images, random_inputs, run_as_hub_code
 from modeling_bridge import BridgeModel, BridgeProcessor, BridgeZeroShotImageClassificationPipeline
 
 
@@ -170,7 +169,7 @@ def test_pipeline_scores_equal_the_models_softmax(saved, model, processor):
     assert {r["label"]: r["score"] for r in result} == pytest.approx(dict(zip(LABELS, probs.tolist())), abs=1e-6)
 
 
-REMOTE_SCRIPT = BLOCK_PACKAGE_PRELUDE + textwrap.dedent(
+REMOTE_SCRIPT = textwrap.dedent(  # run by run_as_hub_code: modeling_bridge is not importable there
     """
     import json, sys
     import torch
@@ -204,20 +203,7 @@ def test_remote_code_loads_without_the_package(saved, model, tmp_path):
     pixel_values, input_ids, attention_mask = random_inputs(3, 4)
     inputs = {"pixel_values": pixel_values, "input_ids": input_ids, "attention_mask": attention_mask}
     torch.save(inputs, tmp_path / "inputs.pt")
-    script = tmp_path / "remote.py"
-    script.write_text(REMOTE_SCRIPT)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
-    done = subprocess.run(
-        [sys.executable, str(script), str(saved), str(tmp_path / "inputs.pt"), str(tmp_path / "out.json")],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        stdin=subprocess.DEVNULL,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    out = json.loads((tmp_path / "out.json").read_text())
+    out = run_as_hub_code(tmp_path, REMOTE_SCRIPT, saved, tmp_path / "inputs.pt")
     assert out["class"].startswith("transformers_modules.") and out["class"].endswith("modeling_bridge.BridgeModel")
     assert out["processor"] == "BridgeProcessor" and out["pixel_shape"] == [2, 3, IMAGE_SIZE, IMAGE_SIZE]
     with torch.no_grad():

@@ -274,3 +274,25 @@ def test_frozen_parts_stay_in_eval_mode_while_the_adapter_trains():
     model.bridge.interaction_layers.requires_grad_(True)
     model.train()
     assert model.bridge.training and not model.bridge.vision_model.training  # a frozen tower stays in eval mode
+
+
+def test_langbridge_experiment_runs_end_to_end(processor, tmp_path):
+    import json
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+    import run_langbridge
+
+    make_model().save_pretrained(tmp_path / "bridge")
+    processor.save_pretrained(tmp_path / "bridge")
+    summary = run_langbridge.main([
+        "--model_name_or_path", str(tmp_path / "bridge"), "--output_dir", str(tmp_path / "out"), "--num_train", "16",
+        "--lm_steps", "2", "--adapter_steps", "2", "--batch_size", "4", "--max_eval_samples", "4",
+        "--width_a", "16", "--width_b", "24", "--adapter_hidden_size", "16",
+    ])  # fmt: skip
+    results = summary["results"]
+    assert len(results) == 6 and all(0.0 <= r["attribute_accuracy"] <= 1.0 for r in results.values())
+    assert summary["subset_words_dropped_by_transfer"] == 0 and "red" in summary["vocabulary_subset"]
+    assert json.loads((tmp_path / "out" / "results.json").read_text())["results"] == results
+    assert (tmp_path / "out" / "top_words.png").is_file()

@@ -14,7 +14,7 @@ import pytest
 import torch
 from huggingface_hub import ModelCard
 
-from conftest import BLOCK_PACKAGE_PRELUDE, make_model, random_inputs
+from conftest import make_model, random_inputs, run_as_hub_code
 from modeling_bridge import BridgeModel, hub_utils
 from modeling_bridge.hub_utils import HubUploadError, build_model_card, save_hub_folder, upload_hub_folder
 
@@ -98,7 +98,7 @@ def test_an_existing_folder_is_replaced_only_when_asked_and_never_half_written(
     assert torch.equal(reloaded.logit_scale.value, model.logit_scale.value)
 
 
-REMOTE_SCRIPT = BLOCK_PACKAGE_PRELUDE + textwrap.dedent(
+REMOTE_SCRIPT = textwrap.dedent(  # run by run_as_hub_code: modeling_bridge is not importable there
     """
     import json, sys
     import torch
@@ -119,25 +119,7 @@ def test_hub_folder_loads_as_remote_code_and_runs_the_pipeline(hub_folder, model
     pixel_values, input_ids, attention_mask = random_inputs(2, 3)
     inputs = {"pixel_values": pixel_values, "input_ids": input_ids, "attention_mask": attention_mask}
     torch.save(inputs, tmp_path / "inputs.pt")
-    (tmp_path / "remote.py").write_text(REMOTE_SCRIPT)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(tmp_path / "remote.py"),
-            str(hub_folder),
-            str(tmp_path / "inputs.pt"),
-            str(tmp_path / "out.json"),
-        ],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        stdin=subprocess.DEVNULL,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    out = json.loads((tmp_path / "out.json").read_text())
+    out = run_as_hub_code(tmp_path, REMOTE_SCRIPT, hub_folder, tmp_path / "inputs.pt")
     assert out["module"].startswith("transformers_modules.")
     with torch.no_grad():
         assert torch.equal(torch.tensor(out["logits"]), model(**inputs, score="fused").logits_per_image)

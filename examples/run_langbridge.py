@@ -1,0 +1,303 @@
+"""LangBridge across language models, offline: does an adapter trained with one LM work with another, untrained?
+
+    python examples/run_langbridge.py --model_name_or_path outputs/demo/bridge --output_dir outputs/langbridge
+
+Three small causal LMs (GPT-2 architecture) are trained here on the caption language of bridge-shapes only (every
+caption the generator can write; text, no images), each with its own word-level tokenizer (the same words under
+different ids), seed and width: A (`--width_a`), B (`--width_b`, another width) and C (A's width, other ids and seed).
+The LMs' text is each caption after its scene read as words (a grid of one word per feature-map cell: an object's
+colour or shape where it lies, "a" elsewhere, laid out as the caption says), packed into 56-token blocks: the form a
+LangBridge adapter can give an image, so that such a prefix means something to the LMs. The BRIDGE model's vision
+states (its tower, frozen, in the first interaction layer's shared space) go through an adapter into each LM, the LM
+frozen, followed by the end-of-text token; adapters are trained with the Trainer on the captioning loss of the
+training images. Evaluated on the held-out bindings (the test split: colour-shape pairs never seen with an image in
+training), greedy captions: exact match, and attribute accuracy (the fraction of the image's objects named with their
+right colour and shape).
+
+Conditions: A + LangBridge trained on A; B + that adapter transferred (`transfer_to`, no training); B + LangBridge
+trained on B; C + the A adapter transferred; A + an MLP adapter (LLaVA-style) trained on A; C + that MLP adapter as
+it is (same width; B's width differs, so the MLP adapter cannot even run there). Writes `results.json` and
+`top_words.png` (the word each region of a few test images reads as, through the A adapter). Wrong input ends the
+run with one `error: ...` line.
+"""
+
+import copy
+import math
+import os
+import sys
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from datasets import Dataset
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import (
+    AutoModel,
+    AutoProcessor,
+    DataCollatorForLanguageModeling,
+    GPT2Config,
+    GPT2LMHeadModel,
+    HfArgumentParser,
+    PreTrainedTokenizerFast,
+    Trainer,
+    TrainingArguments,
+)
+
+import modeling_bridge  # noqa: F401  (registers BRIDGE with the Auto classes)
+from modeling_bridge import BridgeForConditionalGeneration, BridgeGenerationProcessor, build_vocabulary_subset
+from modeling_bridge.data import load_bridge_shapes, parse_shapes_caption
+from modeling_bridge.data.shapes import SHAPES_FAMILIES, _all_captions
+from modeling_bridge.hub_utils import check_model_path, run_command
+from modeling_bridge.saving import write_json_atomically
+
+
+SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[EOS]"]
+
+
+@dataclass
+class LangBridgeArguments:
+    model_name_or_path: str = field(
+        metadata={"help": "A saved BRIDGE folder with its processor (outputs/demo/bridge)."}
+    )
+    output_dir: str = field(default="outputs/langbridge", metadata={"help": "Where results.json and figures go."})
+    num_train: int = field(default=2000, metadata={"help": "bridge-shapes training scenes for the adapters."})
+    lm_steps: int = field(default=1500, metadata={"help": "Training steps of each caption LM."})
+    adapter_steps: int = field(default=1500, metadata={"help": "Training steps of each adapter."})
+    batch_size: int = field(default=32, metadata={"help": "Batch size of LM and adapter training."})
+    learning_rate: float = field(default=1e-3, metadata={"help": "AdamW learning rate (LMs and adapters)."})
+    width_a: int = field(default=64, metadata={"help": "Hidden size of LM A (and C)."})
+    width_b: int = field(default=96, metadata={"help": "Hidden size of LM B."})
+    adapter_hidden_size: int = field(default=256, metadata={"help": "Width of the adapters' MLPs."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Evaluate the first N test images only."})
+    seed: int = field(default=0, metadata={"help": "Seeds LM A, the adapters and the data; B and C use seed+1, +2."})
+
+
+def word_tokenizer(words: list[str], seed: int | None) -> PreTrainedTokenizerFast:
+    """A word-level tokenizer over `words`; the ids are a permutation seeded by `seed` (None: the given order)."""
+    order = np.arange(len(words)) if seed is None else np.random.default_rng(seed).permutation(len(words))
+    backend = Tokenizer(models.WordLevel({w: int(i) for w, i in zip(words, order)}, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", pad_token="[PAD]", eos_token="[EOS]")
+
+
+def training_arguments(args, output_dir: str, steps: int, seed: int) -> TrainingArguments:
+    return TrainingArguments(
+        output_dir=output_dir,
+        max_steps=steps,
+        per_device_train_batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        warmup_steps=0.05,
+        lr_scheduler_type="cosine",
+        logging_steps=max(1, steps // 5),
+        save_strategy="no",
+        report_to="none",
+        use_cpu=not torch.cuda.is_available(),
+        seed=seed,
+        remove_unused_columns=False,
+        disable_tqdm=True,
+    )
+
+
+def scene_words(caption: str, side: int, rng: np.random.Generator) -> list[str]:
+    """The scene of `caption` as a `side` x `side` grid of words, row by row, as a LangBridge adapter can read an
+    image's feature-map cells: a cell an object covers reads as its colour or its shape (at random), an empty one as
+    "a". Objects are blocks of 1-2 cells placed as the caption says (the first-mentioned left of / above the other)."""
+    parsed = parse_shapes_caption(caption)
+    grid = ["a"] * (side * side)
+    half = side // 2
+    for index, (color, shape) in enumerate(parsed.objects):
+        height, width = rng.integers(1, 3, size=2)
+        rows, cols = (0, side - height), (0, side - width)
+        if parsed.relation == "left of":
+            cols = (0, half - width) if index == 0 else (half, side - width)
+        elif parsed.relation == "above":
+            rows = (0, half - height) if index == 0 else (half, side - height)
+        top, left = rng.integers(rows[0], rows[1] + 1), rng.integers(cols[0], cols[1] + 1)
+        for row in range(top, top + height):
+            for col in range(left, left + width):
+                grid[row * side + col] = color if rng.random() < 0.5 else shape
+    return grid
+
+
+def lm_corpus(tokenizer, captions: list[str], side: int, block: int, seed: int) -> list[list[int]]:
+    """The LMs' text: each caption after its scene read as words (`scene_words`, eight layouts per caption), then
+    the end-of-text token, shuffled and packed into blocks of `block` tokens (every position of the LM trained)."""
+    eos, rng = tokenizer.eos_token_id, np.random.default_rng(seed)
+    stream = []
+    for index in rng.permutation(np.arange(len(captions)).repeat(8)):
+        caption = captions[index]
+        stream += tokenizer(" ".join(scene_words(caption, side, rng)))["input_ids"] + [eos]
+        stream += tokenizer(caption)["input_ids"] + [eos]
+    return [stream[i : i + block] for i in range(0, len(stream) - block + 1, block)]
+
+
+def train_caption_lm(args, tokenizer, captions: list[str], side: int, width: int, seed: int) -> GPT2LMHeadModel:
+    """A small GPT-2 trained on caption text only (`lm_corpus`)."""
+    torch.manual_seed(seed)
+    config = GPT2Config(
+        vocab_size=len(tokenizer), n_embd=width, n_layer=2, n_head=4, n_positions=64,
+        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )  # fmt: skip
+    model = GPT2LMHeadModel(config)
+    encoded = Dataset.from_dict({"input_ids": lm_corpus(tokenizer, captions, side, block=56, seed=seed)})
+    collator = DataCollatorForLanguageModeling(tokenizer, mlm=False)
+    folder = os.path.join(args.output_dir, "runs", f"lm_{width}_{seed}")
+    Trainer(
+        model=model, args=training_arguments(args, folder, args.lm_steps, seed), train_dataset=encoded,
+        data_collator=collator,
+    ).train()  # fmt: skip
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model.eval()
+
+
+class CaptionCollator:
+    """Images, the end-of-text token as the prompt (in the LMs' text a caption follows it), the captions as labels."""
+
+    def __init__(self, processor):
+        self.processor = processor
+
+    def __call__(self, rows):
+        prompts = [self.processor.tokenizer.eos_token] * len(rows)
+        return dict(
+            self.processor(images=[r["image"] for r in rows], text=prompts, labels=[r["caption"] for r in rows])
+        )
+
+
+def train_adapter(args, rows, bridge, image_processor, lm, tokenizer, subset, adapter_type: str, seed: int):
+    torch.manual_seed(seed)
+    model = BridgeForConditionalGeneration.from_parts(
+        bridge, lm, tokenizer, subset if adapter_type == "langbridge" else None,
+        adapter_type=adapter_type, adapter_hidden_size=args.adapter_hidden_size,
+    )  # fmt: skip
+    model.bridge.requires_grad_(False)
+    processor = BridgeGenerationProcessor(image_processor=image_processor, tokenizer=tokenizer)
+    folder = os.path.join(args.output_dir, "runs", f"adapter_{adapter_type}_{lm.config.n_embd}_{seed}")
+    Trainer(
+        model=model, args=training_arguments(args, folder, args.adapter_steps, seed), train_dataset=rows,
+        data_collator=CaptionCollator(processor),
+    ).train()  # fmt: skip
+    return model.eval(), processor
+
+
+def attribute_accuracy(generated: str, caption: str) -> float:
+    """The fraction of the caption's (colour, shape) objects that the generated caption names, each once."""
+    truth = parse_shapes_caption(caption).objects
+    try:
+        named = set(parse_shapes_caption(generated).objects)
+    except ValueError:
+        named = set()
+    return sum(obj in named for obj in truth) / len(truth)
+
+
+@torch.no_grad()
+def evaluate_captions(model, processor, rows, batch_size: int = 48) -> dict[str, float]:
+    generated = []
+    for start in range(0, len(rows), batch_size):
+        batch = rows.select(range(start, min(start + batch_size, len(rows))))
+        inputs = processor(images=list(batch["image"]), text=[processor.tokenizer.eos_token] * len(batch))
+        tokens = model.generate(**inputs, max_new_tokens=12, do_sample=False)
+        generated += [text.strip() for text in processor.tokenizer.batch_decode(tokens, skip_special_tokens=True)]
+    captions = rows["caption"]
+    return {
+        "exact_match": float(np.mean([g == c for g, c in zip(generated, captions)])),
+        "attribute_accuracy": float(np.mean([attribute_accuracy(g, c) for g, c in zip(generated, captions)])),
+        "examples": [{"caption": c, "generated": g} for g, c in list(zip(generated, captions))[:5]],
+    }
+
+
+def save_top_words_figure(model, processor, rows, path: str) -> None:
+    """The word each feature-map cell of a few test images reads as (the A adapter's strongest word per token)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from modeling_bridge.saving import write_file_atomically
+
+    images = list(rows.select(range(min(3, len(rows))))["image"])
+    words = model.top_words(processor(images=images)["pixel_values"], k=1)
+    side = int(round(len(words[0]) ** 0.5))
+    figure, axes = plt.subplots(1, len(images), figsize=(3.2 * len(images), 3.4), squeeze=False)
+    for axis, image, tokens, caption in zip(axes[0], images, words, rows["caption"]):
+        axis.imshow(image, extent=(0, side, side, 0))
+        for index, ((word, weight),) in enumerate(tokens[: side * side]):
+            axis.text(index % side + 0.5, index // side + 0.5, f"{word}\n{weight:.2f}", ha="center", va="center",
+                      fontsize=7, color="white")  # fmt: skip
+        axis.set_title(caption, fontsize=8)
+        axis.axis("off")
+    figure.tight_layout()
+    write_file_atomically(path, lambda tmp: figure.savefig(tmp, dpi=100))
+    plt.close(figure)
+
+
+def main(argv=None):
+    (args,) = HfArgumentParser(LangBridgeArguments).parse_args_into_dataclasses(args=argv)
+    check_model_path(args.model_name_or_path)
+    os.makedirs(args.output_dir, exist_ok=True)
+    bridge = AutoModel.from_pretrained(args.model_name_or_path).eval()
+    image_processor = AutoProcessor.from_pretrained(args.model_name_or_path).image_processor
+    data = load_bridge_shapes(num_train=args.num_train, seed=args.seed)
+    rows = data["train"].select_columns(["image", "caption"])
+    test = data["test"]
+    if args.max_eval_samples is not None:
+        test = test.select(range(min(args.max_eval_samples, len(test))))
+
+    language = _all_captions(range(len(SHAPES_FAMILIES)), singles=True)  # the caption language, text only
+    side = math.isqrt(bridge.config.num_vision_positions)  # the feature map's side: visual tokens per row
+    words = SPECIAL_TOKENS + sorted({w for caption in language for w in caption.split()})
+    tokenizers = {"A": word_tokenizer(words, None), "B": word_tokenizer(words, args.seed + 1),
+                  "C": word_tokenizer(words, args.seed + 2)}  # fmt: skip
+    widths = {"A": args.width_a, "B": args.width_b, "C": args.width_a}
+    lms = {
+        name: train_caption_lm(args, tokenizers[name], language, side, widths[name], args.seed + i)
+        for i, name in enumerate("ABC")
+    }
+    subset = build_vocabulary_subset(tokenizers.values(), language, size=len(words))
+    print(f"vocabulary subset: {len(subset)} words shared by the three tokenizers")
+
+    parts = (args, rows, bridge, image_processor)
+    lang_a, processor_a = train_adapter(*parts, lms["A"], tokenizers["A"], subset, "langbridge", args.seed)
+    lang_b, processor_b = train_adapter(*parts, lms["B"], tokenizers["B"], subset, "langbridge", args.seed)
+    mlp_a, _ = train_adapter(*parts, lms["A"], tokenizers["A"], None, "mlp", args.seed)
+    processor_c = BridgeGenerationProcessor(image_processor=image_processor, tokenizer=tokenizers["C"])
+
+    moved_b, moved_c = copy.deepcopy(lang_a), copy.deepcopy(lang_a)
+    dropped = moved_b.transfer_to(lms["B"], tokenizers["B"]) + moved_c.transfer_to(lms["C"], tokenizers["C"])
+    mlp_c = copy.deepcopy(mlp_a)
+    mlp_c.language_model = lms["C"]  # what a LLaVA-style adapter allows: plug it into an LM of the same width
+
+    conditions = {
+        "A + LangBridge trained on A": (lang_a, processor_a),
+        "B + LangBridge from A, transferred": (moved_b, processor_b),
+        "B + LangBridge trained on B": (lang_b, processor_b),
+        "C + LangBridge from A, transferred": (moved_c, processor_c),
+        "A + MLP trained on A": (mlp_a, processor_a),
+        "C + MLP from A, plugged in": (mlp_c, processor_c),
+    }
+    results = {name: evaluate_captions(model, processor, test) for name, (model, processor) in conditions.items()}
+    transferred, trained = (results[k]["attribute_accuracy"] for k in list(conditions)[1:3])
+    summary = {
+        "arguments": asdict(args),
+        "vocabulary_subset": subset,
+        "subset_words_dropped_by_transfer": dropped,
+        "transferred_over_trained_on_b": transferred / trained if trained else None,
+        "results": results,
+    }
+    print(f"\nheld-out bindings of bridge-shapes ({len(test)} images), greedy captions")
+    print(f"{'condition':<38}{'exact':>8}{'attributes':>12}")
+    for name, row in results.items():
+        print(f"{name:<38}{row['exact_match']:>8.3f}{row['attribute_accuracy']:>12.3f}")
+    if summary["transferred_over_trained_on_b"] is not None:
+        print(f"transferred / trained on B (attributes): {summary['transferred_over_trained_on_b']:.2f}")
+    try:
+        save_top_words_figure(lang_a, processor_a, test, os.path.join(args.output_dir, "top_words.png"))
+    except ImportError:
+        print("top_words.png skipped: matplotlib is not installed")
+    path = os.path.join(args.output_dir, "results.json")
+    write_json_atomically(path, summary)
+    print(f"wrote {path}")
+    return summary
+
+
+if __name__ == "__main__":
+    sys.exit(run_command(main))
