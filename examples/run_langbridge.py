@@ -16,9 +16,10 @@ right colour and shape).
 
 Conditions: A + LangBridge trained on A; B + that adapter transferred (`transfer_to`, no training); B + LangBridge
 trained on B; C + the A adapter transferred; A + an MLP adapter (LLaVA-style) trained on A; C + that MLP adapter as
-it is (same width; B's width differs, so the MLP adapter cannot even run there). Writes `results.json` and
-`top_words.png` (the word each region of a few test images reads as, through the A adapter). Wrong input ends the
-run with one `error: ...` line.
+it is (same width; B's width differs, so the MLP adapter cannot even run there). Each LM is also given the test
+scenes as words (`text_ceiling`: what it makes of a perfect reading, the most an adapter can reach). Writes
+`results.json` and `top_words.png` (the word each region of a few test images reads as, through the A adapter).
+Wrong input ends the run with one `error: ...` line.
 """
 
 import copy
@@ -205,6 +206,22 @@ def evaluate_captions(model, processor, rows, batch_size: int = 48) -> dict[str,
     }
 
 
+@torch.no_grad()
+def text_ceiling(lm, tokenizer, captions: list[str], side: int, seed: int) -> dict[str, float]:
+    """What an LM makes of a perfect reading: each caption's scene as words (`scene_words`) then the end-of-text
+    token, greedy continuation scored like the images' captions. An adapter cannot do better than its LM does here."""
+    rng = np.random.default_rng(seed)
+    generated = []
+    for caption in captions:
+        ids = tokenizer(" ".join(scene_words(caption, side, rng)))["input_ids"] + [tokenizer.eos_token_id]
+        tokens = lm.generate(torch.tensor([ids]), max_new_tokens=12, do_sample=False)[0, len(ids) :]
+        generated.append(tokenizer.decode(tokens, skip_special_tokens=True).strip())
+    return {
+        "exact_match": float(np.mean([g == c for g, c in zip(generated, captions)])),
+        "attribute_accuracy": float(np.mean([attribute_accuracy(g, c) for g, c in zip(generated, captions)])),
+    }
+
+
 def save_top_words_figure(model, processor, rows, path: str) -> None:
     """The word each feature-map cell of a few test images reads as (the A adapter's strongest word per token)."""
     import matplotlib
@@ -252,6 +269,8 @@ def main(argv=None):
         name: train_caption_lm(args, tokenizers[name], language, side, widths[name], args.seed + i)
         for i, name in enumerate("ABC")
     }
+    ceilings = {name: text_ceiling(lms[name], tokenizers[name], test["caption"], side, args.seed) for name in lms}
+    print("LMs given the test scenes as words:", {n: round(c["attribute_accuracy"], 3) for n, c in ceilings.items()})
     subset = build_vocabulary_subset(tokenizers.values(), language, size=len(words))
     print(f"vocabulary subset: {len(subset)} words shared by the three tokenizers")
 
@@ -281,6 +300,7 @@ def main(argv=None):
         "vocabulary_subset": subset,
         "subset_words_dropped_by_transfer": dropped,
         "transferred_over_trained_on_b": transferred / trained if trained else None,
+        "lm_text_ceiling": ceilings,
         "results": results,
     }
     print(f"\nheld-out bindings of bridge-shapes ({len(test)} images), greedy captions")

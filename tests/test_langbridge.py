@@ -294,5 +294,18 @@ def test_langbridge_experiment_runs_end_to_end(processor, tmp_path):
     results = summary["results"]
     assert len(results) == 6 and all(0.0 <= r["attribute_accuracy"] <= 1.0 for r in results.values())
     assert summary["subset_words_dropped_by_transfer"] == 0 and "red" in summary["vocabulary_subset"]
+    assert sorted(summary["lm_text_ceiling"]) == ["A", "B", "C"]
     assert json.loads((tmp_path / "out" / "results.json").read_text())["results"] == results
     assert (tmp_path / "out" / "top_words.png").is_file()
+
+
+def test_from_parts_keeps_the_parts_weights_and_attention_implementation():
+    lm, bridge = tiny_lm(len(WORDS)), make_model()
+    before = {**{f"lm.{k}": v.clone() for k, v in lm.state_dict().items()},
+              **{f"bridge.{k}": v.clone() for k, v in bridge.state_dict().items()}}  # fmt: skip
+    implementation = lm.config._attn_implementation
+    model = BridgeForConditionalGeneration.from_parts(bridge, lm, word_tokenizer(WORDS), SUBSET)
+    after = {**{f"lm.{k}": v for k, v in model.language_model.state_dict().items()},
+             **{f"bridge.{k}": v for k, v in model.bridge.state_dict().items()}}  # fmt: skip
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert model.language_model.config._attn_implementation == implementation is not None
