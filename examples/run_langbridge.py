@@ -6,13 +6,13 @@ Three small causal LMs (GPT-2 architecture) are trained here on the caption lang
 caption the generator can write; text, no images), each with its own word-level tokenizer (the same words under
 different ids), seed and width: A (`--width_a`), B (`--width_b`, another width) and C (A's width, other ids and seed).
 The LMs' text is each caption after its scene read as words (a grid of one word per feature-map cell: an object's
-colour or shape where it lies, "a" elsewhere, laid out as the caption says), packed into 56-token blocks: the form a
-LangBridge adapter can give an image, so that such a prefix means something to the LMs. The BRIDGE model's vision
-states (its tower, frozen, in the first interaction layer's shared space) go through an adapter into each LM, the LM
-frozen, followed by the end-of-text token; adapters are trained with the Trainer on the captioning loss of the
-training images. Evaluated on the held-out bindings (the test split: colour-shape pairs never seen with an image in
-training), greedy captions: exact match, and attribute accuracy (the fraction of the image's objects named with their
-right colour and shape).
+colour and shape, alternately, on the cells it covers, "a" elsewhere, laid out as the caption says), packed into
+56-token blocks: the form a LangBridge adapter can give an image, so that such a prefix means something to the LMs.
+The BRIDGE model's vision states (its tower, frozen, in the first interaction layer's shared space) go through an
+adapter into each LM, the LM frozen, followed by the end-of-text token; adapters are trained with the Trainer on the
+captioning loss of the training images. Evaluated on the held-out bindings (the test split: colour-shape pairs never
+seen with an image in training), greedy captions: exact match, and attribute accuracy (the fraction of the image's
+objects named with their right colour and shape).
 
 Conditions: A + LangBridge trained on A; B + that adapter transferred (`transfer_to`, no training); B + LangBridge
 trained on B; C + the A adapter transferred; A + an MLP adapter (LLaVA-style) trained on A; C + that MLP adapter as
@@ -66,6 +66,7 @@ class LangBridgeArguments:
     adapter_steps: int = field(default=1500, metadata={"help": "Training steps of each adapter."})
     batch_size: int = field(default=32, metadata={"help": "Batch size of LM and adapter training."})
     learning_rate: float = field(default=1e-3, metadata={"help": "AdamW learning rate (LMs and adapters)."})
+    lm_layers: int = field(default=2, metadata={"help": "Transformer layers of each caption LM."})
     width_a: int = field(default=64, metadata={"help": "Hidden size of LM A (and C)."})
     width_b: int = field(default=96, metadata={"help": "Hidden size of LM B."})
     adapter_hidden_size: int = field(default=256, metadata={"help": "Width of the adapters' MLPs."})
@@ -101,22 +102,24 @@ def training_arguments(args, output_dir: str, steps: int, seed: int) -> Training
 
 def scene_words(caption: str, side: int, rng: np.random.Generator) -> list[str]:
     """The scene of `caption` as a `side` x `side` grid of words, row by row, as a LangBridge adapter can read an
-    image's feature-map cells: a cell an object covers reads as its colour or its shape (at random), an empty one as
-    "a". Objects are blocks of 1-2 cells placed as the caption says (the first-mentioned left of / above the other)."""
+    image's feature-map cells: the cells an object covers read as its colour and its shape, alternately (an object
+    covers 2-4 cells, so both show), an empty cell as "a". Objects are placed as the caption says (the first-mentioned
+    left of / above the other)."""
     parsed = parse_shapes_caption(caption)
     grid = ["a"] * (side * side)
     half = side // 2
     for index, (color, shape) in enumerate(parsed.objects):
-        height, width = rng.integers(1, 3, size=2)
+        height, width = [(1, 2), (2, 1), (2, 2)][rng.integers(3)]
         rows, cols = (0, side - height), (0, side - width)
         if parsed.relation == "left of":
             cols = (0, half - width) if index == 0 else (half, side - width)
         elif parsed.relation == "above":
             rows = (0, half - height) if index == 0 else (half, side - height)
         top, left = rng.integers(rows[0], rows[1] + 1), rng.integers(cols[0], cols[1] + 1)
-        for row in range(top, top + height):
-            for col in range(left, left + width):
-                grid[row * side + col] = color if rng.random() < 0.5 else shape
+        first = int(rng.integers(2))  # which of the two words the object's first cell shows
+        cells = [row * side + col for row in range(top, top + height) for col in range(left, left + width)]
+        for k, cell in enumerate(cells):
+            grid[cell] = (color, shape)[(k + first) % 2]
     return grid
 
 
@@ -136,7 +139,7 @@ def train_caption_lm(args, tokenizer, captions: list[str], side: int, width: int
     """A small GPT-2 trained on caption text only (`lm_corpus`)."""
     torch.manual_seed(seed)
     config = GPT2Config(
-        vocab_size=len(tokenizer), n_embd=width, n_layer=2, n_head=4, n_positions=64,
+        vocab_size=len(tokenizer), n_embd=width, n_layer=args.lm_layers, n_head=4, n_positions=64,
         bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
     )  # fmt: skip
     model = GPT2LMHeadModel(config)

@@ -30,7 +30,9 @@ class BridgeGenerationProcessor(ProcessorMixin):
     and returns `labels` that cover only the targets (-100 on the prompt and padding), for training.
 
     The tokenizer must have an end-of-sequence token (generation stops on it and training teaches it); a tokenizer
-    without a padding token pads with it.
+    without a padding token pads with it. Texts are padded to the longest and never truncated (other tokenizer
+    arguments, which chat templates and pipelines pass along, are not used): the model refuses a prompt longer than
+    the LM's context with a clear error instead.
     """
 
     def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
