@@ -999,9 +999,11 @@ class BridgeModel(BridgePreTrainedModel):
         position_ids: torch.Tensor | None = None,
         text_index: torch.Tensor | None = None,
         output_attentions: bool = False,
+        output_last_hidden_state: bool = False,
     ) -> BridgeInteractionOutput:
-        """Encode images and texts once each, then interact image p with text `text_index[p]` (image i with text i
-        when None): what the task heads (retrieval, VQA, visual reasoning) read."""
+        """Encode images and texts once each (texts checked and truncated once, so the interaction sees the same
+        mask), then interact image p with text `text_index[p]` (image i with text i when None): what the task heads
+        (retrieval, VQA, visual reasoning) and the generation model's prompted path read."""
         input_ids, attention_mask, token_type_ids, position_ids = self._prepare_text(
             input_ids, attention_mask, token_type_ids, position_ids
         )
@@ -1015,6 +1017,7 @@ class BridgeModel(BridgePreTrainedModel):
             image_index,
             text_index,
             output_attentions=output_attentions,
+            output_last_hidden_state=output_last_hidden_state,
         )
 
     def fused_logits(self, cross_image_embeds: torch.Tensor, cross_text_embeds: torch.Tensor) -> torch.Tensor:

@@ -220,17 +220,19 @@ class BridgeForConditionalGeneration(PreTrainedModel, GenerationMixin):
     # ------------------------------------------------------------------------------------------------ forward
 
     def visual_states(self, pixel_values, bridge_input_ids=None, bridge_attention_mask=None) -> torch.Tensor:
-        """(batch, vision positions, shared_dim): the tower's states projected into the shared space (first
-        interaction layer), or with a BRIDGE-tokenized prompt the vision states after the interaction layers."""
+        """(batch, vision positions, shared_dim): the tower's vision states, or with a BRIDGE-tokenized prompt the
+        vision states after the interaction layers with it (both in the tower's width), projected into the shared
+        space by the first interaction layer's input projection, the adapter's input either way."""
         if pixel_values is None:
             raise ValueError("BridgeForConditionalGeneration needs pixel_values: the image the text is about.")
         bridge = self.bridge
-        vision = bridge.get_image_features(pixel_values, False, False, return_dict=True).last_hidden_state
         if bridge_input_ids is None:
-            return bridge.interaction_layers[0].project_vision(vision)
-        text = bridge.get_text_features(bridge_input_ids, bridge_attention_mask, return_dict=True)
-        out = bridge.interact(vision, text.last_hidden_state, bridge_attention_mask, output_last_hidden_state=True)
-        return out.vision_last_hidden_state
+            vision = bridge.get_image_features(pixel_values, False, False, return_dict=True).last_hidden_state
+        else:
+            vision = bridge.encode_and_interact(
+                pixel_values, bridge_input_ids, bridge_attention_mask, output_last_hidden_state=True
+            ).vision_last_hidden_state
+        return bridge.interaction_layers[0].project_vision(vision)
 
     def prefix_embeddings(self, pixel_values, bridge_input_ids=None, bridge_attention_mask=None):
         """(embeddings (batch, visual tokens, LM width), word weights or None): the LM's input prefix."""

@@ -309,3 +309,25 @@ def test_from_parts_keeps_the_parts_weights_and_attention_implementation():
              **{f"bridge.{k}": v for k, v in model.bridge.state_dict().items()}}  # fmt: skip
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
     assert model.language_model.config._attn_implementation == implementation is not None
+
+
+def test_a_bridge_prompt_reads_the_vision_states_after_the_interaction_layers():
+    model, _ = _model()
+    pixel_values, input_ids, attention_mask = random_inputs(2, 2)
+    with torch.no_grad():
+        prompted = model.visual_states(pixel_values, input_ids, attention_mask)
+        tower = model.visual_states(pixel_values)
+        vision = model.bridge.get_image_features(pixel_values).last_hidden_state
+        text = model.bridge.get_text_features(input_ids, attention_mask).last_hidden_state
+        expected = model.bridge.interact(vision, text, attention_mask, output_last_hidden_state=True)
+        # a prompt longer than the text tower takes is truncated once, mask included (no shape mismatch)
+        limit = model.config.bridge_config.max_text_positions
+        long_ids = torch.cat([input_ids, input_ids[:, 1:].repeat(1, limit)], dim=1)
+        long_states = model.visual_states(pixel_values, long_ids, torch.ones_like(long_ids))
+    project = model.bridge.interaction_layers[0].project_vision
+    torch.testing.assert_close(prompted, project(expected.vision_last_hidden_state))
+    assert prompted.shape == tower.shape and not torch.allclose(prompted, tower)
+    assert long_states.shape == tower.shape
+    with torch.no_grad():  # the adapter reads either (the prompted path once returned the tower's width: a crash)
+        prefix, _ = model.prefix_embeddings(pixel_values, input_ids, attention_mask)
+    assert prefix.shape == (2, tower.shape[1], 16)
