@@ -6,8 +6,9 @@ Three small causal LMs (GPT-2 architecture) are trained here on the caption lang
 caption the generator can write; text, no images), each with its own word-level tokenizer (the same words under
 different ids), seed and width: A (`--width_a`), B (`--width_b`, another width) and C (A's width, other ids and seed).
 The LMs' text is each caption after its scene read as words (a grid of one word per feature-map cell: an object's
-colour and shape, alternately, on the cells it covers, "a" elsewhere, laid out as the caption says), packed into
-56-token blocks: the form a LangBridge adapter can give an image, so that such a prefix means something to the LMs.
+colour and shape, alternately, on the cells it covers, "a" elsewhere, laid out as the caption says), 16 layouts per
+caption, one example per row, the loss on the caption only: the form a LangBridge adapter can give an image, so that
+such a prefix means something to the LMs (text only: no LM sees an image or an adapter while it is trained).
 The BRIDGE model's vision states (its tower, frozen, in the first interaction layer's shared space) go through an
 adapter into each LM, the LM frozen, followed by the end-of-text token; adapters are trained with the Trainer on the
 captioning loss of the training images. Evaluated on the held-out bindings (the test split: colour-shape pairs never
@@ -35,13 +36,13 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import (
     AutoModel,
     AutoProcessor,
-    DataCollatorForLanguageModeling,
     GPT2Config,
     GPT2LMHeadModel,
     HfArgumentParser,
     PreTrainedTokenizerFast,
     Trainer,
     TrainingArguments,
+    default_data_collator,
 )
 
 import modeling_bridge  # noqa: F401  (registers BRIDGE with the Auto classes)
@@ -123,16 +124,24 @@ def scene_words(caption: str, side: int, rng: np.random.Generator) -> list[str]:
     return grid
 
 
-def lm_corpus(tokenizer, captions: list[str], side: int, block: int, seed: int) -> list[list[int]]:
-    """The LMs' text: each caption after its scene read as words (`scene_words`, eight layouts per caption), then
-    the end-of-text token, shuffled and packed into blocks of `block` tokens (every position of the LM trained)."""
-    eos, rng = tokenizer.eos_token_id, np.random.default_rng(seed)
-    stream = []
-    for index in rng.permutation(np.arange(len(captions)).repeat(8)):
-        caption = captions[index]
-        stream += tokenizer(" ".join(scene_words(caption, side, rng)))["input_ids"] + [eos]
-        stream += tokenizer(caption)["input_ids"] + [eos]
-    return [stream[i : i + block] for i in range(0, len(stream) - block + 1, block)]
+def lm_corpus(tokenizer, captions: list[str], side: int, layouts: int, seed: int) -> dict[str, list[list[int]]]:
+    """The LMs' text: each caption after its scene read as words (`scene_words`, `layouts` random layouts per
+    caption) and the end-of-text token, one example per row, right-padded. The loss is on the caption and its
+    end-of-text token only: the scene words are context, as an adapter's prefix is (trained on every position, the
+    LMs spent themselves on the scene's noise and never learnt to read it; BENCHMARKS.md)."""
+    eos, pad, rng = tokenizer.eos_token_id, tokenizer.pad_token_id, np.random.default_rng(seed)
+    rows = []
+    for index in rng.permutation(np.arange(len(captions)).repeat(layouts)):
+        scene = tokenizer(" ".join(scene_words(captions[index], side, rng)))["input_ids"] + [eos]
+        rows.append((scene, tokenizer(captions[index])["input_ids"] + [eos]))
+    length = max(len(scene) + len(caption) for scene, caption in rows)
+    columns = {"input_ids": [], "attention_mask": [], "labels": []}
+    for scene, caption in rows:
+        padding = length - len(scene) - len(caption)
+        columns["input_ids"].append(scene + caption + [pad] * padding)
+        columns["attention_mask"].append([1] * (len(scene) + len(caption)) + [0] * padding)
+        columns["labels"].append([-100] * len(scene) + caption + [-100] * padding)
+    return columns
 
 
 def train_caption_lm(args, tokenizer, captions: list[str], side: int, width: int, seed: int) -> GPT2LMHeadModel:
@@ -143,12 +152,11 @@ def train_caption_lm(args, tokenizer, captions: list[str], side: int, width: int
         bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
     )  # fmt: skip
     model = GPT2LMHeadModel(config)
-    encoded = Dataset.from_dict({"input_ids": lm_corpus(tokenizer, captions, side, block=56, seed=seed)})
-    collator = DataCollatorForLanguageModeling(tokenizer, mlm=False)
+    encoded = Dataset.from_dict(lm_corpus(tokenizer, captions, side, layouts=16, seed=seed))
     folder = os.path.join(args.output_dir, "runs", f"lm_{width}_{seed}")
     Trainer(
         model=model, args=training_arguments(args, folder, args.lm_steps, seed), train_dataset=encoded,
-        data_collator=collator,
+        data_collator=default_data_collator,
     ).train()  # fmt: skip
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model.eval()
@@ -217,7 +225,10 @@ def text_ceiling(lm, tokenizer, captions: list[str], side: int, seed: int) -> di
     generated = []
     for caption in captions:
         ids = tokenizer(" ".join(scene_words(caption, side, rng)))["input_ids"] + [tokenizer.eos_token_id]
-        tokens = lm.generate(torch.tensor([ids]), max_new_tokens=12, do_sample=False)[0, len(ids) :]
+        ids = torch.tensor([ids])
+        tokens = lm.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, do_sample=False)[
+            0, ids.shape[1] :
+        ]
         generated.append(tokenizer.decode(tokens, skip_special_tokens=True).strip())
     return {
         "exact_match": float(np.mean([g == c for g, c in zip(generated, captions)])),
