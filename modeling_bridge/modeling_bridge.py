@@ -414,18 +414,27 @@ class BridgeInteractionEncoder(nn.ModuleList):
                 for start in range(0, vision_hidden_state.shape[0], chunk)
             ]
         else:
-            vision_cache = self[0].project_vision_stream(vision_hidden_state)
-            text_cache = self[0].project_text_stream(text_hidden_state)
-            outputs = [
-                self._run_pairs(
-                    vision_hidden_state.index_select(0, images),
-                    text_hidden_state.index_select(0, texts),
-                    None if attention_mask is None else attention_mask.index_select(0, texts),
-                    (*vision_cache.select(images), *text_cache.select(texts)),
-                    *flags,
+            # Layer 1's projections depend on each image / text alone. When the pairs reuse them (N x M scoring),
+            # project every image and text once; when there are fewer pairs than inputs (re-ranking k of 1000
+            # labels), project only the rows each chunk selects. Decided on shapes alone: no host sync.
+            num_pairs = image_index.shape[0]
+            vision_cache = (
+                self[0].project_vision_stream(vision_hidden_state)
+                if num_pairs > vision_hidden_state.shape[0]
+                else None
+            )
+            text_cache = (
+                self[0].project_text_stream(text_hidden_state) if num_pairs > text_hidden_state.shape[0] else None
+            )
+            outputs = []
+            for images, texts in zip(image_index.split(chunk), text_index.split(chunk)):
+                vision, text = vision_hidden_state.index_select(0, images), text_hidden_state.index_select(0, texts)
+                vision_projection = (
+                    self[0].project_vision_stream(vision) if vision_cache is None else vision_cache.select(images)
                 )
-                for images, texts in zip(image_index.split(chunk), text_index.split(chunk))
-            ]
+                text_projection = self[0].project_text_stream(text) if text_cache is None else text_cache.select(texts)
+                mask = None if attention_mask is None else attention_mask.index_select(0, texts)
+                outputs.append(self._run_pairs(vision, text, mask, (*vision_projection, *text_projection), *flags))
         if len(outputs) == 1:
             return outputs[0]
         merged = {}
@@ -440,7 +449,11 @@ class BridgeInteractionEncoder(nn.ModuleList):
         self, vision, text, mask, cache, output_attentions, output_hidden_states, output_last_hidden_state
     ) -> "BridgeInteractionOutput":
         """The stack on one chunk of pairs (row p of `vision` with row p of `text`); `cache`: layer 1's projections."""
-        padding_bias = self.text_padding_bias(mask, text.dtype)
+        # Under autocast the attention runs in the autocast dtype: a float32 minimum cast to float16 would be -inf
+        # (an all-padding row would then give NaN), so the bias is built in the dtype the attention computes in.
+        device_type = text.device.type
+        autocast = device_type in ("cpu", "cuda") and torch.is_autocast_enabled(device_type)
+        padding_bias = self.text_padding_bias(mask, torch.get_autocast_dtype(device_type) if autocast else text.dtype)
         # Per-layer states are kept only when asked for: holding them all would multiply the memory of each chunk.
         all_vision, all_text, text_attentions, vision_attentions = [vision], [text], [], []
         for layer in self:

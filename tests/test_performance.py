@@ -1,0 +1,209 @@
+"""What the speed work rests on, checked without timing anything: compiled layers give the same scores, forward and
+training steps need no host sync, autocast runs the interaction in the low precision, frozen towers build no
+autograd graph, re-ranking projects only what it scores, and the benchmarks' CPU regression mode runs (its FLOP
+counts, which do not depend on the machine, are checked)."""
+
+import importlib.util
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from conftest import make_config, make_model, random_inputs
+from modeling_bridge import BridgeForPreTraining, BridgeModel
+
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def encoded(model, n_images=3, n_texts=4):
+    pixel_values, input_ids, attention_mask = random_inputs(n_images, n_texts)
+    with torch.no_grad():
+        vision = model.get_image_features(pixel_values).last_hidden_state
+        text = model.get_text_features(input_ids, attention_mask).last_hidden_state
+    return vision, text, attention_mask
+
+
+def test_compiled_interaction_layers_give_the_same_scores():
+    model = make_model()
+    vision, text, mask = encoded(model)
+    with torch.no_grad():
+        expected = model.pairwise_interaction(vision, text, mask)
+        for layer in model.interaction_layers:
+            layer.compile(dynamic=False)
+        compiled = model.pairwise_interaction(vision, text, mask)
+    # same float32 arithmetic, fused differently by the compiler: a few ulps of the largest values
+    torch.testing.assert_close(compiled.fused_logits, expected.fused_logits, atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(compiled.itm_logits, expected.itm_logits, atol=1e-5, rtol=1e-5)
+
+
+def meta_model(cls):
+    with torch.device("meta"):
+        return cls._from_config(make_config(), attn_implementation="eager")
+
+
+# transformers' BERT-style text towers check `padding_mask.all()` on the host when given a padding mask (to skip it
+# when nothing is padded): a sync inside the tower, not BRIDGE's code. The tests give the towers no mask (or their
+# cached states) and BRIDGE's own code the masks.
+
+
+def test_fused_scoring_needs_no_host_sync():
+    """Meta tensors have no values: any .item(), int(tensor), bool(tensor) or data-dependent shape raises."""
+    model = meta_model(BridgeModel).eval()
+    pixel_values, input_ids, attention_mask = (t.to("meta") for t in random_inputs(3, 4))
+    out = model(input_ids=input_ids, pixel_values=pixel_values, score="fused")
+    assert out.logits_per_image.shape == (3, 4) and out.logits_per_image.device.type == "meta"
+    dv, dt = model.config.vision_config.hidden_size, model.config.text_config.hidden_size
+    vision = torch.empty(2, model.config.num_vision_positions, dv, device="meta")
+    text = torch.empty(4, input_ids.shape[1], dt, device="meta")
+    assert model.pairwise_interaction(vision, text, attention_mask).fused_logits.shape == (2, 4)
+    # re-ranking a subset of pairs (fewer pairs than texts: projected per chunk)
+    image_index, text_index = torch.tensor([0, 1], device="meta"), torch.tensor([3, 2], device="meta")
+    assert model.interact(vision, text, attention_mask, image_index, text_index).fused_logits.shape == (2,)
+
+
+@pytest.mark.parametrize("raw_images", [False, True], ids=["cached tower states", "raw images"])
+def test_stage_a_training_step_needs_no_host_sync(raw_images):
+    model = meta_model(BridgeForPreTraining)
+    model.bridge.vision_model.requires_grad_(False)
+    model.bridge.text_model.requires_grad_(False)
+    model.train()
+    pixel_values, input_ids, attention_mask = (t.to("meta") for t in random_inputs(4, 4))
+    dv, dt = model.config.vision_config.hidden_size, model.config.text_config.hidden_size
+    inputs = {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "text_hidden_state": torch.empty(4, input_ids.shape[1], dt, device="meta"),
+    }
+    if raw_images:
+        inputs["pixel_values"] = pixel_values
+    else:
+        inputs["vision_hidden_state"] = torch.empty(4, model.config.num_vision_positions, dv, device="meta")
+    loss = model(**inputs).loss
+    loss.backward()
+    assert loss.device.type == "meta"
+    assert all(p.grad is not None for p in model.bridge.interaction_layers.parameters())
+
+
+def test_autocast_runs_the_interaction_in_bfloat16():
+    """Every projection and attention product of the interaction computes in bfloat16 under autocast; only the
+    softmax statistics, norms and losses stay in float32."""
+    model = BridgeForPreTraining._from_config(make_config(), attn_implementation="eager").train()
+    seen = []
+
+    def record(module, args, output):
+        seen.append((type(module).__name__, output.dtype))
+
+    hooks = [m.register_forward_hook(record) for m in model.bridge.interaction_layers.modules() if
+             isinstance(m, torch.nn.Linear)]  # fmt: skip
+    pixel_values, input_ids, attention_mask = random_inputs(4, 4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask)
+    for hook in hooks:
+        hook.remove()
+    assert len(seen) >= 8 * model.config.num_interaction_layers
+    assert {dtype for _, dtype in seen} == {torch.bfloat16}
+    assert out.loss.dtype == torch.float32 and math.isfinite(out.loss.item())
+    out.loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.bridge.interaction_layers.parameters())
+
+
+def test_autocast_builds_the_padding_bias_in_the_compute_dtype(monkeypatch):
+    """Under float16 autocast the attention computes in float16: the padding bias is built there, with float16's
+    finite minimum (a float32 minimum cast to float16 is -inf, and an all-padding text then gives NaN in kernels that
+    do not special-case fully masked rows)."""
+    import modeling_bridge.modeling_bridge as modeling
+
+    masks, eager = [], modeling.bridge_eager_attention_forward
+
+    def recording(module, query, key, value, attention_mask, **kwargs):
+        if attention_mask is not None:
+            masks.append(attention_mask)
+        return eager(module, query, key, value, attention_mask, **kwargs)
+
+    monkeypatch.setattr(modeling, "bridge_eager_attention_forward", recording)
+    model = make_model()
+    vision, text, mask = encoded(model, 2, 3)
+    mask = mask.clone()
+    mask[1] = 0
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.float16):
+        out = model.pairwise_interaction(vision, text, mask, output_attentions=True)
+    assert masks and {m.dtype for m in masks} == {torch.float16}
+    assert all(torch.isfinite(m).all() for m in masks)
+    assert torch.isfinite(out.fused_logits).all()
+
+
+def test_frozen_towers_build_no_autograd_graph():
+    model = BridgeForPreTraining(make_config())
+    model.bridge.vision_model.requires_grad_(False)
+    model.bridge.text_model.requires_grad_(False)
+    model.train()
+    tower_outputs = []
+    for tower in (model.bridge.vision_model, model.bridge.text_model):
+        tower.register_forward_hook(lambda module, args, kwargs, out: tower_outputs.append(out), with_kwargs=True)
+    pixel_values, input_ids, attention_mask = random_inputs(4, 4)
+    loss = model(input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask).loss
+    assert len(tower_outputs) == 2
+    assert all(out.last_hidden_state.grad_fn is None for out in tower_outputs)
+    assert loss.grad_fn is not None
+
+
+def interaction_flops(model, *args) -> int:
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model.interact(*args)
+    return counter.get_total_flops()
+
+
+def test_reranking_projects_only_the_texts_it_scores():
+    """Scoring 2 pairs among 100 texts costs what scoring them among 2 texts costs: layer 1's projections are
+    computed for the selected rows only when the pairs do not reuse them (and once per row when they do)."""
+    model = make_model()
+    vision, text, mask = encoded(model, 2, 4)
+    many_text = text.repeat(25, 1, 1)
+    many_mask = mask.repeat(25, 1)
+    images, texts = torch.tensor([0, 1]), torch.tensor([3, 1])
+    few = interaction_flops(model, vision, text[texts], mask[texts], images, torch.tensor([0, 1]))
+    among_many = interaction_flops(model, vision, many_text, many_mask, images, texts + 96)
+    assert among_many == few
+    reference = model.interact(vision, text[texts], mask[texts], images, torch.tensor([0, 1])).fused_logits
+    chosen = model.interact(vision, many_text, many_mask, images, texts + 96).fused_logits
+    torch.testing.assert_close(chosen, reference, atol=1e-6, rtol=1e-6)
+
+
+def run_benchmark(name: str, tmp_path, *args) -> dict:
+    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main(["--regression", "--output", str(tmp_path / f"{name}.json"), *args])
+
+
+def test_pairwise_scoring_regression_mode(tmp_path):
+    result = run_benchmark("pairwise_scoring", tmp_path, "--repeats", "1", "--n_images", "4", "--n_texts", "4")
+    assert (tmp_path / "pairwise_scoring.json").exists()
+    assert result["per_pair_over_batched"] > 0
+    rows = result["chunk_sweep"]
+    assert [row["pair_chunk_size"] for row in rows] == [8, 64]  # the regression mode's sweep
+    assert rows[0]["MFLOP / pair"] == pytest.approx(rows[1]["MFLOP / pair"])  # chunking changes no arithmetic
+
+
+def test_zero_shot_regression_mode(tmp_path):
+    result = run_benchmark("zero_shot_speed", tmp_path, "--rounds", "1", "--zero_shot_rounds", "1")
+    assert [row["measure"] for row in result["unimodal"]] == ["unimodal image embeddings", "unimodal text embeddings"]
+    flops = {row["method"]: row["x clip FLOPs"] for row in result["zero_shot"]}
+    # identical towers: the unimodal path costs what CLIP's does; re-ranking k pairs costs more with k, less than
+    # exact scoring of every label, which costs less than one full call per pair
+    assert flops["bridge unimodal"] == pytest.approx(1.0, rel=1e-3)
+    assert flops["bridge two-stage k=8"] < flops["bridge two-stage k=32"] < flops["bridge two-stage k=128"]
+    assert flops["bridge two-stage k=128"] < flops["bridge exact fused"] < flops["per-pair full calls"]
+
+
+def test_training_step_regression_mode(tmp_path):
+    result = run_benchmark("training_step", tmp_path, "--rounds", "1")
+    flops = {row["variant"]: row["GFLOP / step"] for row in result["steps"]}
+    # frozen towers: no backward through them; cached states: the towers do not run; checkpointing recomputes
+    assert flops["stage A, cached states"] < flops["stage A"] < flops["stage C"]
+    assert flops["stage C, checkpointing"] > flops["stage C"]
+    assert flops["stage A, checkpointing"] > flops["stage A"]
