@@ -99,6 +99,8 @@ def random_labels(n: int, length: int, vocab: int, device) -> tuple[torch.Tensor
 
 def speed(args, device) -> dict:
     clip, bridge = build_models(args.size, device)
+    if args.pair_chunk_size:
+        bridge.config.pair_chunk_size = args.pair_chunk_size
     vision = bridge.config.vision_config
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16)
     g = torch.Generator().manual_seed(0)
@@ -234,6 +236,7 @@ def main(argv=None):
     parser.add_argument("--num_images", type=int, default=8, help="images per zero-shot call")
     parser.add_argument("--k", type=lambda s: [int(x) for x in s.split(",")], default=[8, 32, 128])
     parser.add_argument("--per_pair_labels", type=int, default=16)
+    parser.add_argument("--pair_chunk_size", type=int, default=None, help="pairs per interaction pass (config's)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--zero_shot_rounds", type=int, default=3)
     parser.add_argument("--model_name_or_path", default=None, help="a trained BRIDGE folder: also report accuracy")
