@@ -299,6 +299,30 @@ def test_langbridge_experiment_runs_end_to_end(processor, tmp_path):
     assert (tmp_path / "out" / "top_words.png").is_file()
 
 
+def test_caption_lm_text_trains_on_the_caption_only():
+    """The caption LMs learn to read a scene only when the scene is context: labels -100 on it (and on padding)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+    import run_langbridge
+
+    captions = ["a red circle left of a blue square", "a green triangle"]
+    words = run_langbridge.SPECIAL_TOKENS + sorted({w for c in captions for w in c.split()})
+    tokenizer = run_langbridge.word_tokenizer(words, seed=3)
+    columns = run_langbridge.lm_corpus(tokenizer, captions, side=4, layouts=2, seed=0)
+    assert len(columns["input_ids"]) == 4
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    for ids, mask, labels in zip(columns["input_ids"], columns["attention_mask"], columns["labels"]):
+        assert len(ids) == len(mask) == len(labels) == 16 + 1 + 8 + 1  # scene, eos, the longest caption, eos
+        assert labels[:17] == [-100] * 17 and ids[16] == eos
+        caption = tokenizer.decode([t for t, label in zip(ids, labels) if label != -100], skip_special_tokens=True)
+        assert caption in captions
+        real = sum(mask)
+        assert ids[real - 1] == eos and labels[real - 1] == eos
+        assert all(t == pad and label == -100 for t, label in zip(ids[real:], labels[real:]))
+
+
 def test_from_parts_keeps_the_parts_weights_and_attention_implementation():
     lm, bridge = tiny_lm(len(WORDS)), make_model()
     before = {**{f"lm.{k}": v.clone() for k, v in lm.state_dict().items()},
