@@ -101,6 +101,9 @@ def speed(args, device) -> dict:
     clip, bridge = build_models(args.size, device)
     if args.pair_chunk_size:
         bridge.config.pair_chunk_size = args.pair_chunk_size
+    if args.compile:
+        for layer in bridge.interaction_layers:
+            layer.compile()
     vision = bridge.config.vision_config
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16)
     g = torch.Generator().manual_seed(0)
@@ -239,6 +242,7 @@ def main(argv=None):
     parser.add_argument("--pair_chunk_size", type=int, default=None, help="pairs per interaction pass (config's)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--zero_shot_rounds", type=int, default=3)
+    parser.add_argument("--compile", action="store_true", help="torch.compile each interaction layer")
     parser.add_argument("--model_name_or_path", default=None, help="a trained BRIDGE folder: also report accuracy")
     parser.add_argument("--output", default=None, help="write the results here as JSON")
     args = parse_arguments(
