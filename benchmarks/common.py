@@ -59,7 +59,11 @@ def clip_bridge_config(size: str, **overrides) -> BridgeConfig:
 
 
 # Dense bf16 peak (no sparsity) of the accelerators the benchmarks are meant for, FLOP/s, from the vendors' sheets.
-BF16_PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10G": 70e12}
+# Matched as substrings of the CUDA device name, first match wins: the PCIe and NVL parts before the SXM ones.
+BF16_PEAK_FLOPS = {
+    "H100 PCIe": 756e12, "H100 NVL": 835e12, "H200 NVL": 835e12, "H100": 989e12, "H200": 989e12,
+    "A100": 312e12, "L4": 121e12, "A10G": 70e12,
+}  # fmt: skip
 
 
 def device_name(device: torch.device) -> str:

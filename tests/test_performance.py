@@ -1,10 +1,13 @@
 """What the speed work rests on, checked without timing anything: compiled layers give the same scores, forward and
 training steps need no host sync, autocast runs the interaction in the low precision, frozen towers build no
-autograd graph, re-ranking projects only what it scores, and the benchmarks' CPU regression mode runs (its FLOP
-counts, which do not depend on the machine, are checked)."""
+autograd graph, re-ranking projects only what it scores, and the GPU benchmark suite runs its parts at the CPU
+regression sizes (their FLOP counts, which do not depend on the machine, are checked)."""
 
-import importlib.util
+import json
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -173,37 +176,57 @@ def test_reranking_projects_only_the_texts_it_scores():
     torch.testing.assert_close(chosen, reference, atol=1e-6, rtol=1e-6)
 
 
-def run_benchmark(name: str, tmp_path, *args) -> dict:
-    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", BENCHMARKS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main(["--regression", "--output", str(tmp_path / f"{name}.json"), *args])
+def run_suite(tmp_path, **env) -> subprocess.CompletedProcess:
+    # WHEELS: an empty folder, so that wheels a developer fetched for a GPU run (.whl/) are not installed here
+    environment = {**os.environ, "PYTHON": sys.executable, "OUT": str(tmp_path / "out"), "WHEELS": str(tmp_path)}
+    environment.update(env)
+    return subprocess.run(
+        ["bash", str(BENCHMARKS / "gpu_suite.sh")], env=environment, capture_output=True, text=True, timeout=600
+    )
 
 
-def test_pairwise_scoring_regression_mode(tmp_path):
-    result = run_benchmark("pairwise_scoring", tmp_path, "--repeats", "1", "--n_images", "4", "--n_texts", "4")
-    assert (tmp_path / "pairwise_scoring.json").exists()
-    assert result["per_pair_over_batched"] > 0
-    rows = result["chunk_sweep"]
+def test_gpu_suite_runs_its_parts_in_smoke_mode(tmp_path):
+    """The GPU suite's plumbing (options, time limits, results) at the benchmarks' CPU regression sizes, and what
+    each part measures: FLOP counts, which do not depend on the machine."""
+    suite = run_suite(tmp_path, SMOKE="1")
+    assert suite.returncode == 0, suite.stdout[-3000:] + suite.stderr[-3000:]
+    out = tmp_path / "out"
+    names = ["pairwise.json", "pairwise_compiled.json", "suite.log", "training.json", "zero_shot.json"]
+    assert sorted(path.name for path in out.iterdir()) == names  # the device tool brings back at most 8 files
+    assert "error" not in (out / "suite.log").read_text()
+    results = {name: json.loads((out / f"{name}.json").read_text()) for name in ("zero_shot", "pairwise", "training")}
+
+    pairwise = results["pairwise"]
+    assert pairwise["per_pair_over_batched"] > 0
+    rows = pairwise["chunk_sweep"]
     assert [row["pair_chunk_size"] for row in rows] == [8, 64]  # the regression mode's sweep
     assert rows[0]["MFLOP / pair"] == pytest.approx(rows[1]["MFLOP / pair"])  # chunking changes no arithmetic
+    compiled = json.loads((out / "pairwise_compiled.json").read_text())
+    assert compiled["arguments"]["compile"] is True
+    assert compiled["chunk_sweep"][0]["MFLOP / pair"] == pytest.approx(rows[0]["MFLOP / pair"])
 
-
-def test_zero_shot_regression_mode(tmp_path):
-    result = run_benchmark("zero_shot_speed", tmp_path, "--rounds", "1", "--zero_shot_rounds", "1")
-    assert [row["measure"] for row in result["unimodal"]] == ["unimodal image embeddings", "unimodal text embeddings"]
-    flops = {row["method"]: row["x clip FLOPs"] for row in result["zero_shot"]}
+    zero_shot = results["zero_shot"]
+    measures = [row["measure"] for row in zero_shot["unimodal"]]
+    assert measures == ["unimodal image embeddings", "unimodal text embeddings"]
+    flops = {row["method"]: row["x clip FLOPs"] for row in zero_shot["zero_shot"]}
     # identical towers: the unimodal path costs what CLIP's does; re-ranking k pairs costs more with k, less than
     # exact scoring of every label, which costs less than one full call per pair
     assert flops["bridge unimodal"] == pytest.approx(1.0, rel=1e-3)
     assert flops["bridge two-stage k=8"] < flops["bridge two-stage k=32"] < flops["bridge two-stage k=128"]
     assert flops["bridge two-stage k=128"] < flops["bridge exact fused"] < flops["per-pair full calls"]
 
-
-def test_training_step_regression_mode(tmp_path):
-    result = run_benchmark("training_step", tmp_path, "--rounds", "1")
-    flops = {row["variant"]: row["GFLOP / step"] for row in result["steps"]}
+    flops = {row["variant"]: row["GFLOP / step"] for row in results["training"]["steps"]}
     # frozen towers: no backward through them; cached states: the towers do not run; checkpointing recomputes
     assert flops["stage A, cached states"] < flops["stage A"] < flops["stage C"]
     assert flops["stage C, checkpointing"] > flops["stage C"]
     assert flops["stage A, checkpointing"] > flops["stage A"]
+
+
+def test_gpu_suite_stops_at_once_where_the_package_cannot_be_imported(tmp_path):
+    broken = tmp_path / "broken"
+    (broken / "torch").mkdir(parents=True)
+    (broken / "torch" / "__init__.py").write_text("raise ImportError('no torch here')\n")
+    suite = run_suite(tmp_path, PYTHONPATH=str(broken))
+    assert suite.returncode == 1
+    assert "no torch here" in suite.stdout
+    assert sorted(path.name for path in (tmp_path / "out").iterdir()) == ["suite.log"]  # no part ran
