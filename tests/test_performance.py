@@ -3,6 +3,7 @@ training steps need no host sync, autocast runs the interaction in the low preci
 autograd graph, re-ranking projects only what it scores, and the GPU benchmark suite runs its parts at the CPU
 regression sizes (their FLOP counts, which do not depend on the machine, are checked)."""
 
+import importlib.util
 import json
 import math
 import os
@@ -191,7 +192,7 @@ def test_gpu_suite_runs_its_parts_in_smoke_mode(tmp_path):
     suite = run_suite(tmp_path, SMOKE="1")
     assert suite.returncode == 0, suite.stdout[-3000:] + suite.stderr[-3000:]
     out = tmp_path / "out"
-    names = ["pairwise.json", "pairwise_compiled.json", "suite.log", "training.json", "zero_shot.json"]
+    names = ["pairwise.json", "pairwise_compiled.json", "suite.log", "summary.json", "training.json", "zero_shot.json"]
     assert sorted(path.name for path in out.iterdir()) == names  # the device tool brings back at most 8 files
     assert "error" not in (out / "suite.log").read_text()
     results = {name: json.loads((out / f"{name}.json").read_text()) for name in ("zero_shot", "pairwise", "training")}
@@ -220,6 +221,27 @@ def test_gpu_suite_runs_its_parts_in_smoke_mode(tmp_path):
     assert flops["stage A, cached states"] < flops["stage A"] < flops["stage C"]
     assert flops["stage C, checkpointing"] > flops["stage C"]
     assert flops["stage A, checkpointing"] > flops["stage A"]
+
+    # the summary reads the targets off these results: on CPU no MFU, but achieved FLOP/s over the measured GEMM rate
+    summary = {row["target"]: row for row in json.loads((out / "summary.json").read_text())["targets"]}
+    speedup = summary["exact fused over per-pair calls, x"]
+    assert speedup["measured"] == zero_shot["exact_fused_speedup_over_per_pair"]
+    assert speedup["met"] == (speedup["measured"] >= 4.5)
+    stage_a = summary["stage A samples/s, x stage C"]
+    assert stage_a["met"] == (stage_a["measured"] >= 2.0)
+    fused = summary["fused scoring MFU (best chunk, eager or compiled)"]
+    assert fused["measured"] is None and fused["met"] is None  # no MFU on CPU: no datasheet peak
+    assert fused["x measured GEMM rate"] > 0
+
+
+def test_gpu_suite_summary_marks_parts_without_results(tmp_path):
+    spec = importlib.util.spec_from_file_location("benchmark_summarize", BENCHMARKS / "summarize.py")
+    summarize = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(summarize)
+    result = summarize.main([str(tmp_path), "--device", "cpu"])
+    assert {row["met"] for row in result["targets"]} == {"missing"}
+    assert result["matmul"]["flops_per_s"] > 0
+    assert json.loads((tmp_path / "summary.json").read_text())["targets"] == result["targets"]
 
 
 def test_gpu_suite_stops_at_once_where_the_package_cannot_be_imported(tmp_path):
