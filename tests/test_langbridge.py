@@ -132,6 +132,71 @@ def test_captioning_loss_trains_the_adapter_not_the_frozen_lm():
     assert all(p.grad is None for p in model.language_model.parameters())
 
 
+def _trainable_lm_model():
+    """The generation model with its LM trainable too and every dropout off (so that two runs can be compared)."""
+    model, tokenizer = _model()
+    model.language_model.requires_grad_(True)
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    text = tokenizer(["a red circle", "the blue square left"], return_tensors="pt", padding=True)
+    batch = dict(pixel_values=random_inputs(2, 1)[0], **text)
+    batch["labels"] = text["input_ids"].masked_fill(text["attention_mask"] == 0, -100)
+    return model, batch
+
+
+def _loss_and_grads(model, batch):
+    model.train()
+    model.zero_grad()
+    loss = model(**batch).loss
+    loss.backward()
+    return loss.detach(), {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("use_reentrant", [False, True])
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients(use_reentrant):
+    model, batch = _trainable_lm_model()
+    loss, grads = _loss_and_grads(model, batch)
+    model.activation_checkpointing_enable({"use_reentrant": use_reentrant})
+    checkpointed = {type(m).__name__ for m in model.modules() if getattr(m, "gradient_checkpointing", False)}
+    assert {"GPT2Block", "BridgeInteractionLayer"} <= checkpointed  # the LM's blocks and BRIDGE's layers
+    checkpointed_loss, checkpointed_grads = _loss_and_grads(model, batch)
+    torch.testing.assert_close(checkpointed_loss, loss)
+    assert checkpointed_grads.keys() == grads.keys() and any(n.startswith("language_model.") for n in grads)
+    for name, grad in grads.items():  # the same operations recomputed: equal up to float32 rounding
+        torch.testing.assert_close(checkpointed_grads[name], grad, msg=name)
+
+
+def test_peft_lora_on_the_language_model_trains_and_reloads(tmp_path):
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    model, batch = _trainable_lm_model()
+    model.language_model.requires_grad_(False)
+    lm_weight = model.language_model.transformer.h[0].attn.c_attn.weight.detach().clone()
+    # GPT-2 keeps its attention projection in a Conv1D: fan_in_fan_out
+    config = LoraConfig(r=4, target_modules=["c_attn"], fan_in_fan_out=True, modules_to_save=["adapter"])
+    lora = get_peft_model(model, config)
+    trainable = {name for name, p in lora.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in name or ".adapter." in name for name in trainable)
+    optimizer = torch.optim.AdamW([p for p in lora.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(2):  # two steps: LoRA's B starts at zero, so A first moves in the second
+        loss, _ = _loss_and_grads(lora, batch)
+        optimizer.step()
+    assert torch.equal(model.language_model.transformer.h[0].attn.c_attn.base_layer.weight, lm_weight)
+    lora.eval()
+    with torch.no_grad():
+        logits = lora(**batch).logits
+    lora.save_pretrained(tmp_path / "lora")
+
+    reloaded = PeftModel.from_pretrained(_model()[0], tmp_path / "lora").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(**batch).logits, logits)
+        base_logits = _model()[0](**batch).logits
+    assert not torch.allclose(base_logits, logits)  # the trained LoRA and adapter change the output
+    generated = reloaded.generate(pixel_values=batch["pixel_values"], max_new_tokens=3, do_sample=False)
+    assert generated.shape == (2, 3)
+
+
 def test_round_trip_and_bad_inputs(tmp_path):
     from transformers import AutoModelForImageTextToText
 
