@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from datetime import date
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 from transformers import CLIPTextConfig, CLIPVisionConfig
 
 from modeling_bridge import BridgeConfig
@@ -153,9 +153,27 @@ def peak_memory(device: torch.device):
         result["peak_mib"] = max(0, max(peak[0], _rss_bytes()) - start) / 2**20
 
 
+def _cpu_attention_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+def _cpu_attention_backward_flops(grad_shape, query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs):
+    return sdpa_backward_flop_count(grad_shape, query_shape, key_shape, value_shape)
+
+
+# `torch.utils.flop_counter` has formulas for the CUDA attention kernels but not for the CPU flash kernel that SDPA
+# picks on CPU (always in bf16, often in float32), whose FLOPs it would silently leave out: the CUDA kernels' formulas
+# for it (as for them, the backward counts the recomputed attention scores).
+CPU_ATTENTION_FLOPS = {
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_attention_flops,
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: _cpu_attention_backward_flops,
+}
+
+
 def count_flops(fn) -> int:
-    """FLOPs of one call of `fn` (matrix multiplications and attention, as `torch.utils.flop_counter` counts them)."""
-    counter = FlopCounterMode(display=False)
+    """FLOPs of one call of `fn` (matrix multiplications and attention, as `torch.utils.flop_counter` counts them,
+    with the CPU attention kernel added)."""
+    counter = FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION_FLOPS)
     with counter:
         fn()
     return counter.get_total_flops()
