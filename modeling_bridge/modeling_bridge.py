@@ -256,6 +256,10 @@ class BridgeCrossAttention(nn.Module):
         bias = key_padding_bias
         if self.position_bias is not None:
             position_bias = self.position_bias[:num_queries, :num_keys].to(query.dtype)
+            if not torch.is_grad_enabled():
+                # A slice of a parameter still requires grad under no_grad, and SDPA's CPU flash kernel refuses a
+                # mask that does: without this, inference would fall back to the math kernel.
+                position_bias = position_bias.detach()
             bias = position_bias if bias is None else bias + position_bias
         attention_interface = bridge_eager_attention_forward
         if not output_attentions:

@@ -43,6 +43,23 @@ def test_compiled_interaction_layers_give_the_same_scores():
     torch.testing.assert_close(compiled.itm_logits, expected.itm_logits, atol=1e-5, rtol=1e-5)
 
 
+def test_inference_runs_on_sdpa_flash_kernel_with_the_math_kernels_scores():
+    """The learned positional bias is a parameter: sliced under no_grad it would still require grad, which SDPA's CPU
+    flash kernel refuses (forcing that kernel would then raise). Both directions of every layer must take it."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    model = make_model().eval()
+    vision, text, mask = encoded(model)
+    with torch.no_grad():
+        with sdpa_kernel(SDPBackend.MATH):
+            expected = model.pairwise_interaction(vision, text, mask)
+        with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+            flash = model.pairwise_interaction(vision, text, mask)
+    # online softmax vs materialised probabilities: float32 rounding over a few dozen keys
+    torch.testing.assert_close(flash.fused_logits, expected.fused_logits, atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(flash.itm_logits, expected.itm_logits, atol=1e-5, rtol=1e-5)
+
+
 def meta_model(cls):
     with torch.device("meta"):
         return cls._from_config(make_config(), attn_implementation="eager")
@@ -177,6 +194,34 @@ def test_reranking_projects_only_the_texts_it_scores():
     torch.testing.assert_close(chosen, reference, atol=1e-6, rtol=1e-6)
 
 
+def load_benchmark_module(name: str):
+    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_counted_flops_do_not_depend_on_the_attention_kernel():
+    """The benchmarks' FLOP count of fused scoring is the same whichever SDPA kernel runs: the math path (matrix
+    products), the CPU flash kernel (which `torch.utils.flop_counter` alone does not count), float32 or bf16."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    count_flops = load_benchmark_module("common").count_flops
+    model = make_model().eval()
+    vision, text, mask = encoded(model)
+
+    def fused(bf16: bool):
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            model.pairwise_interaction(vision, text, mask)
+
+    with sdpa_kernel(SDPBackend.MATH):
+        math_flops = count_flops(lambda: fused(False))
+    with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+        assert count_flops(lambda: fused(False)) == math_flops
+    assert count_flops(lambda: fused(False)) == math_flops
+    assert count_flops(lambda: fused(True)) == math_flops
+
+
 def run_suite(tmp_path, **env) -> subprocess.CompletedProcess:
     # WHEELS: an empty folder, so that wheels a developer fetched for a GPU run (.whl/) are not installed here
     environment = {**os.environ, "PYTHON": sys.executable, "OUT": str(tmp_path / "out"), "WHEELS": str(tmp_path)}
@@ -235,10 +280,7 @@ def test_gpu_suite_runs_its_parts_in_smoke_mode(tmp_path):
 
 
 def test_gpu_suite_summary_marks_parts_without_results(tmp_path):
-    spec = importlib.util.spec_from_file_location("benchmark_summarize", BENCHMARKS / "summarize.py")
-    summarize = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(summarize)
-    result = summarize.main([str(tmp_path), "--device", "cpu"])
+    result = load_benchmark_module("summarize").main([str(tmp_path), "--device", "cpu"])
     assert {row["met"] for row in result["targets"]} == {"missing"}
     assert result["matmul"]["flops_per_s"] > 0
     assert json.loads((tmp_path / "summary.json").read_text())["targets"] == result["targets"]
