@@ -72,16 +72,21 @@ def main(argv=None):
     parser.add_argument("--text_length", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--compile", action="store_true", help="torch.compile each interaction layer")
+    parser.add_argument(
+        "--num_hard_negatives", type=int, default=None, help="negatives mined per anchor (default: the config's, 3)"
+    )
     parser.add_argument("--output", default=None, help="write the results here as JSON")
     args = parse_arguments(parser, argv, dict(size="tiny", device="cpu", batch_size=16, text_length=16))
     device = resolve_device(args.device)
     if args.bf16 is None:
         args.bf16 = device.type == "cuda"
     env = environment(device, " ".join(sys.argv))
-    print(f"{env}\nsize {args.size}, batch {args.batch_size}, bf16 autocast {args.bf16}\n")
+    print(f"{env}\nsize {args.size}, batch {args.batch_size}, bf16 autocast {args.bf16}")
 
     torch.manual_seed(0)
-    base = BridgeForPreTraining(clip_bridge_config(args.size)).to(device)
+    overrides = {} if args.num_hard_negatives is None else {"num_hard_negatives": args.num_hard_negatives}
+    base = BridgeForPreTraining(clip_bridge_config(args.size, **overrides)).to(device)
+    print(f"{base.config.num_hard_negatives} negatives mined per anchor\n")
     batch = make_batch(base.config, args.batch_size, args.text_length, device)
     with torch.no_grad():
         states = {

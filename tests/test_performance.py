@@ -294,3 +294,17 @@ def test_gpu_suite_stops_at_once_where_the_package_cannot_be_imported(tmp_path):
     assert suite.returncode == 1
     assert "no torch here" in suite.stdout
     assert sorted(path.name for path in (tmp_path / "out").iterdir()) == ["suite.log"]  # no part ran
+
+
+def test_training_benchmark_mines_the_negatives_it_is_given():
+    """`--num_hard_negatives k` brings 1 + 2k pairs per sample through the interaction (the positive, k negatives per
+    image and per text): from cached tower states, where the interaction is nearly all the work (about 95% at these
+    sizes), 3 negatives cost a little under 7/3 the FLOPs of 1."""
+    training_step = load_benchmark_module("training_step")
+
+    def cached_state_flops(*negatives: str) -> float:
+        steps = training_step.main(["--regression", "--rounds", "1", *negatives])["steps"]
+        return {row["variant"]: row["GFLOP / step"] for row in steps}["stage A, cached states"]
+
+    ratio = cached_state_flops() / cached_state_flops("--num_hard_negatives", "1")
+    assert 2.0 < ratio < 7 / 3
