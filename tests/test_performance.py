@@ -85,10 +85,16 @@ def test_fused_scoring_needs_no_host_sync():
     assert model.interact(vision, text, attention_mask, image_index, text_index).fused_logits.shape == (2,)
 
 
-@pytest.mark.parametrize("raw_images", [False, True], ids=["cached tower states", "raw images"])
-def test_stage_a_training_step_needs_no_host_sync(raw_images):
+@pytest.mark.parametrize(
+    "raw_images, train_vision_tower",
+    [(False, False), (True, False), (True, True)],
+    ids=["stage A, cached tower states", "stage A, raw images", "stage C vision tower, raw images"],
+)
+def test_training_step_needs_no_host_sync(raw_images, train_vision_tower):
+    """Forward and backward of a pre-training step on meta tensors. The text tower gets its cached states (see above);
+    the vision tower runs frozen (stage A) or trainable (as in stage C)."""
     model = meta_model(BridgeForPreTraining)
-    model.bridge.vision_model.requires_grad_(False)
+    model.bridge.vision_model.requires_grad_(train_vision_tower)
     model.bridge.text_model.requires_grad_(False)
     model.train()
     pixel_values, input_ids, attention_mask = (t.to("meta") for t in random_inputs(4, 4))
@@ -106,6 +112,7 @@ def test_stage_a_training_step_needs_no_host_sync(raw_images):
     loss.backward()
     assert loss.device.type == "meta"
     assert all(p.grad is not None for p in model.bridge.interaction_layers.parameters())
+    assert all((p.grad is not None) == train_vision_tower for p in model.bridge.vision_model.parameters())
 
 
 def test_autocast_runs_the_interaction_in_bfloat16():
