@@ -836,7 +836,10 @@ class BridgeModel(BridgePreTrainedModel):
             raise ValueError(f"input_ids must have shape (batch, sequence_length), got {tuple(input_ids.shape)}.")
         if input_ids.shape[0] == 0:
             raise ValueError("No text given (input_ids has 0 rows): pass at least one text / candidate label.")
-        if input_ids.device.type == "cpu" or self.check_token_ids:
+        # Reading the ids is a host sync: on CPU it is free and the embedding's own error is obscure; on an accelerator
+        # only on request. Skipped under torch.compile, where it would break the graph (an out-of-range id still
+        # fails in the compiled embedding's bounds check).
+        if (input_ids.device.type == "cpu" or self.check_token_ids) and not torch.compiler.is_compiling():
             self._check_token_id_range(input_ids, token_type_ids)
 
     def _check_token_id_range(self, input_ids, token_type_ids):

@@ -43,6 +43,38 @@ def test_compiled_interaction_layers_give_the_same_scores():
     torch.testing.assert_close(compiled.itm_logits, expected.itm_logits, atol=1e-5, rtol=1e-5)
 
 
+def test_whole_model_compiles_to_one_graph():
+    """`torch.compile(model, fullgraph=True)` (which raises at any graph break, such as a host sync) of fused scoring
+    and of a pre-training step, towers included: the same scores, loss and gradients as eager. AOT autograd without
+    code generation (`aot_eager`), so that the test checks the capture in seconds; inductor adds code generation."""
+    torch.manual_seed(0)
+    pixel_values, input_ids, attention_mask = random_inputs(3, 4)
+    model = make_model().eval()
+    with torch.no_grad():
+        expected = model(input_ids=input_ids, attention_mask=attention_mask, pixel_values=pixel_values, score="fused")
+        compiled = torch.compile(model, backend="aot_eager", fullgraph=True)(
+            input_ids=input_ids, attention_mask=attention_mask, pixel_values=pixel_values, score="fused"
+        )
+    torch.testing.assert_close(compiled.logits_per_image, expected.logits_per_image, atol=1e-5, rtol=1e-5)
+
+    pretraining = BridgeForPreTraining(make_config()).train()
+    for module in pretraining.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0  # equal losses need the same (no) randomness in both runs
+    inputs = dict(input_ids=input_ids[:3], attention_mask=attention_mask[:3], pixel_values=pixel_values)
+    losses, grads = [], []
+    for step in (pretraining, torch.compile(pretraining, backend="aot_eager", fullgraph=True)):
+        pretraining.zero_grad(set_to_none=True)
+        loss = step(**inputs).loss
+        loss.backward()
+        losses.append(loss.detach())
+        grads.append({name: p.grad for name, p in pretraining.named_parameters() if p.grad is not None})
+    torch.testing.assert_close(losses[1], losses[0], atol=1e-5, rtol=1e-5)
+    assert grads[1].keys() == grads[0].keys() and len(grads[0]) > 0
+    for name, grad in grads[0].items():
+        torch.testing.assert_close(grads[1][name], grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
 def test_inference_runs_on_sdpa_flash_kernel_with_the_math_kernels_scores():
     """The learned positional bias is a parameter: sliced under no_grad it would still require grad, which SDPA's CPU
     flash kernel refuses (forcing that kernel would then raise). Both directions of every layer must take it."""
