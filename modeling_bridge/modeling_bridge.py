@@ -460,7 +460,12 @@ class BridgeInteractionEncoder(nn.ModuleList):
         padding_bias = self.text_padding_bias(mask, torch.get_autocast_dtype(device_type) if autocast else text.dtype)
         # Per-layer states are kept only when asked for: holding them all would multiply the memory of each chunk.
         all_vision, all_text, text_attentions, vision_attentions = [vision], [text], [], []
-        for layer in self:
+        # "layer_input" pools the last layer's input projection: unless its outputs are asked for, the last layer's
+        # attention and updates feed nothing, so of that layer only the projection runs.
+        input_projection_only = self.config.cross_embed_source == "layer_input" and not any(
+            (output_attentions, output_hidden_states, output_last_hidden_state)
+        )
+        for layer in list(self)[:-1] if input_projection_only else self:
             vision, text, vision_shared, text_shared, text_probs, vision_probs = layer(
                 vision, text, padding_bias, *cache, output_attentions=output_attentions
             )
@@ -471,7 +476,11 @@ class BridgeInteractionEncoder(nn.ModuleList):
             if output_attentions:
                 text_attentions.append(text_probs)
                 vision_attentions.append(vision_probs)
-        if self.config.cross_embed_source == "output":
+        if input_projection_only:
+            # with one layer, its input projections are the cache's shared states (when it was given)
+            vision_shared = cache[0] if cache else self[-1].project_vision(vision)
+            text_shared = cache[4] if cache else self[-1].project_text(text)
+        elif self.config.cross_embed_source == "output":
             vision_shared, text_shared = self[-1].project_vision(vision), self[-1].project_text(text)
         return BridgeInteractionOutput(
             pooled_vision=pool_tokens(vision_shared, self.config.pooling),

@@ -210,6 +210,38 @@ def test_layer_input_source_with_one_layer_is_a_bi_encoder_and_output_source_is_
 
 
 @torch.no_grad()
+@pytest.mark.parametrize("num_layers", [1, 2])
+def test_layer_input_source_skips_the_last_layers_attention_without_changing_scores(num_layers):
+    """ "layer_input" pools the last layer's input projection, which its attention does not touch: scores equal the
+    full stack's (run when its states are requested), with the last layer's attention not run at all."""
+    model = make_model(num_interaction_layers=num_layers, cross_embed_source="layer_input")
+    pixel_values, input_ids, attention_mask = random_inputs(2, 3)
+    calls = []
+    last = model.interaction_layers[-1]
+    for attention in (last.text_attention, last.vision_attention):
+        attention.register_forward_hook(lambda *args: calls.append(1))
+
+    def fused(**flags):
+        return model(
+            input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask, score="fused", **flags
+        )
+
+    full = fused(output_hidden_states=True)
+    assert calls  # the full stack runs it
+    calls.clear()
+    skipped = fused()
+    assert calls == []
+    torch.testing.assert_close(skipped.logits_per_image, full.logits_per_image, atol=0, rtol=0)
+    # aligned pairs (no layer-1 cache) as pre-training's positives run them
+    vision = model.get_image_features(pixel_values).last_hidden_state
+    text = model.get_text_features(input_ids[:2], attention_mask[:2]).last_hidden_state
+    aligned = model.interaction_layers(vision, text, attention_mask[:2])
+    reference = model.interaction_layers(vision, text, attention_mask[:2], output_last_hidden_state=True)
+    torch.testing.assert_close(aligned.pooled_vision, reference.pooled_vision, atol=0, rtol=0)
+    torch.testing.assert_close(aligned.pooled_text, reference.pooled_text, atol=0, rtol=0)
+
+
+@torch.no_grad()
 def test_eager_and_sdpa_attention_agree():
     pixel_values, input_ids, attention_mask = random_inputs(2, 3)
     sdpa = make_model(attn_implementation="sdpa")
