@@ -229,9 +229,14 @@ def parse_arguments(parser, argv, regression_defaults: dict):
 
 
 def resolve_device(name: str) -> torch.device:
+    """`--device`: auto (a GPU if there is one), cpu, cuda, cuda:1, ...; ValueError for a name torch does not know
+    or a GPU that is not there (the commands print it as one `error: ...` line)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device {name!r} is not a device; use auto, cpu or cuda.") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("error: --device cuda was given but no CUDA device is available; use --device cpu.")
+        raise ValueError("--device cuda was given but no CUDA device is available; use --device cpu.")
     return device

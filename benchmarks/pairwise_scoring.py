@@ -21,6 +21,8 @@ from pathlib import Path
 import torch
 
 from modeling_bridge import BridgeConfig, BridgeModel
+from modeling_bridge.command_line import check_int, check_ints, check_results_file, parse_int_list
+from modeling_bridge.hub_utils import run_command
 
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -50,6 +52,18 @@ def random_inputs(config, n_images: int, n_texts: int, length: int, device):
     return torch.randn(n_images, 3, side, side, generator=g).to(device), input_ids.to(device)
 
 
+def load_config(path: str) -> BridgeConfig:
+    if not Path(path).is_file():
+        raise FileNotFoundError(
+            f"--config {path} does not exist or is not a file; give a BridgeConfig JSON (e.g. "
+            "configuration/bridge-tiny.json), or --size base / tiny."
+        )
+    try:
+        return BridgeConfig.from_json_file(path)
+    except (TypeError, ValueError, OSError) as error:
+        raise ValueError(f"--config {path}: {' '.join(str(error).split())}") from None
+
+
 @torch.no_grad()
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -61,18 +75,24 @@ def main(argv=None):
     parser.add_argument("--n_texts", type=int, default=16)
     parser.add_argument("--text_length", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--chunk_sizes", type=lambda s: [int(x) for x in s.split(",")], default=[16, 64, 256])
+    parser.add_argument("--chunk_sizes", default="16,64,256", help="pair_chunk_size values, comma-separated")
     parser.add_argument("--skip_per_pair", action="store_true", help="skip part 1 (slow at paper size)")
     parser.add_argument("--compile", action="store_true", help="torch.compile each interaction layer")
     parser.add_argument("--output", default=None, help="write the results here as JSON")
-    args = parse_arguments(parser, argv, dict(size=None, device="cpu", n_images=6, n_texts=6, chunk_sizes=[8, 64]))
+    args = parse_arguments(parser, argv, dict(size=None, device="cpu", n_images=6, n_texts=6, chunk_sizes="8,64"))
+    check_ints(args, "n_images", "n_texts", "repeats")
+    args.chunk_sizes = parse_int_list(args.chunk_sizes, "--chunk_sizes")
+    if args.output:
+        check_results_file(args.output)
     device = resolve_device(args.device)
     if args.bf16 is None:
         args.bf16 = device.type == "cuda"
     if args.size:
         config = clip_bridge_config(args.size)
     else:
-        config = BridgeConfig.from_json_file(args.config)
+        config = load_config(args.config)
+    longest = config.max_text_positions
+    check_int(args.text_length, "--text_length", maximum=longest, maximum_is="the model's max_text_positions")
     torch.manual_seed(0)
     model = BridgeModel(config).to(device).eval()
     if args.compile:
@@ -146,4 +166,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_command(main))

@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import resource
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -24,7 +25,9 @@ import torch
 from transformers import AutoModel, AutoProcessor
 
 import modeling_bridge  # noqa: F401  (registers BRIDGE with the Auto classes)
+from modeling_bridge.command_line import check_int, check_ints, check_results_file, parse_int_list
 from modeling_bridge.data import load_bridge_shapes
+from modeling_bridge.hub_utils import check_model_path, explain_load_error, run_command
 from modeling_bridge.retrieval import GalleryItems, build_gallery, search
 
 
@@ -42,6 +45,16 @@ def hits_at_1(indices: torch.Tensor, captions: list[str], queries: list[str]) ->
     return [captions[int(top)] == query for top, query in zip(indices[:, 0], queries)]
 
 
+def check_arguments(args) -> None:
+    """Every argument's range, before any model is loaded (`--k` becomes a sorted list of ints)."""
+    check_ints(args, "gallery_size", "batch_size")
+    check_int(args.num_queries, "--num_queries", maximum=args.gallery_size, maximum_is="--gallery_size")
+    check_int(args.exact_queries, "--exact_queries", maximum=args.num_queries, maximum_is="--num_queries")
+    args.k = sorted(parse_int_list(args.k, "--k"))
+    check_model_path(args.model_name_or_path)
+    check_results_file(args.output, inputs={args.model_name_or_path: "the model folder (--model_name_or_path)"})
+
+
 @torch.no_grad()
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -54,10 +67,14 @@ def main(argv=None):
     parser.add_argument("--rerank", default="fused", choices=["fused", "itm"])
     parser.add_argument("--output", default="outputs/benchmarks/search_speed.json")
     args = parser.parse_args(argv)
+    check_arguments(args)
 
     torch.manual_seed(0)
-    model = AutoModel.from_pretrained(args.model_name_or_path).eval()
-    processor = AutoProcessor.from_pretrained(args.model_name_or_path)
+    try:
+        model = AutoModel.from_pretrained(args.model_name_or_path).eval()
+        processor = AutoProcessor.from_pretrained(args.model_name_or_path)
+    except OSError as error:
+        raise explain_load_error(args.model_name_or_path, "model", error) from None
     rows, seconds_data = timed(lambda: load_bridge_shapes(num_train=args.gallery_size, seed=7)["train"])
     captions = rows["caption"]
     queries = captions[: args.num_queries]
@@ -83,7 +100,7 @@ def main(argv=None):
         ),
     }
 
-    ks = sorted({int(k) for k in args.k.split(",")})
+    ks = args.k
     exact = args.exact_queries
     rows_out = {}
     unimodal, seconds = timed(lambda: search(model, processor, gallery, queries, k=1, rerank=None))
@@ -132,4 +149,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_command(main))

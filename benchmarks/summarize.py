@@ -21,6 +21,8 @@ import torch
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from common import device_name, peak_flops, print_table, resolve_device, synchronize, write_results  # noqa: E402
 
+from modeling_bridge.hub_utils import run_command  # noqa: E402
+
 
 def matmul_ceiling(device: torch.device) -> dict:
     """Median FLOP/s of a large random matrix product: bf16 8192^3 on a GPU, float32 1024^3 on CPU (a smoke run)."""
@@ -99,6 +101,10 @@ def main(argv=None) -> dict:
     parser.add_argument("folder", type=Path)
     parser.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
+    if not args.folder.is_dir():
+        raise FileNotFoundError(
+            f"{args.folder} is not a folder; give the folder benchmarks/gpu_suite.sh wrote its results to."
+        )
     device = resolve_device(args.device)
     results = {name: load(args.folder, name) for name in ("zero_shot", "pairwise", "pairwise_compiled", "training")}
     peak, ceiling = peak_flops(device), matmul_ceiling(device)
@@ -114,4 +120,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_command(main))

@@ -18,10 +18,13 @@ import sys
 import torch
 
 from modeling_bridge import BridgeForPreTraining
+from modeling_bridge.command_line import check_int, check_ints, check_results_file
+from modeling_bridge.hub_utils import run_command
 
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from common import (  # noqa: E402
+    SIZES,
     clip_bridge_config,
     count_flops,
     environment,
@@ -77,6 +80,13 @@ def main(argv=None):
     )
     parser.add_argument("--output", default=None, help="write the results here as JSON")
     args = parse_arguments(parser, argv, dict(size="tiny", device="cpu", batch_size=16, text_length=16))
+    check_int(args.batch_size, "--batch_size", minimum=2)  # the contrastive losses need 2 pairs per step
+    longest = SIZES[args.size]["text"]["max_position_embeddings"]
+    check_int(args.text_length, "--text_length", maximum=longest, maximum_is="the text tower's positions")
+    check_ints(args, "rounds")
+    check_ints(args, "num_hard_negatives", optional=True)
+    if args.output:
+        check_results_file(args.output)
     device = resolve_device(args.device)
     if args.bf16 is None:
         args.bf16 = device.type == "cuda"
@@ -145,4 +155,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_command(main))

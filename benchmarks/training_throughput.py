@@ -23,7 +23,9 @@ from transformers import ResNetConfig, ResNetModel
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 import run_demo  # noqa: E402  (builds the demo's towers and models)
 
+from modeling_bridge.command_line import check_int, check_ints  # noqa: E402
 from modeling_bridge.data import BridgeDataCollator, load_bridge_shapes  # noqa: E402
+from modeling_bridge.hub_utils import run_command  # noqa: E402
 from modeling_bridge.training import TowerStateCollator, cache_tower_states  # noqa: E402
 
 
@@ -36,13 +38,16 @@ def step_time(model, batch, optimizer) -> float:
     return time.perf_counter() - start
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch_size", type=int, default=48)
     parser.add_argument("--rounds", type=int, default=12)
     parser.add_argument("--num_hard_negatives", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    check_int(args.batch_size, "--batch_size", minimum=2)  # the contrastive losses need 2 pairs per step
+    check_ints(args, "rounds", "num_hard_negatives")
+    check_ints(args, "threads", optional=True)
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -89,4 +94,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_command(main))

@@ -25,6 +25,8 @@ import torch.nn.functional as F
 from transformers import CLIPConfig, CLIPModel
 
 from modeling_bridge import BridgeModel
+from modeling_bridge.command_line import check_int, check_ints, check_results_file, parse_int_list
+from modeling_bridge.hub_utils import check_model_path, explain_load_error, run_command
 
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
@@ -205,8 +207,11 @@ def accuracy(args, device) -> dict:
     import modeling_bridge  # noqa: F401  (registers BRIDGE with the Auto classes)
     from modeling_bridge.data import load_bridge_shapes
 
-    model = AutoModel.from_pretrained(args.model_name_or_path).to(device).eval()
-    processor = AutoProcessor.from_pretrained(args.model_name_or_path)
+    try:
+        model = AutoModel.from_pretrained(args.model_name_or_path).to(device).eval()
+        processor = AutoProcessor.from_pretrained(args.model_name_or_path)
+    except OSError as error:
+        raise explain_load_error(args.model_name_or_path, "model", error) from None
     test = load_bridge_shapes(num_train=16)["test"]
     names = test.features["label"].names
     text = processor(text=names, padding=True, return_tensors="pt").to(device)
@@ -227,6 +232,23 @@ def accuracy(args, device) -> dict:
     return result
 
 
+def check_arguments(args) -> None:
+    """Every argument's range, before any model is built (`--k` becomes a list of ints)."""
+    check_ints(args, "batch_size", "num_labels", "rounds", "zero_shot_rounds")
+    check_ints(args, "pair_chunk_size", optional=True)
+    longest = SIZES[args.size]["text"]["max_position_embeddings"]
+    check_int(args.label_length, "--label_length", minimum=4, maximum=longest, maximum_is="the text tower's positions")
+    check_int(args.num_images, "--num_images", maximum=args.batch_size, maximum_is="--batch_size")
+    check_int(args.per_pair_labels, "--per_pair_labels", maximum=args.num_labels, maximum_is="--num_labels")
+    args.k = parse_int_list(args.k, "--k")
+    inputs = {}
+    if args.model_name_or_path:
+        check_model_path(args.model_name_or_path)
+        inputs[args.model_name_or_path] = "the model folder (--model_name_or_path)"
+    if args.output:
+        check_results_file(args.output, inputs=inputs)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", choices=sorted(SIZES), default="base")
@@ -237,7 +259,7 @@ def main(argv=None):
     parser.add_argument("--num_labels", type=int, default=1000)
     parser.add_argument("--label_length", type=int, default=16, help="tokens per label text, at most")
     parser.add_argument("--num_images", type=int, default=8, help="images per zero-shot call")
-    parser.add_argument("--k", type=lambda s: [int(x) for x in s.split(",")], default=[8, 32, 128])
+    parser.add_argument("--k", default="8,32,128", help="two-stage candidates to re-rank, comma-separated")
     parser.add_argument("--per_pair_labels", type=int, default=16)
     parser.add_argument("--pair_chunk_size", type=int, default=None, help="pairs per interaction pass (config's)")
     parser.add_argument("--rounds", type=int, default=5)
@@ -248,6 +270,7 @@ def main(argv=None):
     args = parse_arguments(
         parser, argv, dict(size="tiny", device="cpu", batch_size=16, num_images=2, num_labels=256, per_pair_labels=8)
     )
+    check_arguments(args)
     device = resolve_device(args.device)
     if args.bf16 is None:
         args.bf16 = device.type == "cuda"
@@ -261,4 +284,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_command(main))

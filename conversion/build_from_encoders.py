@@ -15,6 +15,7 @@ import json
 import sys
 
 from modeling_bridge import BridgeModel, BridgeProcessor
+from modeling_bridge.command_line import check_hub_output_dir, check_ints
 from modeling_bridge.hub_utils import add_hub_arguments, check_upload_possible, publish, run_command
 from modeling_bridge.original_checkpoint import check_model_source
 
@@ -47,6 +48,13 @@ def main(argv=None):
     # A path that does not exist would otherwise reach transformers as a malformed Hub id.
     args.vision_model = check_model_source(args.vision_model, "--vision_model")
     args.text_model = check_model_source(args.text_model, "--text_model")
+    check_ints(args, "num_interaction_layers", "shared_dim", "num_interaction_heads", "projection_dim", optional=True)
+    if not isinstance(args.config_overrides, dict):
+        raise ValueError(
+            '--config_overrides must be a JSON object of BridgeConfig fields, e.g. \'{"pooling": "cls"}\'; got '
+            f"{json.dumps(args.config_overrides)}."
+        )
+    check_hub_output_dir(args)
     fields = {
         k: getattr(args, k)
         for k in ("num_interaction_layers", "shared_dim", "num_interaction_heads", "projection_dim")

@@ -14,6 +14,7 @@ names them.
 import argparse
 import sys
 
+from modeling_bridge.command_line import check_hub_output_dir
 from modeling_bridge.hub_utils import add_hub_arguments, check_upload_possible, publish, run_command
 from modeling_bridge.original_checkpoint import check_model_source, convert_original_checkpoint
 
@@ -37,6 +38,7 @@ def main(argv=None):
     for flag in ("vision_model", "text_model"):  # before reading the checkpoint, which may be large
         if getattr(args, flag) is not None:
             setattr(args, flag, check_model_source(getattr(args, flag), f"--{flag}"))
+    check_hub_output_dir(args)
     model, processor, parsed = convert_original_checkpoint(
         args.checkpoint, args.config, args.vision_model, args.text_model
     )

@@ -14,6 +14,7 @@ import json
 import sys
 from pathlib import Path
 
+from modeling_bridge.command_line import check_hub_output_dir
 from modeling_bridge.hub_utils import add_hub_arguments, check_upload_possible, publish, run_command
 
 
@@ -57,6 +58,12 @@ def main(argv=None):
     check_bridge_folder(model_dir)
     if Path(args.output_dir).resolve() == model_dir.resolve():
         raise ValueError("--output_dir must differ from --model_dir (the folder is rewritten, not edited in place).")
+    if args.processor_dir and not Path(args.processor_dir).is_dir():
+        raise FileNotFoundError(
+            f"--processor_dir {args.processor_dir} is not a folder; give the folder the BridgeProcessor was saved to "
+            "(default: --model_dir)."
+        )
+    check_hub_output_dir(args)
     model = BridgeModel.from_pretrained(model_dir)
     processor_dir = Path(args.processor_dir or model_dir)
     processor = (

@@ -51,6 +51,8 @@ from transformers import (
 
 import modeling_bridge  # noqa: F401  (registers BRIDGE with the Auto classes)
 from modeling_bridge import BridgeForPreTraining, BridgeProcessor
+from modeling_bridge.arrow_cache import file_sha256
+from modeling_bridge.command_line import check_int, check_ints, check_number, check_results_folder
 from modeling_bridge.data import (
     SHAPES_COLORS,
     SHAPES_NAMES,
@@ -63,7 +65,9 @@ from modeling_bridge.hub_utils import run_command
 from modeling_bridge.modeling_bridge import BridgeScalar, keep_frozen_parts_in_eval_mode, pool_tokens
 from modeling_bridge.saving import (
     check_output_dir,
+    foreign_entries,
     make_staging_dir,
+    read_json_object,
     replace_directory,
     write_file_atomically,
     write_json_atomically,
@@ -86,6 +90,7 @@ TOWER_CONFIG = dict(embedding_size=32, hidden_sizes=[32, 64, 128], depths=[1, 1,
 NUM_COLORS, NUM_SHAPES = 6, 4
 # Seeds of the scenes the pre-stage trains on and of the validation gallery, apart from the training rows' seed.
 PRESTAGE_SEED, VALIDATION_SEED = 1000, 2000
+INTERACTION_HEADS = 4  # BRIDGE's attention heads: --shared_dim must be a multiple
 
 
 @dataclass
@@ -187,11 +192,18 @@ def pretrained_shapes_tower(args: DemoArguments, processor, test) -> dict:
     folder = prestage_folder(args)
     settings = {"tower": TOWER_CONFIG, "steps": args.tower_steps, "scenes": 3000, "seed": PRESTAGE_SEED + args.seed}
     info_path = os.path.join(folder, "prestage.json")
-    if os.path.isfile(info_path):
-        with open(info_path, encoding="utf-8") as f:
-            info = json.load(f)
-        if info.get("settings") == settings:
+    info = read_json_object(info_path)  # a damaged record is no match: the folder is replaced as allowed
+    if info is not None and info.get("settings") == settings:
+        weights = os.path.join(folder, "model.safetensors")
+        changed = foreign_entries(folder)
+        if not changed and os.path.isfile(weights) and file_sha256(weights) == info.get("weights_sha256"):
             return info
+        if not args.overwrite:
+            raise ValueError(
+                f"the pre-stage vision tower in {folder} is not as this demo wrote it "
+                f"({', '.join(changed) or 'model.safetensors differs from its recorded sha256'}): delete the folder, "
+                "or pass --overwrite to train it again."
+            )
     check_output_dir(folder, overwrite=args.overwrite)
     started = time.time()
     # Fresh scenes, another seed than the demo's training rows, train families only (their "train" split).
@@ -223,6 +235,7 @@ def pretrained_shapes_tower(args: DemoArguments, processor, test) -> dict:
     }
     staging = make_staging_dir(folder)
     tower.save_pretrained(staging)
+    info["weights_sha256"] = file_sha256(staging / "model.safetensors")
     with open(staging / "prestage.json", "w", encoding="utf-8") as f:
         json.dump(info, f, indent=1)
     replace_directory(staging, folder)
@@ -291,7 +304,7 @@ def build_models(args: DemoArguments, vision_dir: str, text_path: str):
         num_vision_positions=TOWER_GRID * TOWER_GRID,
         num_interaction_layers=args.interaction_layers,
         shared_dim=args.shared_dim,
-        num_interaction_heads=4,
+        num_interaction_heads=INTERACTION_HEADS,
         projection_dim=args.projection_dim,
         max_text_positions=MAX_TEXT_LENGTH,
         num_hard_negatives=args.num_hard_negatives,
@@ -518,10 +531,34 @@ def print_table(title: str, results: dict[str, dict[str, float]]) -> None:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def main(argv=None):
-    (args,) = HfArgumentParser(DemoArguments).parse_args_into_dataclasses(args=argv)
+def check_arguments(args: DemoArguments) -> None:
+    """Everything that can be wrong in the arguments, before the towers are loaded or anything trains."""
     if args.trainable_blocks < 0:
         raise ValueError(f"--trainable_blocks must be >= 0 (0 freezes both towers), got {args.trainable_blocks}.")
+    check_ints(args, "num_train", "max_steps", "tower_steps", "interaction_layers", "projection_dim")
+    check_ints(args, "shared_dim", "num_hard_negatives")
+    check_int(args.batch_size, "--batch_size", minimum=2)  # the contrastive losses need 2 pairs per step
+    check_int(
+        args.num_hardest_negatives,
+        "--num_hardest_negatives",
+        minimum=0,
+        maximum=args.num_hard_negatives,
+        maximum_is="--num_hard_negatives",
+    )
+    check_int(args.seed, "--seed", minimum=0)
+    check_number(args.learning_rate, "--learning_rate", above=0)
+    check_number(args.init_temperature, "--init_temperature", above=0)
+    if args.shared_dim % INTERACTION_HEADS:
+        raise ValueError(
+            f"--shared_dim must be a multiple of {INTERACTION_HEADS} (BRIDGE's attention heads), got "
+            f"{args.shared_dim}."
+        )
+    check_results_folder(args.output_dir)
+
+
+def main(argv=None):
+    (args,) = HfArgumentParser(DemoArguments).parse_args_into_dataclasses(args=argv)
+    check_arguments(args)
     started = time.time()
     text_path = text_tower_path()
     bridge_dir = os.path.join(args.output_dir, "bridge")

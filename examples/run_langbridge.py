@@ -47,13 +47,17 @@ from transformers import (
 
 import modeling_bridge  # noqa: F401  (registers BRIDGE with the Auto classes)
 from modeling_bridge import BridgeForConditionalGeneration, BridgeGenerationProcessor, build_vocabulary_subset
+from modeling_bridge.command_line import check_int, check_ints, check_number, check_results_folder
 from modeling_bridge.data import load_bridge_shapes, parse_shapes_caption
 from modeling_bridge.data.shapes import SHAPES_FAMILIES, _all_captions
-from modeling_bridge.hub_utils import check_model_path, run_command
+from modeling_bridge.hub_utils import check_model_path, explain_load_error, run_command
 from modeling_bridge.saving import write_json_atomically
 
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[EOS]"]
+LM_HEADS = 4  # attention heads of each caption LM: its width must be a multiple
+LM_POSITIONS = 64  # the caption LMs' context: visual tokens, the prompt and the caption
+MAX_NEW_TOKENS = 12  # of a generated caption
 
 
 @dataclass
@@ -148,7 +152,7 @@ def train_caption_lm(args, tokenizer, captions: list[str], side: int, width: int
     """A small GPT-2 trained on caption text only (`lm_corpus`)."""
     torch.manual_seed(seed)
     config = GPT2Config(
-        vocab_size=len(tokenizer), n_embd=width, n_layer=args.lm_layers, n_head=4, n_positions=64,
+        vocab_size=len(tokenizer), n_embd=width, n_layer=args.lm_layers, n_head=LM_HEADS, n_positions=LM_POSITIONS,
         bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
     )  # fmt: skip
     model = GPT2LMHeadModel(config)
@@ -207,7 +211,7 @@ def evaluate_captions(model, processor, rows, batch_size: int = 48) -> dict[str,
     for start in range(0, len(rows), batch_size):
         batch = rows.select(range(start, min(start + batch_size, len(rows))))
         inputs = processor(images=list(batch["image"]), text=[processor.tokenizer.eos_token] * len(batch))
-        tokens = model.generate(**inputs, max_new_tokens=12, do_sample=False)
+        tokens = model.generate(**inputs, max_new_tokens=MAX_NEW_TOKENS, do_sample=False)
         generated += [text.strip() for text in processor.tokenizer.batch_decode(tokens, skip_special_tokens=True)]
     captions = rows["caption"]
     return {
@@ -226,7 +230,7 @@ def text_ceiling(lm, tokenizer, captions: list[str], side: int, seed: int) -> di
     for caption in captions:
         ids = tokenizer(" ".join(scene_words(caption, side, rng)))["input_ids"] + [tokenizer.eos_token_id]
         ids = torch.tensor([ids])
-        tokens = lm.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, do_sample=False)[
+        tokens = lm.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=MAX_NEW_TOKENS, do_sample=False)[
             0, ids.shape[1] :
         ]
         generated.append(tokenizer.decode(tokens, skip_special_tokens=True).strip())
@@ -261,12 +265,40 @@ def save_top_words_figure(model, processor, rows, path: str) -> None:
     plt.close(figure)
 
 
+def check_arguments(args: LangBridgeArguments) -> None:
+    """Everything that can be wrong in the arguments, before any model is loaded or trained."""
+    check_ints(args, "num_train", "lm_steps", "adapter_steps", "batch_size", "lm_layers", "adapter_hidden_size")
+    check_ints(args, "max_eval_samples", optional=True)
+    check_int(args.seed, "--seed", minimum=0)
+    check_number(args.learning_rate, "--learning_rate", above=0)
+    for flag in ("width_a", "width_b"):
+        width = getattr(args, flag)
+        check_int(width, f"--{flag}")
+        if width % LM_HEADS:
+            raise ValueError(
+                f"--{flag} must be a multiple of {LM_HEADS} (the caption LMs' attention heads), got {width}."
+            )
+    check_model_path(args.model_name_or_path)
+    check_results_folder(args.output_dir, inputs={args.model_name_or_path: "the model folder (--model_name_or_path)"})
+
+
 def main(argv=None):
     (args,) = HfArgumentParser(LangBridgeArguments).parse_args_into_dataclasses(args=argv)
-    check_model_path(args.model_name_or_path)
+    check_arguments(args)
+    try:
+        bridge = AutoModel.from_pretrained(args.model_name_or_path).eval()
+        image_processor = AutoProcessor.from_pretrained(args.model_name_or_path).image_processor
+    except OSError as error:
+        raise explain_load_error(args.model_name_or_path, "model", error) from None
+    visual = bridge.config.num_vision_positions
+    if visual + 1 + MAX_NEW_TOKENS > LM_POSITIONS:
+        raise ValueError(
+            f"{args.model_name_or_path} gives {visual} visual tokens per image; with the prompt and a caption of "
+            f"up to {MAX_NEW_TOKENS} tokens they do not fit the caption LMs' context of {LM_POSITIONS} positions. "
+            f"This experiment needs a small feature map (at most {LM_POSITIONS - 1 - MAX_NEW_TOKENS} visual tokens), "
+            "such as make demo's model (16)."
+        )
     os.makedirs(args.output_dir, exist_ok=True)
-    bridge = AutoModel.from_pretrained(args.model_name_or_path).eval()
-    image_processor = AutoProcessor.from_pretrained(args.model_name_or_path).image_processor
     data = load_bridge_shapes(num_train=args.num_train, seed=args.seed)
     rows = data["train"].select_columns(["image", "caption"])
     test = data["test"]
@@ -285,7 +317,8 @@ def main(argv=None):
     }
     ceilings = {name: text_ceiling(lms[name], tokenizers[name], test["caption"], side, args.seed) for name in lms}
     print("LMs given the test scenes as words:", {n: round(c["attribute_accuracy"], 3) for n, c in ceilings.items()})
-    subset = build_vocabulary_subset(tokenizers.values(), language, size=len(words))
+    # every word of the caption language (the special tokens are no words): the subset the adapter weights
+    subset = build_vocabulary_subset(tokenizers.values(), language, size=len(words) - len(SPECIAL_TOKENS))
     print(f"vocabulary subset: {len(subset)} words shared by the three tokenizers")
 
     parts = (args, rows, bridge, image_processor)

@@ -43,6 +43,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone
 
 import modeling_bridge  # noqa: E402,F401  (registers BRIDGE with the Auto classes)
 from modeling_bridge import BridgeForPreTraining, BridgeProcessor  # noqa: E402
+from modeling_bridge.command_line import (  # noqa: E402
+    check_int,
+    check_ints,
+    check_number,
+    check_results_folder,
+    check_training_arguments,
+)
 from modeling_bridge.data import BridgeDataCollator, load_bridge_shapes, load_image_text_dataset  # noqa: E402
 from modeling_bridge.hub_utils import check_model_path, explain_load_error, progress_bars, run_command  # noqa: E402
 from modeling_bridge.saving import check_output_dir  # noqa: E402
@@ -280,8 +287,27 @@ def main(argv: list[str] | None = None) -> dict:
         return finetune(model_args, data_args, training_args)
 
 
+def check_ranges(model_args: ModelArguments, data_args: DataArguments, training_args) -> None:
+    """The numeric arguments' ranges, and that output_dir (checkpoints, lora_results.json) is no file nor inside the
+    model folder."""
+    check_ints(model_args, "lora_r", "lora_alpha")
+    check_number(model_args.lora_dropout, "--lora_dropout", minimum=0, below=1)
+    check_number(model_args.verify_tolerance, "--verify_tolerance", minimum=0)
+    check_ints(data_args, "max_train_samples", "max_eval_samples", optional=True)
+    check_ints(data_args, "shapes_num_train")
+    check_int(data_args.shapes_image_size, "--shapes_image_size", minimum=32)
+    for flag in ("mlm_probability", "mim_probability"):
+        check_number(getattr(data_args, flag), f"--{flag}", minimum=0, maximum=1)
+    check_training_arguments(training_args)
+    check_results_folder(
+        training_args.output_dir,
+        inputs={model_args.model_name_or_path: "the model folder (--model_name_or_path)"},
+    )
+
+
 def finetune(model_args: ModelArguments, data_args: DataArguments, training_args) -> dict:
     """The run itself: checks, model, LoRA, data, Trainer, saves and their verification; returns the results."""
+    check_ranges(model_args, data_args, training_args)
     # Checked before anything is loaded or trained: where the results go, and the batch size.
     (adapter_dir, adapter_protect), (merged_dir, merged_protect) = output_folders(model_args, data_args, training_args)
     if training_args.should_save:

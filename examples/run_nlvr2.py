@@ -24,8 +24,9 @@ from transformers import AutoProcessor, HfArgumentParser, TrainingArguments
 
 import modeling_bridge  # noqa: F401  (registers BRIDGE with the Auto classes)
 from modeling_bridge import BridgeForVisualReasoning
+from modeling_bridge.command_line import check_int, check_ints, check_results_folder, check_training_arguments
 from modeling_bridge.data import load_bridge_shapes_nlvr2, load_nlvr2
-from modeling_bridge.hub_utils import check_model_path, run_command
+from modeling_bridge.hub_utils import check_model_path, explain_load_error, run_command
 from modeling_bridge.saving import check_output_dir, write_json_atomically
 from modeling_bridge.training import BridgeTrainer, save_pretrained_atomically, set_tower_trainable_blocks
 
@@ -87,24 +88,41 @@ class Nlvr2Collator:
         return dict(batch)
 
 
+def check_arguments(args, training_args) -> None:
+    """Everything that can be wrong in the arguments, before any model or data is loaded."""
+    if args.dataset not in ("bridge-shapes", "nlvr2"):
+        raise ValueError(f"--dataset must be bridge-shapes or nlvr2, got {args.dataset!r}.")
+    check_ints(args, "shapes_num_train")
+    check_ints(args, "max_eval_samples", optional=True)
+    check_int(args.tower_trainable_blocks, "--tower_trainable_blocks", minimum=-1)
+    check_training_arguments(training_args)
+    check_model_path(args.model_name_or_path)
+    check_results_folder(
+        training_args.output_dir, inputs={args.model_name_or_path: "the model folder (--model_name_or_path)"}
+    )
+
+
 def main(argv=None):
     parser = HfArgumentParser((Nlvr2Arguments, TrainingArguments))
     args, training_args = parser.parse_args_into_dataclasses(args=argv)
     training_args.remove_unused_columns = False  # rows hold raw images and statements
     training_args.label_names = ["labels"]
-    check_model_path(args.model_name_or_path)
+    check_arguments(args, training_args)
     model_dir = os.path.join(training_args.output_dir, "model")
     check_output_dir(model_dir, overwrite=args.overwrite, protect=[args.model_name_or_path])
     train, evaluation = load_data(args, training_args.seed)
     if args.max_eval_samples is not None:
         evaluation = evaluation.select(range(min(args.max_eval_samples, len(evaluation))))
 
-    model = BridgeForVisualReasoning.from_pretrained(
-        args.model_name_or_path, id2label={0: "False", 1: "True"}, label2id={"False": 0, "True": 1}
-    )
+    try:
+        model = BridgeForVisualReasoning.from_pretrained(
+            args.model_name_or_path, id2label={0: "False", 1: "True"}, label2id={"False": 0, "True": 1}
+        )
+        processor = AutoProcessor.from_pretrained(args.model_name_or_path)
+    except OSError as error:
+        raise explain_load_error(args.model_name_or_path, "model", error) from None
     for tower in (model.bridge.vision_model, model.bridge.text_model):
         set_tower_trainable_blocks(tower, args.tower_trainable_blocks)
-    processor = AutoProcessor.from_pretrained(args.model_name_or_path)
     metric = evaluate.load(METRIC_PATH)
 
     def compute_metrics(prediction):

@@ -36,6 +36,13 @@ from transformers import AutoConfig, AutoModelForPreTraining, HfArgumentParser, 
 
 import modeling_bridge  # noqa: F401  (registers BRIDGE with the Auto classes)
 from modeling_bridge import BridgeConfig, BridgeForPreTraining, BridgeProcessor
+from modeling_bridge.command_line import (
+    check_int,
+    check_ints,
+    check_number,
+    check_results_folder,
+    check_training_arguments,
+)
 from modeling_bridge.data import BridgeDataCollator, load_bridge_shapes, load_image_text_dataset
 from modeling_bridge.hub_utils import check_model_path, explain_load_error, progress_bars, run_command
 from modeling_bridge.saving import check_output_dir
@@ -184,12 +191,16 @@ def check_same_weight_shapes(path: str, saved_config, config, trust_remote_code:
     )
 
 
-def load_model_and_processor(args: ModelArguments, overrides: dict):
+def check_one_model_source(args: ModelArguments) -> None:
     sources = [bool(args.model_name_or_path), bool(args.vision_model or args.text_model), bool(args.config_name)]
     if sum(sources) != 1:
         raise ValueError(
             "give exactly one of --model_name_or_path, --vision_model with --text_model, or --config_name."
         )
+
+
+def load_model_and_processor(args: ModelArguments, overrides: dict):
+    check_one_model_source(args)
     if args.processor_name_or_path:
         check_model_path(args.processor_name_or_path, "processor folder")
     if args.model_name_or_path:
@@ -355,6 +366,20 @@ def cache_splits(model, processor, train, evaluation, data_args: DataArguments, 
     return tuple(splits)
 
 
+def check_ranges(model_args: ModelArguments, data_args: DataArguments, training_args) -> None:
+    """The numeric arguments' ranges, and that the results folder is no file nor inside an input folder."""
+    check_ints(data_args, "max_train_samples", "max_eval_samples", optional=True)
+    check_ints(data_args, "shapes_num_train")
+    check_int(data_args.shapes_image_size, "--shapes_image_size", minimum=32)
+    for flag in ("mlm_probability", "mim_probability"):
+        check_number(getattr(data_args, flag), f"--{flag}", minimum=0, maximum=1)
+    check_training_arguments(training_args)
+    check_results_folder(
+        training_args.output_dir,
+        inputs={model_args.model_name_or_path: "the model folder (--model_name_or_path)"},
+    )
+
+
 def check_batch_size(training_args) -> None:
     """In-batch contrastive losses need 2 pairs per step (all ranks together: they are gathered)."""
     if training_args.per_device_train_batch_size * training_args.world_size < 2:
@@ -381,6 +406,8 @@ def main(argv=None):
 def train(model_args: ModelArguments, data_args: DataArguments, training_args, argv=None):
     """The run itself: checks, model, data, Trainer, final save; returns the trainer."""
     # Everything that can be checked before loading a model or data is checked first.
+    check_one_model_source(model_args)
+    check_ranges(model_args, data_args, training_args)
     stage = load_training_stage(model_args.stage)
     overrides = parse_config_overrides(model_args)
     check_batch_size(training_args)

@@ -24,8 +24,9 @@ import evaluate
 from transformers import AutoModel, AutoProcessor, HfArgumentParser
 
 import modeling_bridge  # noqa: F401  (registers BRIDGE with the Auto classes)
+from modeling_bridge.command_line import check_int, check_ints, check_results_folder, parse_int_list
 from modeling_bridge.data import load_bridge_shapes, load_image_text_dataset
-from modeling_bridge.hub_utils import check_model_path, run_command
+from modeling_bridge.hub_utils import check_model_path, explain_load_error, run_command
 from modeling_bridge.retrieval import build_gallery, search
 from modeling_bridge.saving import write_json_atomically
 from modeling_bridge.visualization import save_search_figure, save_word_attention_figure, word_attention_maps
@@ -72,13 +73,7 @@ def load_pairs(args: RetrievalArguments):
 
 
 def parse_ks(text: str, size: int) -> list[int]:
-    try:
-        ks = sorted({int(k) for k in text.split(",") if k.strip()})
-    except ValueError:
-        raise ValueError(f"--k must be comma-separated positive integers, got {text!r}.") from None
-    if not ks or ks[0] < 1:
-        raise ValueError(f"--k must be comma-separated positive integers, got {text!r}.")
-    return [min(k, size) for k in ks]
+    return sorted({min(k, size) for k in parse_int_list(text, "--k")})
 
 
 def evaluate_direction(model, processor, metric, gallery, queries, ks, args) -> dict[str, dict]:
@@ -140,13 +135,26 @@ def write_figures(model, processor, image_gallery, text_gallery, images, caption
     print(f"wrote {3 * count} figures to {folder}")
 
 
+def check_arguments(args: RetrievalArguments) -> None:
+    """Everything that can be wrong in the arguments, before any model or data is loaded."""
+    check_int(args.max_samples, "--max_samples", minimum=2, optional=True)  # retrieval needs 2 pairs
+    check_ints(args, "batch_size")
+    check_int(args.num_figures, "--num_figures", minimum=0)
+    parse_int_list(args.k, "--k")
+    check_model_path(args.model_name_or_path)
+    check_results_folder(args.output_dir, inputs={args.model_name_or_path: "the model folder (--model_name_or_path)"})
+
+
 def main(argv=None):
     (args,) = HfArgumentParser(RetrievalArguments).parse_args_into_dataclasses(args=argv)
-    check_model_path(args.model_name_or_path)
+    check_arguments(args)
     images, captions = load_pairs(args)
     ks = parse_ks(args.k, len(images))
-    model = AutoModel.from_pretrained(args.model_name_or_path).eval()
-    processor = AutoProcessor.from_pretrained(args.model_name_or_path)
+    try:
+        model = AutoModel.from_pretrained(args.model_name_or_path).eval()
+        processor = AutoProcessor.from_pretrained(args.model_name_or_path)
+    except OSError as error:
+        raise explain_load_error(args.model_name_or_path, "model", error) from None
     metric = evaluate.load(METRIC_PATH)
     image_gallery = build_gallery(model, processor, images=images, batch_size=args.batch_size)
     text_gallery = build_gallery(model, processor, texts=captions, batch_size=args.batch_size)

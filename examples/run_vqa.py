@@ -24,8 +24,9 @@ from transformers import AutoProcessor, HfArgumentParser, TrainingArguments
 
 import modeling_bridge  # noqa: F401  (registers BRIDGE with the Auto classes)
 from modeling_bridge import BridgeForQuestionAnswering
+from modeling_bridge.command_line import check_int, check_ints, check_results_folder, check_training_arguments
 from modeling_bridge.data import answer_vocabulary, load_bridge_shapes_vqa, load_vqav2, vqa_soft_targets
-from modeling_bridge.hub_utils import check_model_path, run_command
+from modeling_bridge.hub_utils import check_model_path, explain_load_error, run_command
 from modeling_bridge.saving import check_output_dir, write_json_atomically
 from modeling_bridge.training import BridgeTrainer, save_pretrained_atomically, set_tower_trainable_blocks
 
@@ -89,12 +90,26 @@ class VqaCollator:
         return dict(batch)
 
 
+def check_arguments(args, training_args) -> None:
+    """Everything that can be wrong in the arguments, before any model or data is loaded."""
+    if args.dataset not in ("bridge-shapes", "vqav2"):
+        raise ValueError(f"--dataset must be bridge-shapes or vqav2, got {args.dataset!r}.")
+    check_ints(args, "shapes_num_train", "max_answers")
+    check_ints(args, "max_eval_samples", optional=True)
+    check_int(args.tower_trainable_blocks, "--tower_trainable_blocks", minimum=-1)
+    check_training_arguments(training_args)
+    check_model_path(args.model_name_or_path)
+    check_results_folder(
+        training_args.output_dir, inputs={args.model_name_or_path: "the model folder (--model_name_or_path)"}
+    )
+
+
 def main(argv=None):
     parser = HfArgumentParser((VqaArguments, TrainingArguments))
     args, training_args = parser.parse_args_into_dataclasses(args=argv)
     training_args.remove_unused_columns = False  # rows hold raw images and questions
     training_args.label_names = ["labels"]
-    check_model_path(args.model_name_or_path)
+    check_arguments(args, training_args)
     model_dir = os.path.join(training_args.output_dir, "model")
     check_output_dir(model_dir, overwrite=args.overwrite, protect=[args.model_name_or_path])
     train, evaluation = load_data(args, training_args.seed)
@@ -110,12 +125,15 @@ def main(argv=None):
     if len(train) == 0:
         raise ValueError("No training question has an answer in the vocabulary; raise --max_answers.")
 
-    model = BridgeForQuestionAnswering.from_pretrained(
-        args.model_name_or_path, id2label=dict(enumerate(answers)), label2id=label2id, num_labels=len(answers)
-    )
+    try:
+        model = BridgeForQuestionAnswering.from_pretrained(
+            args.model_name_or_path, id2label=dict(enumerate(answers)), label2id=label2id, num_labels=len(answers)
+        )
+        processor = AutoProcessor.from_pretrained(args.model_name_or_path)
+    except OSError as error:
+        raise explain_load_error(args.model_name_or_path, "model", error) from None
     for tower in (model.bridge.vision_model, model.bridge.text_model):
         set_tower_trainable_blocks(tower, args.tower_trainable_blocks)
-    processor = AutoProcessor.from_pretrained(args.model_name_or_path)
     metric = evaluate.load(METRIC_PATH)
 
     def compute_metrics(prediction):

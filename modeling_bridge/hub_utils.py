@@ -15,7 +15,7 @@ from pathlib import Path
 from huggingface_hub import HfApi, ModelCard, ModelCardData, get_token
 
 from .configuration_bridge import is_local_only_path, tower_hidden_size
-from .saving import apply_default_permissions, check_output_dir, make_staging_dir, replace_directory
+from .saving import OWNERSHIP_FILE, apply_default_permissions, check_output_dir, make_staging_dir, replace_directory
 
 
 BRIDGE_TAGS = ["bridge", "vision-language", "zero-shot-image-classification", "image-text-retrieval", "custom_code"]
@@ -124,8 +124,11 @@ def save_hub_folder(
                 "imported (it registers the classes for auto_map)?"
             )
         apply_default_permissions(staging)
-        check_output_dir(output_dir, overwrite=overwrite, protect=protect, replace_previous_save=False)
-        replace_directory(staging, target)
+        replace_directory(
+            staging,
+            target,
+            check=lambda: check_output_dir(output_dir, overwrite, protect, replace_previous_save=False),
+        )
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -188,7 +191,11 @@ def upload_hub_folder(
     try:
         api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
         commit = api.upload_folder(
-            folder_path=str(folder), repo_id=repo_id, repo_type="model", commit_message=commit_message
+            folder_path=str(folder),
+            repo_id=repo_id,
+            repo_type="model",
+            commit_message=commit_message,
+            ignore_patterns=[OWNERSHIP_FILE],  # local bookkeeping, meaningless in the repo
         )
     except Exception as error:  # network, auth, permission: all end the command with one line
         raise HubUploadError(f"upload of {folder} to {api.endpoint}/{repo_id} failed: {_one_line(error)}") from error

@@ -9,6 +9,7 @@ import json
 import logging as pylogging
 import math
 import os
+import threading
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -567,6 +568,9 @@ def keep_frozen_parts_in_eval_mode(module: nn.Module, towers=()) -> None:
             layer.eval()
 
 
+_SAVE_LOCK = threading.RLock()
+
+
 class BridgePreTrainedModel(PreTrainedModel):
     config_class = BridgeConfig
     config: BridgeConfig
@@ -601,6 +605,10 @@ class BridgePreTrainedModel(PreTrainedModel):
         return self
 
     def save_pretrained(self, save_directory, *args, **kwargs):
+        with _SAVE_LOCK:  # the config is edited below: concurrent saves of one model take turns
+            return self._save_pretrained_with_hub_code(save_directory, *args, **kwargs)
+
+    def _save_pretrained_with_hub_code(self, save_directory, *args, **kwargs):
         # `register_for_auto_class` keeps one class only; the zero-shot pipeline needs all three mappings.
         self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **BRIDGE_AUTO_MAP}
         # Only a VQA model names the VQA pipeline (a BridgeModel saved from a VQA config would load a VQA head).
@@ -784,10 +792,26 @@ class BridgeModel(BridgePreTrainedModel):
 
     # ---------------------------------------------------------------- input checks
 
-    # Checks read shapes and dtypes only, except the token-id range check: on CPU it is cheap and needs no device
-    # sync, so it always runs; on an accelerator it would force a host sync in every forward, so it runs only when
-    # `model.check_token_ids = True` (out-of-range ids there end in a device-side assert instead of a message).
+    # Checks read shapes and dtypes only, except those that read values (token ids in the vocabulary, attention-mask
+    # rows with at least one token, finite pixel values and tower states): on CPU they are cheap and need no device
+    # sync, so they always run; on an accelerator they would force a host sync in every forward, so they run only
+    # when `model.check_token_ids = True` (out-of-range ids there end in a device-side assert, NaN pixels in NaN
+    # scores, instead of a message).
     check_token_ids = False
+
+    def _reads_values(self, tensor: torch.Tensor) -> bool:
+        """Whether the value checks run for `tensor` (see above); never under torch.compile (a graph break)."""
+        return (tensor.device.type == "cpu" or self.check_token_ids) and not torch.compiler.is_compiling()
+
+    def _check_finite(self, tensor: torch.Tensor, name: str, fix: str) -> None:
+        if self._reads_values(tensor):
+            bad = ~torch.isfinite(tensor).flatten(1).all(1)
+            if bool(bad.any()):
+                rows = bad.nonzero().flatten().tolist()
+                shown = ", ".join(map(str, rows[:8])) + (f" and {len(rows) - 8} more" if len(rows) > 8 else "")
+                raise ValueError(
+                    f"{name} hold NaN or infinite values in row(s) {shown}: every score of them would be NaN. {fix}"
+                )
 
     def _check_pixel_values(self, pixel_values):
         if not isinstance(pixel_values, torch.Tensor):
@@ -817,6 +841,11 @@ class BridgeModel(BridgePreTrainedModel):
                 f"pixel_values are {tuple(pixel_values.shape[-2:])} pixels but the vision tower expects {size}; "
                 "resize the images with BridgeProcessor / the model's image processor."
             )
+        self._check_finite(
+            pixel_values,
+            "pixel_values",
+            "Check those images and their preprocessing (BridgeProcessor gives finite values).",
+        )
 
     def _check_text(self, input_ids, attention_mask, token_type_ids):
         for name, tensor in (
@@ -848,8 +877,24 @@ class BridgeModel(BridgePreTrainedModel):
         # Reading the ids is a host sync: on CPU it is free and the embedding's own error is obscure; on an accelerator
         # only on request. Skipped under torch.compile, where it would break the graph (an out-of-range id still
         # fails in the compiled embedding's bounds check).
-        if (input_ids.device.type == "cpu" or self.check_token_ids) and not torch.compiler.is_compiling():
+        if self._reads_values(input_ids):
             self._check_token_id_range(input_ids, token_type_ids)
+            if attention_mask is not None:
+                self._check_attention_mask(attention_mask)
+
+    @staticmethod
+    def _check_attention_mask(attention_mask):
+        if bool(((attention_mask != 0) & (attention_mask != 1)).any()):
+            raise ValueError(
+                f"attention_mask holds values other than 0 and 1 (from {int(attention_mask.min())} to "
+                f"{int(attention_mask.max())}): 1 marks a token, 0 padding, as the tokenizer returns it."
+            )
+        empty = (attention_mask.sum(1) == 0).nonzero().flatten().tolist()
+        if empty:
+            raise ValueError(
+                f"attention_mask row(s) {empty} mark no token at all: a text with no tokens has no score. Remove "
+                "empty texts, or tokenize them with the model's tokenizer (it adds the special tokens)."
+            )
 
     def _check_token_id_range(self, input_ids, token_type_ids):
         vocab_size = self.text_model.get_input_embeddings().num_embeddings
@@ -1429,6 +1474,11 @@ class BridgeForPreTraining(BridgePreTrainedModel):
                 f"{part}_hidden_state has shape {tuple(states.shape)}; this model needs (batch, {length}, {width}) "
                 f"(the {part} tower's final states{'' if part == 'vision' else ' for the given input_ids'})."
             )
+        bridge._check_finite(
+            states,
+            f"{part}_hidden_state",
+            "A tower-state cache holding them is damaged: compute it again (cache_tower_states(..., overwrite=True)).",
+        )
         projection = bridge.vision_unimodal_projection if part == "vision" else bridge.text_unimodal_projection
         states = states.to(projection.weight.dtype)
         return bridge._unimodal_output(
@@ -1721,7 +1771,8 @@ class BridgeForQuestionAnswering(BridgePreTrainedModel):
         Image i with question i (aligned pairs).
 
         labels (`torch.FloatTensor` of shape `(batch, num_labels)`, *optional*): the score of each answer in [0, 1]
-            (soft VQA targets; a one-hot row for a single answer).
+            (soft VQA targets; a one-hot row for a single answer). A score outside [0, 1] is an error (read on CPU;
+            on an accelerator with `check_token_ids`).
         """
         _check_aligned(pixel_values, input_ids, "BridgeForQuestionAnswering", "questions")
         output_attentions = self.bridge._output_flags(output_attentions, None)[0]
@@ -1731,12 +1782,8 @@ class BridgeForQuestionAnswering(BridgePreTrainedModel):
         logits = self.classifier(_pair_features(out))
         loss = None
         if labels is not None:
-            if tuple(labels.shape) != tuple(logits.shape):
-                raise ValueError(
-                    f"labels have shape {tuple(labels.shape)}; VQA labels are soft answer scores of shape (batch, "
-                    f"num_labels) = {tuple(logits.shape)}, one column per answer of config.id2label."
-                )
-            loss = F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype)) * logits.shape[1]
+            labels = _checked_answer_scores(self, labels, logits)
+            loss = F.binary_cross_entropy_with_logits(logits, labels) * logits.shape[1]
         return BridgeForQuestionAnsweringOutput(
             loss=loss,
             logits=logits,
@@ -1825,7 +1872,8 @@ class BridgeForImageTextRetrieval(BridgePreTrainedModel):
         r"""
         Image i with text i (aligned pairs); for every image against every text use `BridgeModel` (`score="itm"`).
 
-        labels (`torch.LongTensor` of shape `(batch,)`, *optional*): 1 where text i describes image i, else 0.
+        labels (`torch.LongTensor` of shape `(batch,)`, *optional*): 1 where text i describes image i, else 0 (-100:
+            left out of the loss). Other values are an error (read on CPU; on an accelerator with `check_token_ids`).
         """
         _check_aligned(pixel_values, input_ids, "BridgeForImageTextRetrieval", "texts")
         output_attentions = self.bridge._output_flags(output_attentions, None)[0]
@@ -1834,7 +1882,7 @@ class BridgeForImageTextRetrieval(BridgePreTrainedModel):
         )
         loss = None
         if labels is not None:
-            loss = _binary_label_loss(out.itm_logits, labels, "image-text match")
+            loss = _binary_label_loss(self, out.itm_logits, labels, "image-text match")
         return BridgeForImageTextRetrievalOutput(
             loss=loss,
             logits=out.itm_logits,
@@ -1865,14 +1913,72 @@ def _check_aligned(pixel_values, input_ids, head: str, texts: str) -> None:
         )
 
 
-def _binary_label_loss(logits: torch.Tensor, labels: torch.Tensor, what: str) -> torch.Tensor:
-    """Cross-entropy of (batch, 2) logits against 0/1 labels, with a clear error for labels of another shape."""
-    if tuple(labels.shape) != (logits.shape[0],) or labels.is_floating_point():
+def _reads_label_values(model: nn.Module, labels: torch.Tensor) -> bool:
+    """Whether a head checks the values of its labels. Reading them is a host sync: on CPU it is free, so always; on
+    an accelerator only on the opt-in of BridgeModel's token-id range check (`check_token_ids = True` on the head or
+    on its `.bridge`); never under torch.compile, where it would break the graph."""
+    if torch.compiler.is_compiling():
+        return False
+    opted_in = getattr(model, "check_token_ids", False) or getattr(model.bridge, "check_token_ids", False)
+    return labels.device.type == "cpu" or bool(opted_in)
+
+
+def _binary_label_loss(model: nn.Module, logits: torch.Tensor, labels, what: str) -> torch.Tensor:
+    """Cross-entropy of (batch, 2) logits against 0/1 labels (-100: a row left out), with one clear error naming the
+    head for labels of another type, shape, dtype or value (values: see `_reads_label_values`)."""
+    head = type(model).__name__
+    expected = f"0 / 1 ({what}: 1 for true), or -100 to leave a row out of the loss"
+    if not isinstance(labels, torch.Tensor):
         raise ValueError(
-            f"labels must be a (batch,) = ({logits.shape[0]},) integer tensor of 0 / 1 ({what}: 1 for true), got "
-            f"{labels.dtype} of shape {tuple(labels.shape)}."
+            f"{head}: labels must be a torch.Tensor of {expected}, got {type(labels).__name__}; e.g. "
+            "torch.tensor([1, 0])."
         )
+    if tuple(labels.shape) != (logits.shape[0],) or labels.is_floating_point() or labels.is_complex():
+        raise ValueError(
+            f"{head}: labels must be a (batch,) = ({logits.shape[0]},) integer tensor of 0 / 1 ({what}: 1 for true), "
+            f"got {labels.dtype} of shape {tuple(labels.shape)}."
+        )
+    labels = labels.long()  # cross_entropy takes int64 class indices only (bool / int32 labels included)
+    if _reads_label_values(model, labels):
+        bad = ((labels != 0) & (labels != 1) & (labels != -100)).nonzero()
+        if bad.numel():
+            row = int(bad[0, 0])
+            raise ValueError(
+                f"{head}: labels[{row}] is {int(labels[row])}; each label must be {expected} (-1 marks an unlabelled "
+                "record: leave such records out of training and evaluation)."
+            )
     return F.cross_entropy(logits, labels.to(logits.device))
+
+
+def _checked_answer_scores(model: nn.Module, labels, logits: torch.Tensor) -> torch.Tensor:
+    """VQA labels as `logits`' dtype, with one clear error naming the head for labels of another type or shape, or
+    (see `_reads_label_values`) with a score outside [0, 1]."""
+    head = type(model).__name__
+    shape = tuple(logits.shape)
+    if not isinstance(labels, torch.Tensor):
+        raise ValueError(
+            f"{head}: labels must be a torch.Tensor of soft answer scores in [0, 1] of shape (batch, num_labels) = "
+            f"{shape}, got {type(labels).__name__}."
+        )
+    if tuple(labels.shape) != shape:
+        raise ValueError(
+            f"{head}: labels have shape {tuple(labels.shape)}; VQA labels are soft answer scores of shape (batch, "
+            f"num_labels) = {shape}, one column per answer of config.id2label."
+        )
+    if labels.is_complex():
+        raise ValueError(f"{head}: labels have dtype {labels.dtype}; VQA labels are real answer scores in [0, 1].")
+    scores = labels.to(logits.dtype)
+    if _reads_label_values(model, scores):
+        bad = (~((scores >= 0) & (scores <= 1))).nonzero()  # NaN included
+        if bad.numel():
+            row, column = (int(i) for i in bad[0])
+            answer = model.config.id2label.get(column, column)
+            raise ValueError(
+                f"{head}: labels[{row}, {column}] (answer {answer!r}) is {float(scores[row, column])}; VQA labels are "
+                "answer scores in [0, 1] (e.g. min(1, annotators / 3), as modeling_bridge.data.vqa_soft_targets "
+                "gives), 0 for the answers not given."
+            )
+    return scores
 
 
 @dataclass
@@ -1929,7 +2035,8 @@ class BridgeForVisualReasoning(BridgePreTrainedModel):
         r"""
         pixel_values (`torch.FloatTensor` of shape `(batch, num_images, channels, height, width)`): the images of each
             statement, left first (`config.num_images`, 2 for NLVR2).
-        labels (`torch.LongTensor` of shape `(batch,)`, *optional*): 1 where the statement is true, else 0.
+        labels (`torch.LongTensor` of shape `(batch,)`, *optional*): 1 where the statement is true, else 0 (-100:
+            left out of the loss). Other values are an error (read on CPU; on an accelerator with `check_token_ids`).
         """
         num_images = self.config.num_images
         if input_ids is None or pixel_values is None:
@@ -1953,7 +2060,7 @@ class BridgeForVisualReasoning(BridgePreTrainedModel):
             output_attentions=output_attentions,
         )
         logits = self.classifier(_pair_features(out).view(batch, -1))
-        loss = None if labels is None else _binary_label_loss(logits, labels, "statement")
+        loss = None if labels is None else _binary_label_loss(self, logits, labels, "statement")
         return BridgeForVisualReasoningOutput(
             loss=loss,
             logits=logits,

@@ -10,6 +10,7 @@ Hub code: imports only torch, transformers and its siblings.
 
 from __future__ import annotations
 
+import operator
 from collections import Counter
 from collections.abc import Iterable
 
@@ -23,6 +24,26 @@ from .modeling_bridge import BridgeModel, keep_frozen_parts_in_eval_mode
 
 
 logger = logging.get_logger(__name__)
+
+# What `generate` adds when neither the call nor a generation config sets max_new_tokens or max_length (transformers'
+# global default max_length, counted in new tokens when generation starts from embeddings).
+DEFAULT_NEW_TOKENS = 20
+
+
+def _as_int(value) -> int | None:
+    """`value` as an int when it is an integer (Python, NumPy or torch; not a bool), else None."""
+    try:
+        return None if isinstance(value, bool) else operator.index(value)
+    except TypeError:
+        return None
+
+
+def _positive_int(value, name: str, where: str = "") -> int:
+    """`value` as an int when it is a positive integer; otherwise a ValueError naming `name`."""
+    number = _as_int(value)
+    if number is None or number < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}{where}.")
+    return number
 
 
 def single_token_id(tokenizer, word: str) -> int | None:
@@ -39,10 +60,20 @@ def single_token_id(tokenizer, word: str) -> int | None:
 def build_vocabulary_subset(tokenizers, corpus: Iterable[str], size: int) -> list[str]:
     """The `size` words a LangBridge adapter weights: words that are a single token in every one of `tokenizers`,
     most frequent first in the reference `corpus` (ties alphabetically), then the other such words of the first
-    tokenizer's vocabulary (in its id order) if the corpus has too few. Words are lower-cased, split on whitespace,
-    with surrounding punctuation removed."""
-    if size < 1:
-        raise ValueError(f"size must be a positive integer, got {size}.")
+    tokenizer's vocabulary (in its id order) if the corpus has too few, with a warning naming them (such words never
+    occur in the corpus; fewer than `size` words come back, also with a warning, when even the vocabulary runs out).
+    Words are lower-cased, split on whitespace, with surrounding punctuation removed."""
+    size = _positive_int(size, "build_vocabulary_subset: size")
+    if callable(tokenizers) or isinstance(tokenizers, str):
+        raise ValueError(
+            "build_vocabulary_subset takes a list of tokenizers (the LMs' that the subset must fit), got one "
+            f"{type(tokenizers).__name__}; pass [tokenizer]."
+        )
+    if isinstance(corpus, str):
+        raise ValueError(
+            "build_vocabulary_subset takes the corpus as a list of texts, got one string (it would be read "
+            "character by character); pass [text]."
+        )
     tokenizers = list(tokenizers)
     if not tokenizers:
         raise ValueError("build_vocabulary_subset needs at least one tokenizer.")
@@ -53,7 +84,8 @@ def build_vocabulary_subset(tokenizers, corpus: Iterable[str], size: int) -> lis
         return all(single_token_id(tokenizer, word) is not None for tokenizer in tokenizers)
 
     subset = [word for word in sorted(counts, key=lambda w: (-counts[w], w)) if shared(word)][:size]
-    if len(subset) < size:
+    from_corpus = len(subset)
+    if from_corpus < size:
         chosen = set(subset)
         first = tokenizers[0]
         for token_id in range(len(first)):
@@ -63,6 +95,21 @@ def build_vocabulary_subset(tokenizers, corpus: Iterable[str], size: int) -> lis
                 chosen.add(word)
                 if len(subset) == size:
                     break
+        added = subset[from_corpus:]
+        message = (
+            f"build_vocabulary_subset: the corpus has {from_corpus} distinct words that are a single token of every "
+            f"tokenizer, fewer than size={size}."
+        )
+        if added:
+            shown = ", ".join(added[:10]) + (", ..." if len(added) > 10 else "")
+            message += (
+                f" Added {len(added)} words of the first tokenizer's vocabulary, in id order, that are not in the "
+                f"corpus: {shown}."
+            )
+        if len(subset) < size:
+            message += f" No other word qualifies: the subset has {len(subset)} words, not {size}."
+        fix = f", or size={from_corpus} to keep the corpus words only" if from_corpus else ""
+        logger.warning(f"{message} Pass a corpus with more distinct words{fix}.")
     return subset
 
 
@@ -164,6 +211,11 @@ class BridgeForConditionalGeneration(PreTrainedModel, GenerationMixin):
 
     def _bind(self, tokenizer) -> int:
         """Look the subset words up in `tokenizer` (the LM's): returns how many it lacks."""
+        if tokenizer is None or not callable(tokenizer) or not hasattr(tokenizer, "decode"):
+            raise ValueError(
+                "A LangBridge adapter needs the language model's tokenizer, to find the rows of its subset words in "
+                f"the LM's embeddings; got {type(tokenizer).__name__}."
+            )
         ids = subset_token_ids(tokenizer, self.config.vocabulary_subset)
         if (ids < 0).all():
             raise ValueError(
@@ -249,6 +301,17 @@ class BridgeForConditionalGeneration(PreTrainedModel, GenerationMixin):
         rows = self.language_model.get_input_embeddings().weight[ids.clamp(min=0)]
         return self.adapter(states.to(self.adapter.mlp[0].weight.dtype), rows, available)
 
+    def _context_limit(self) -> tuple[int | None, str]:
+        """(positions the language model takes, the name of its config field), e.g. (1024, "n_positions") for GPT-2;
+        (None, "") for an LM whose config names no limit."""
+        config = self.language_model.config
+        aliases = getattr(config, "attribute_map", {})
+        for name in ("max_position_embeddings", "n_positions"):
+            limit = getattr(config, name, None)
+            if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0:
+                return limit, aliases.get(name, name)
+        return None, ""
+
     def _lm_inputs(self, pixel_values, input_ids, attention_mask, labels, bridge_input_ids, bridge_attention_mask):
         prefix, _ = self.prefix_embeddings(pixel_values, bridge_input_ids, bridge_attention_mask)
         batch, num_prefix = prefix.shape[:2]
@@ -257,9 +320,12 @@ class BridgeForConditionalGeneration(PreTrainedModel, GenerationMixin):
             input_ids = torch.zeros(batch, 0, dtype=torch.long, device=device)
         if input_ids.shape[0] != batch:
             raise ValueError(f"Got {batch} images and {input_ids.shape[0]} texts; give one text per image.")
-        limit = getattr(self.language_model.config, "max_position_embeddings", None) or getattr(
-            self.language_model.config, "n_positions", None
-        )
+        if attention_mask is not None and attention_mask.shape != input_ids.shape:
+            raise ValueError(
+                f"attention_mask has shape {tuple(attention_mask.shape)} but input_ids {tuple(input_ids.shape)}: give "
+                "one mask value per text token (the processor's attention_mask)."
+            )
+        limit, _ = self._context_limit()
         if limit is not None and num_prefix + input_ids.shape[1] > limit:
             raise ValueError(
                 f"The {num_prefix} visual tokens and {input_ids.shape[1]} text tokens make "
@@ -322,11 +388,66 @@ class BridgeForConditionalGeneration(PreTrainedModel, GenerationMixin):
         **generate_kwargs,
     ) -> torch.LongTensor:
         """Generate text after the visual prefix (and the prompt `input_ids`, if any): the LM's `generate` on the
-        prefix embeddings, with the LM's generation config. Returns the new tokens only."""
+        prefix embeddings, with the LM's generation config. Returns the new tokens only.
+
+        The visual tokens, the prompt and the new tokens (`max_new_tokens`, or `max_length` counting the prompt, from
+        the call, its `generation_config` or the LM's) must fit the LM's context (`max_position_embeddings` /
+        `n_positions`): checked before generating, a ValueError with the numbers otherwise."""
+        setting = self._generation_length(generate_kwargs)
         embeds, mask, _ = self._lm_inputs(
             pixel_values, input_ids, attention_mask, None, bridge_input_ids, bridge_attention_mask
         )
+        num_text = 0 if input_ids is None else input_ids.shape[1]
+        self._check_generation_fits(embeds.shape[1] - num_text, num_text, setting)
         return self.language_model.generate(inputs_embeds=embeds, attention_mask=mask, **generate_kwargs)
+
+    def _generation_length(self, generate_kwargs: dict) -> tuple[str | None, int, str]:
+        """(name, value, where it comes from) of the setting that decides how many tokens `generate` adds, as
+        transformers resolves it: max_new_tokens wherever it is set (the call, then the `generation_config` passed,
+        then the LM's), else max_length (counting the prompt), else transformers' default (name None)."""
+        sources = (
+            ("", generate_kwargs),
+            (" (from the generation_config passed)", generate_kwargs.get("generation_config")),
+            (
+                " (from the language model's generation_config)",
+                getattr(self.language_model, "generation_config", None),
+            ),
+        )
+        for name in ("max_new_tokens", "max_length"):
+            for where, source in sources:
+                value = source.get(name) if isinstance(source, dict) else getattr(source, name, None)
+                if value is not None:
+                    return name, _positive_int(value, name, where), where
+        return None, DEFAULT_NEW_TOKENS, ""
+
+    def _check_generation_fits(self, num_visual: int, num_text: int, setting: tuple[str | None, int, str]) -> None:
+        """ValueError unless the prompt (the adapter's visual tokens and the text) and the new tokens fit the LM's
+        context. The last new token is never fed back, so a prompt of P positions leaves room for limit - P + 1."""
+        limit, field = self._context_limit()
+        name, value, where = setting
+        prompt = num_visual + num_text
+        described = f"{prompt} prompt positions ({num_visual} visual tokens from the adapter + {num_text} text tokens)"
+        if name == "max_length" and value <= prompt:
+            raise ValueError(
+                f"max_length={value}{where} counts the prompt, and the {described} already take that many: no token "
+                "is left to generate. Pass max_new_tokens (the number of tokens to generate) instead."
+            )
+        if limit is None:
+            return
+        if name == "max_new_tokens":
+            new, asked = value, f"max_new_tokens={value}{where}"
+        elif name == "max_length":
+            new, asked = value - prompt, f"max_length={value}{where} (the prompt and the new tokens together)"
+        else:
+            new = min(value, limit)
+            asked = "transformers' default generation length (no max_new_tokens or max_length given)"
+        room = limit - prompt + 1
+        if new > room:
+            raise ValueError(
+                f"The {described} leave room for at most {room} new tokens in the language model's context of "
+                f"{limit} positions ({field}), but {asked} asks for {new}: shorten the prompt or pass "
+                f"max_new_tokens={room} or fewer."
+            )
 
     @torch.no_grad()
     def top_words(self, pixel_values, k: int = 5, bridge_input_ids=None, bridge_attention_mask=None):
@@ -334,8 +455,14 @@ class BridgeForConditionalGeneration(PreTrainedModel, GenerationMixin):
         each region reads as."""
         if self.config.adapter_type != "langbridge":
             raise ValueError("top_words needs a LangBridge adapter; an MLP adapter's output is not a word weighting.")
+        size, number = len(self.config.vocabulary_subset), _as_int(k)
+        if number is None or not 1 <= number <= size:
+            raise ValueError(
+                f"top_words: k must be an integer from 1 to {size} (the words of the adapter's vocabulary subset), "
+                f"got {k!r}."
+            )
         _, weights = self.prefix_embeddings(pixel_values, bridge_input_ids, bridge_attention_mask)
-        values, indices = weights.topk(min(k, weights.shape[-1]), dim=-1)
+        values, indices = weights.topk(number, dim=-1)
         words = self.config.vocabulary_subset
         return [
             [[(words[i], float(v)) for v, i in zip(vs.tolist(), ids.tolist())] for vs, ids in zip(img_v, img_i)]

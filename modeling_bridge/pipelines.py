@@ -47,7 +47,8 @@ class BridgeVisualQuestionAnsweringPipeline(Pipeline):
         vqa([{"image": a, "question": q1}, {"image": b, "question": q2}], top_k=1)
 
     `image` is a PIL image, a path or a URL; one image with a list of questions (or one question with a list of
-    images) asks each.
+    images) asks each. A model without an answer vocabulary (`config.id2label` left at transformers' placeholder
+    LABEL_0, LABEL_1, ...) is refused rather than answering "LABEL_0".
     """
 
     _load_processor = True
@@ -56,6 +57,7 @@ class BridgeVisualQuestionAnsweringPipeline(Pipeline):
     _load_tokenizer = False
 
     def __call__(self, image, question=None, **kwargs):
+        self._answer_vocabulary()  # before any image is read: a model without answers cannot answer
         if question is None:
             inputs = image  # {"image": ..., "question": ...} or a list of them
         elif isinstance(image, (list, tuple)) or isinstance(question, (list, tuple)):
@@ -98,9 +100,31 @@ class BridgeVisualQuestionAnsweringPipeline(Pipeline):
 
     def postprocess(self, model_outputs, top_k=5):
         scores = model_outputs["logits"][0].float().sigmoid()
+        labels = self._answer_vocabulary()
+        missing = [i for i in range(scores.shape[0]) if i not in labels]
+        if missing:
+            raise ValueError(
+                f"The model scores {scores.shape[0]} answers but config.id2label names {len(labels)}: no answer for "
+                f"id(s) {missing[:5]}. config.id2label must name every output of the classifier (0 to "
+                f"{scores.shape[0] - 1}); set it with the answer vocabulary the model was trained with."
+            )
         scores, ids = scores.topk(min(top_k, scores.shape[0]))
-        labels = self.model.config.id2label
         return [{"answer": labels[int(i)], "score": float(s)} for s, i in zip(scores, ids)]
+
+    def _answer_vocabulary(self) -> dict:
+        """`config.id2label`, refused when it is transformers' placeholder (LABEL_0, LABEL_1, ...): a model never
+        given an answer vocabulary, whose answers would be those placeholders."""
+        labels = self.model.config.id2label or {}
+        if labels and all(str(label) == f"LABEL_{i}" for i, label in labels.items()):
+            raise ValueError(
+                "This model has no answer vocabulary: its config.id2label is transformers' placeholder "
+                f"({len(labels)} answers LABEL_0, LABEL_1, ...), so visual-question-answering would answer "
+                "'LABEL_0'. Use a fine-tuned VQA checkpoint, or give the model its answers before training, e.g. "
+                "answers = modeling_bridge.data.answer_vocabulary(train['answers']) and "
+                "BridgeForQuestionAnswering.from_pretrained(base, id2label=dict(enumerate(answers)), "
+                "label2id={a: i for i, a in enumerate(answers)}) (as examples/run_vqa.py does)."
+            )
+        return labels
 
 
 # What a saved BridgeForQuestionAnswering config names under `custom_pipelines` (file name without `.py`).

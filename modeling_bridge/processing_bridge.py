@@ -4,6 +4,7 @@ Hub code: imports only the standard library, transformers and `.configuration_br
 """
 
 import os
+import threading
 
 from transformers import AutoImageProcessor, AutoTokenizer, ProcessorMixin
 from transformers.image_utils import load_image
@@ -63,6 +64,9 @@ def _prepare_images(images):
     return _prepare_image(images, 0)
 
 
+_SAVE_LOCK = threading.RLock()
+
+
 class BridgeProcessor(ProcessorMixin):
     r"""
     Wraps an image processor and a tokenizer into one processor:
@@ -103,6 +107,12 @@ class BridgeProcessor(ProcessorMixin):
         else:
             check_local_path(path, "processor folder")
         return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        # ProcessorMixin.save_pretrained adds `auto_map` to the tokenizer's init_kwargs and deletes it afterwards:
+        # two threads saving one processor at once would delete it twice (KeyError). One save at a time.
+        with _SAVE_LOCK:
+            return super().save_pretrained(save_directory, *args, **kwargs)
 
     @classmethod
     def from_vision_text_pretrained(cls, vision_model_name_or_path: str, text_model_name_or_path: str, **kwargs):

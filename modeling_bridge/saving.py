@@ -4,13 +4,18 @@ A save is written completely under a temporary sibling name, then renamed into p
 `check_output_dir` decides whether the destination may be replaced:
 
 - a missing folder, or an empty one: yes;
-- a folder that is recognisably a previous save, i.e. it holds only regular files whose names a `save_pretrained`
-  of models, adapters, processors or tokenizers writes (`SAVE_FILE_PATTERNS`: config / weights / adapter /
-  processor / tokenizer files, Hub code files, `README.md`): yes. A subfolder, a hidden file, a link or any other
-  file makes it something else;
-- anything else (e.g. a folder of the user's data): only with `overwrite=True`;
+- a folder this package wrote, as it wrote it: yes. Every folder the package renames into place (model saves,
+  Hub folders, caches, checkpoints, a command's outputs) carries an ownership record, `OWNERSHIP_FILE`, listing
+  each file and subfolder it wrote with the file's size and modification time. The folder counts as the package's
+  only while it holds nothing else and no listed file changed; file names prove nothing (a user's folder of
+  `config.json` and `README.md` is the user's);
+- anything else (a folder of the user's data, a save made by plain `save_pretrained` or by a version of this
+  package before the record existed, a save the user edited): only with `overwrite=True`;
 - never a file or a link, never a folder that is (or contains) a `protect`ed path, such as an input folder of the
   run, nor the current working folder or one of its parents.
+
+Concurrent saves into one destination (threads or processes) each succeed: the final check and rename hold an
+exclusive lock on the destination's parent folder, so the folder always holds one complete save (the last).
 
 Folders are created with the permissions `os.makedirs` would give (the umask applies), not the 0700 of
 `tempfile.mkdtemp`, and the saved files get the mode a plain `open()` gives (safetensors 0.8 writes its files 0600,
@@ -19,75 +24,113 @@ safetensors issue #782), so a saved model is as readable as any other folder the
 
 from __future__ import annotations
 
-import fnmatch
+import contextlib
 import json
 import os
 import secrets
 import shutil
 import stat
+import threading
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 
-# Names (glob patterns) of the files `save_pretrained` writes for the objects this package saves: transformers
-# models (single file or shards, safetensors or legacy .bin), PEFT adapters (and their model card), processors,
-# image processors, tokenizers (fast, WordPiece/BPE vocabularies, sentencepiece models, chat templates), and the
-# Hub code files that `auto_map` models copy next to their weights.
-SAVE_FILE_PATTERNS = (
-    "config.json",
-    "generation_config.json",
-    "model.safetensors",
-    "model-*-of-*.safetensors",
-    "model.safetensors.index.json",
-    "pytorch_model.bin",
-    "pytorch_model-*-of-*.bin",
-    "pytorch_model.bin.index.json",
-    "adapter_config.json",
-    "adapter_model.safetensors",
-    "adapter_model.bin",
-    "processor_config.json",
-    "preprocessor_config.json",
-    "video_preprocessor_config.json",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "vocab.txt",
-    "vocab.json",
-    "merges.txt",
-    "*.model",
-    "chat_template.jinja",
-    "chat_template.json",
-    "configuration_*.py",
-    "modeling_*.py",
-    "processing_*.py",
-    "loss_*.py",
-    "image_processing_*.py",
-    "tokenization_*.py",
-    "pipelines.py",  # the custom VQA pipeline of a BridgeForQuestionAnswering save
-    "README.md",
-    # the tower-state cache (modeling_bridge.training.tower_cache)
-    "tower_states.arrow",
-    "bridge_tower_cache.json",
-)
+# The ownership record: hidden, so transformers' loaders never read it; `publish` leaves it out of uploads.
+OWNERSHIP_FILE = ".modeling_bridge_folder.json"
+_OWNER = "modeling_bridge"
+
+
+def _walk_entries(folder: str) -> tuple[dict[str, os.stat_result], list[str], list[str]]:
+    """(files with their stat, subfolders, other entries: links, sockets ...) under `folder`, as relative paths."""
+    files, folders, others = {}, [], []
+    stack = [""]
+    while stack:
+        relative = stack.pop()
+        with os.scandir(os.path.join(folder, relative)) as entries:
+            for entry in entries:
+                name = os.path.join(relative, entry.name)
+                if entry.is_symlink():
+                    others.append(name)
+                elif entry.is_dir(follow_symlinks=False):
+                    folders.append(name)
+                    stack.append(name)
+                elif entry.is_file(follow_symlinks=False):
+                    files[name] = entry.stat(follow_symlinks=False)
+                else:
+                    others.append(name)
+    return files, folders, others
+
+
+def write_ownership_record(folder: str | os.PathLike) -> None:
+    """Record, in `folder`, every file and subfolder now under it (size and modification time of each file): the
+    proof `foreign_entries` asks for before the folder may be replaced. Call it on a fully written folder, last."""
+    folder = os.fspath(folder)
+    record = os.path.join(folder, OWNERSHIP_FILE)
+    files, folders, others = _walk_entries(folder)
+    files.pop(OWNERSHIP_FILE, None)
+    payload = {
+        "written_by": _OWNER,
+        "files": {name: [st.st_size, st.st_mtime_ns] for name, st in sorted(files.items())},
+        "folders": sorted(folders),
+        "links": sorted(others),  # written by a save itself (rare); listed so that they do not look foreign
+    }
+    with open(record, "w", encoding="utf-8") as f:
+        json.dump(payload, f, indent=1)
+
+
+def read_json_object(path: str | os.PathLike) -> dict | None:
+    """The JSON object in the regular file `path`; None if there is none, or it is unreadable or not an object."""
+    if os.path.islink(path) or not os.path.isfile(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            value = json.load(f)
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _read_ownership_record(folder: str) -> dict | None:
+    record = read_json_object(os.path.join(folder, OWNERSHIP_FILE))
+    if (
+        record is None
+        or record.get("written_by") != _OWNER
+        or not isinstance(record.get("files"), dict)
+        or not isinstance(record.get("folders", []), list)
+        or not isinstance(record.get("links", []), list)
+    ):
+        return None
+    return record
 
 
 def foreign_entries(folder: str | os.PathLike) -> list[str]:
-    """Entries of `folder` that no save writes (see `SAVE_FILE_PATTERNS`); subfolders end with `/`. An empty list
-    means the folder is empty or a previous save."""
-    foreign = []
-    with os.scandir(folder) as entries:
-        for entry in entries:
-            if entry.is_dir(follow_symlinks=False):
-                foreign.append(entry.name + "/")
-            elif (
-                entry.is_symlink()
-                or not entry.is_file(follow_symlinks=False)
-                or entry.name.startswith(".")
-                or not any(fnmatch.fnmatchcase(entry.name, p) for p in SAVE_FILE_PATTERNS)
-            ):
-                foreign.append(entry.name)
-    return sorted(foreign)
+    """Entries under `folder` that this package cannot prove it wrote (see the module docstring): everything, if the
+    folder has no valid ownership record; else the files, folders and links it does not list, and listed files
+    whose size or modification time changed (shown as `name (changed)`). Subfolders end with `/`. An empty list
+    means the folder is empty, or a folder the package wrote and nobody changed."""
+    folder = os.fspath(folder)
+    files, folders, others = _walk_entries(folder)
+    record = _read_ownership_record(folder) or {"files": {}}
+    files.pop(OWNERSHIP_FILE, None)  # the record itself (or an unreadable one: not the user's data worth naming)
+    listed_folders, listed_links = set(record.get("folders", [])), set(record.get("links", []))
+    foreign = [f + "/" for f in folders if f not in listed_folders]
+    foreign += [name for name in others if name not in listed_links]
+    for name, st in files.items():
+        written = record["files"].get(name)
+        if written is None:
+            foreign.append(name)
+        elif list(written) != [st.st_size, st.st_mtime_ns]:
+            foreign.append(f"{name} (changed)")
+    # inside a foreign folder everything is foreign: name the folder only
+    unlisted = tuple(f for f in foreign if f.endswith("/"))
+    return sorted(f for f in foreign if not any(f != d and f.startswith(d) for d in unlisted))
+
+
+def package_wrote(folder: str | os.PathLike) -> bool:
+    """Whether `folder` is a folder this package wrote and nobody changed since (its ownership record holds)."""
+    return (
+        os.path.isdir(folder) and _read_ownership_record(os.fspath(folder)) is not None and not foreign_entries(folder)
+    )
 
 
 def _absolute(path: str | os.PathLike) -> Path:
@@ -146,7 +189,10 @@ def check_output_dir(
             f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
         )
         if replace_previous_save:
-            reason = f"holds files that no model or processor save writes ({shown}), so it is not replaced"
+            reason = (
+                f"holds files that this package did not write, or that changed since it wrote them ({shown}), "
+                "so it is not replaced"
+            )
         else:
             reason = "is not empty"
         raise FileExistsError(
@@ -185,26 +231,54 @@ def apply_default_permissions(folder: str | os.PathLike) -> None:
                 os.chmod(path, mode)
 
 
-def replace_directory(staging_dir: str | os.PathLike, final_dir: str | os.PathLike) -> None:
-    """Move a fully written `staging_dir` to `final_dir`. An existing `final_dir` is moved aside first (and moved back
-    if the rename fails), then deleted once the new one is in place: an interruption leaves either the old folder or
-    the new one under `final_dir`, never a mix. Callers decide beforehand whether `final_dir` may be replaced
-    (`check_output_dir`); `staging_dir` keeps its permissions, so create it with `make_staging_dir` (or
-    `os.makedirs`) and pass it through `apply_default_permissions`."""
-    final_dir = os.path.abspath(final_dir)
-    if not os.path.lexists(final_dir):
-        os.replace(staging_dir, final_dir)
-        return
-    while True:
-        backup = os.path.join(os.path.dirname(final_dir), f".{os.path.basename(final_dir)}.old-{secrets.token_hex(4)}")
-        if not os.path.lexists(backup):
-            break
-    os.replace(final_dir, backup)
+_THREAD_LOCK = threading.Lock()  # where file locks are unavailable (no fcntl): one process at least is safe
+
+
+@contextlib.contextmanager
+def _destination_lock(final_dir: str):
+    """Exclusive lock for replacing `final_dir`: a `flock` on its parent folder, which also excludes other threads of
+    this process (each call opens its own descriptor) and is released by the kernel if the process dies."""
     try:
-        os.replace(staging_dir, final_dir)
-    except BaseException:
-        os.replace(backup, final_dir)
-        raise
+        import fcntl
+    except ImportError:
+        with _THREAD_LOCK:
+            yield
+        return
+    descriptor = os.open(os.path.dirname(final_dir), os.O_RDONLY)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)  # releases the lock
+
+
+def replace_directory(staging_dir: str | os.PathLike, final_dir: str | os.PathLike, check=None) -> None:
+    """Move a fully written `staging_dir` to `final_dir`, first recording in it what it holds (the ownership record,
+    `write_ownership_record`). An existing `final_dir` is moved aside first (and moved back if the rename fails),
+    then deleted once the new one is in place: an interruption leaves either the old folder or the new one under
+    `final_dir`, never a mix. Callers decide beforehand whether `final_dir` may be replaced (`check_output_dir`);
+    `check()`, if given, runs again under the lock, right before the rename, so that concurrent saves cannot race
+    past it. `staging_dir` keeps its permissions, so create it with `make_staging_dir` (or `os.makedirs`) and pass
+    it through `apply_default_permissions`."""
+    final_dir = os.path.abspath(final_dir)
+    write_ownership_record(staging_dir)
+    with _destination_lock(final_dir):
+        if check is not None:
+            check()
+        if not os.path.lexists(final_dir):
+            os.replace(staging_dir, final_dir)
+            return
+        while True:
+            name = f".{os.path.basename(final_dir)}.old-{secrets.token_hex(4)}"
+            backup = os.path.join(os.path.dirname(final_dir), name)
+            if not os.path.lexists(backup):
+                break
+        os.replace(final_dir, backup)
+        try:
+            os.replace(staging_dir, final_dir)
+        except BaseException:
+            os.replace(backup, final_dir)
+            raise
     shutil.rmtree(backup, ignore_errors=True)
 
 
@@ -224,8 +298,8 @@ def save_pretrained_atomically(
         for obj in objects:
             obj.save_pretrained(staging)
         apply_default_permissions(staging)
-        check_output_dir(output_dir, overwrite=overwrite, protect=protect)  # again: the save may have taken long
-        replace_directory(staging, target)
+        # checked again under the lock: the save may have taken long, and another may have finished meanwhile
+        replace_directory(staging, target, check=lambda: check_output_dir(output_dir, overwrite, protect))
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -257,13 +331,16 @@ def write_json_atomically(path: str | os.PathLike, payload) -> None:
 
 
 __all__ = [
-    "SAVE_FILE_PATTERNS",
+    "OWNERSHIP_FILE",
     "apply_default_permissions",
     "check_output_dir",
     "foreign_entries",
     "make_staging_dir",
+    "package_wrote",
+    "read_json_object",
     "replace_directory",
     "save_pretrained_atomically",
     "write_file_atomically",
     "write_json_atomically",
+    "write_ownership_record",
 ]

@@ -103,6 +103,53 @@ def test_id_range_check_on_accelerators_only_on_request(model, inputs, monkeypat
     assert calls == [1, 1]
 
 
+def _with(tensor, index, value):
+    tensor = tensor.clone()
+    tensor[index] = value
+    return tensor
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (
+            lambda px, ids, am: (_with(px, (1, 0, 3, 3), math.nan), ids, am),
+            r"pixel_values hold NaN or infinite values in row\(s\) 1: every score of them would be NaN\. Check those "
+            r"images and their preprocessing",
+        ),
+        (lambda px, ids, am: (_with(px, 0, math.inf), ids, am), r"pixel_values hold NaN or infinite .* row\(s\) 0:"),
+        (
+            lambda px, ids, am: (px, ids, _with(am, 2, 0)),
+            r"attention_mask row\(s\) \[2\] mark no token at all: a text with no tokens has no score",
+        ),
+        (lambda px, ids, am: (px, ids, _with(am, (0, 0), 2)), "attention_mask holds values other than 0 and 1"),
+    ],
+)
+def test_non_finite_pixels_and_empty_texts_are_refused(model, inputs, change, message):
+    """1c168be gave NaN scores for NaN pixels, and a finite score for a text whose mask marks no token."""
+    pixel_values, input_ids, attention_mask = change(*inputs)
+    for score in ("unimodal", "fused", "itm"):
+        with pytest.raises(ValueError, match=message):
+            model(pixel_values=pixel_values, input_ids=input_ids, attention_mask=attention_mask, score=score)
+
+
+def test_value_checks_on_accelerators_only_on_request(model, monkeypatch):
+    """Reading values syncs with the host: off CPU the finiteness and mask checks run only with check_token_ids."""
+    nan_pixels = torch.full((1, 3, IMAGE_SIZE, IMAGE_SIZE), math.nan)
+    read = []
+    monkeypatch.setattr(
+        torch, "isfinite", lambda t: read.append(t.device.type) or torch.ones(t.shape, dtype=torch.bool)
+    )
+    model._check_pixel_values(nan_pixels.to("meta"))
+    assert read == []
+    model.check_token_ids = True
+    model._check_pixel_values(nan_pixels.to("meta"))
+    assert read == ["meta"]
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        model._check_pixel_values(nan_pixels)
+
+
 def _scaled_pixels(processor, image):
     return processor(images=image, return_tensors="pt")["pixel_values"]
 

@@ -15,6 +15,7 @@ from PIL import Image
 from conftest import make_config
 from modeling_bridge import BridgeForPreTraining
 from modeling_bridge.hub_utils import run_command
+from modeling_bridge.saving import OWNERSHIP_FILE
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -257,8 +258,9 @@ def test_pretraining_never_replaces_what_the_user_owns(sources, tmp_path, capsys
     (out / "model" / "data" / "mine.csv").write_text("1,2")
     before = _snapshot(out)
     assert _fails(run_pretraining, _from_model(sources, out), capsys) == (
-        f"{out / 'model'} holds files that no model or processor save writes ('data/'), so it is not replaced; "
-        "pass overwrite=True (--overwrite on the command line) to replace it, or choose another output folder."
+        f"{out / 'model'} holds files that this package did not write, or that changed since it wrote them "
+        "('data/'), so it is not replaced; pass overwrite=True (--overwrite on the command line) to replace it, "
+        "or choose another output folder."
     )
     (tmp_path / "file_out").mkdir()
     (tmp_path / "file_out" / "model").write_text("precious")
@@ -276,7 +278,7 @@ def test_pretraining_never_replaces_what_the_user_owns(sources, tmp_path, capsys
     assert _snapshot(out) == before and (tmp_path / "file_out" / "model").read_text() == "precious"
 
     run_pretraining.main([str(a) for a in _from_model(sources, out, "--overwrite", "--save_strategy", "no")])
-    assert sorted(os.listdir(out / "model")) == sorted(os.listdir(sources / "model"))  # replaced when asked
+    assert sorted(os.listdir(out / "model")) == sorted([OWNERSHIP_FILE, *os.listdir(sources / "model")])  # replaced
 
 
 # ---------------------------------------------------------------------------------------------- run_lora_finetuning
@@ -389,4 +391,441 @@ def test_the_command_line_prints_one_error_line_and_exits_1(tmp_path, script, ar
     )
     assert result.returncode == 1, result.stderr
     assert result.stderr.startswith(expected) and result.stderr.count("\n") == 1, result.stderr
+    assert not (tmp_path / "o").exists()
+
+
+# ---------------------------------------------------------------------------------------------- every command's ranges
+# Each command checks every argument's range, its output folder or file, and a missing local model folder before it
+# builds a model or reads data: the loaders are replaced by one that fails the test if it is reached.
+
+
+def _load_script(folder, name):
+    if folder == "examples":
+        return _load(name)
+    spec = importlib.util.spec_from_file_location(f"{folder}_{name}", ROOT / folder / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class _NoWork:
+    """Stands for a model class or a loader: reaching it means work began before the arguments were checked."""
+
+    def __init__(self, *args, **kwargs):
+        raise AssertionError("work began before the arguments were checked")
+
+    def __getattr__(self, name):
+        return _NoWork
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        raise AssertionError("a model was loaded before the arguments were checked")
+
+    from_vision_text_pretrained = from_config = from_pretrained
+
+
+def _guarded(monkeypatch, folder, name, *loaders):
+    module = _load_script(folder, name)
+    for loader in loaders:
+        monkeypatch.setattr(module, loader, _NoWork)
+    return module
+
+
+def _all_fail(module, cases, capsys):
+    for argv, expected in cases:
+        assert _fails(module, argv, capsys) == expected, argv
+
+
+def test_langbridge_checks_every_argument_before_loading_anything(sources, tmp_path, monkeypatch, capsys):
+    command = _guarded(monkeypatch, "examples", "run_langbridge", "AutoModel", "AutoProcessor", "load_bridge_shapes")
+    model, out = sources / "model", tmp_path / "out"
+    before = _snapshot(model)
+    (tmp_path / "file").write_text("precious")
+    missing = tmp_path / "outputs" / "demo" / "bridge"
+
+    def argv(*extra, model=model, output=out):
+        return ["--model_name_or_path", model, "--output_dir", output, *extra]
+
+    _all_fail(
+        command,
+        [
+            (argv("--lm_steps", "-1"), "--lm_steps must be a positive integer, got -1."),
+            (argv("--num_train", "0"), "--num_train must be a positive integer, got 0."),
+            (argv("--adapter_steps", "0"), "--adapter_steps must be a positive integer, got 0."),
+            (argv("--batch_size", "0"), "--batch_size must be a positive integer, got 0."),
+            (argv("--max_eval_samples", "0"), "--max_eval_samples must be a positive integer, got 0."),
+            (argv("--learning_rate", "-0.1"), "--learning_rate must be a number > 0, got -0.1."),
+            (argv("--seed", "-1"), "--seed must be an integer >= 0, got -1."),
+            (argv("--width_b", "30"), "--width_b must be a multiple of 4 (the caption LMs' attention heads), got 30."),
+            (argv(model=missing), f"model folder {missing} does not exist."),
+            (
+                argv(output=tmp_path / "file"),
+                f"--output_dir {tmp_path / 'file'} is a file, not a folder; remove it or choose another --output_dir.",
+            ),
+            (
+                argv(output=model / "langbridge"),
+                f"--output_dir {model / 'langbridge'} lies inside the model folder (--model_name_or_path) {model}; "
+                "results are never written into an input folder. Choose another --output_dir.",
+            ),
+            (
+                argv(output=model),
+                f"--output_dir {model} is the model folder (--model_name_or_path) itself; results are never written "
+                "into an input folder. Choose another --output_dir.",
+            ),
+        ],
+        capsys,
+    )
+    assert _snapshot(model) == before and not out.exists() and (tmp_path / "file").read_text() == "precious"
+
+
+def test_retrieval_vqa_and_nlvr2_check_their_arguments_and_output_folder_first(sources, tmp_path, monkeypatch, capsys):
+    model, out = sources / "model", tmp_path / "out"
+    before = _snapshot(model)
+    (tmp_path / "file").write_text("precious")
+    retrieval = _guarded(monkeypatch, "examples", "run_retrieval_eval", "AutoModel", "load_pairs")
+    common = ["--model_name_or_path", model]
+    _all_fail(
+        retrieval,
+        [
+            ([*common, "--k", "0"], "--k must be comma-separated positive integers, e.g. 1,8,32; got '0'."),
+            ([*common, "--max_samples", "1"], "--max_samples must be an integer >= 2, got 1."),
+            ([*common, "--batch_size", "0"], "--batch_size must be a positive integer, got 0."),
+            ([*common, "--num_figures", "-1"], "--num_figures must be an integer >= 0, got -1."),
+            (  # once written after the whole evaluation
+                [*common, "--output_dir", tmp_path / "file"],
+                f"--output_dir {tmp_path / 'file'} is a file, not a folder; remove it or choose another --output_dir.",
+            ),
+            (
+                [*common, "--output_dir", model / "retrieval"],
+                f"--output_dir {model / 'retrieval'} lies inside the model folder (--model_name_or_path) {model}; "
+                "results are never written into an input folder. Choose another --output_dir.",
+            ),
+        ],
+        capsys,
+    )
+    training = [*common, "--report_to", "none", "--use_cpu", "true", "--shapes_num_train", "8", "--max_steps", "1"]
+    vqa = _guarded(monkeypatch, "examples", "run_vqa", "BridgeForQuestionAnswering", "load_data")
+    _all_fail(
+        vqa,
+        [
+            (
+                [*training, "--output_dir", out, "--max_answers", "0"],
+                "--max_answers must be a positive integer, got 0.",
+            ),
+            (
+                [*training, "--output_dir", out, "--dataset", "coco"],
+                "--dataset must be bridge-shapes or vqav2, got 'coco'.",
+            ),
+            (
+                [*training, "--output_dir", out, "--tower_trainable_blocks", "-2"],
+                "--tower_trainable_blocks must be an integer >= -1, got -2.",
+            ),
+            (
+                [*training, "--output_dir", out, "--per_device_train_batch_size", "0"],
+                "--per_device_train_batch_size must be a positive integer, got 0.",
+            ),
+            (
+                [*training, "--output_dir", out, "--max_steps", "0"],
+                "--max_steps must be a positive integer (or -1: train --num_train_epochs epochs), got 0.",
+            ),
+            (
+                [*training, "--output_dir", model],
+                f"--output_dir {model} is the model folder (--model_name_or_path) itself; results are never written "
+                "into an input folder. Choose another --output_dir.",
+            ),
+        ],
+        capsys,
+    )
+    nlvr2 = _guarded(monkeypatch, "examples", "run_nlvr2", "BridgeForVisualReasoning", "load_data")
+    _all_fail(
+        nlvr2,
+        [
+            (
+                [*training, "--output_dir", out, "--shapes_num_train", "0"],
+                "--shapes_num_train must be a positive integer, got 0.",
+            ),
+            (
+                [*training, "--output_dir", out, "--learning_rate", "-1"],
+                "--learning_rate must be a number >= 0, got -1.0.",
+            ),
+            (
+                [*training, "--output_dir", out, "--max_eval_samples", "0"],
+                "--max_eval_samples must be a positive integer, got 0.",
+            ),
+        ],
+        capsys,
+    )
+    assert _snapshot(model) == before and not out.exists()
+
+
+def test_pretraining_lora_and_demo_check_their_ranges_first(sources, tmp_path, monkeypatch, capsys):
+    model, out = sources / "model", tmp_path / "o"
+    before = _snapshot(model)
+    pretraining = _guarded(monkeypatch, "examples", "run_pretraining", "load_model_and_processor", "load_splits")
+    _all_fail(
+        pretraining,
+        [
+            (
+                _from_model(sources, out, "--max_train_samples", "0"),
+                "--max_train_samples must be a positive integer, got 0.",
+            ),
+            (
+                _from_model(sources, out, "--shapes_image_size", "16"),
+                "--shapes_image_size must be an integer >= 32, got 16.",
+            ),
+            (
+                _from_model(sources, out, "--mlm_probability", "1.5"),
+                "--mlm_probability must be a number >= 0 and <= 1, got 1.5.",
+            ),
+            (
+                _from_model(sources, out, "--per_device_eval_batch_size", "0"),
+                "--per_device_eval_batch_size must be a positive integer, got 0.",
+            ),
+            (
+                _from_model(sources, model),
+                f"--output_dir {model} is the model folder (--model_name_or_path) itself; results are never written "
+                "into an input folder. Choose another --output_dir.",
+            ),
+        ],
+        capsys,
+    )
+    lora = _guarded(monkeypatch, "examples", "run_lora_finetuning", "load_base_model", "load_splits")
+    _all_fail(
+        lora,
+        [
+            (_lora(sources, out, "--lora_r", "0"), "--lora_r must be a positive integer, got 0."),
+            (_lora(sources, out, "--lora_dropout", "1"), "--lora_dropout must be a number >= 0 and < 1, got 1.0."),
+            (_lora(sources, out, "--verify_tolerance", "-1"), "--verify_tolerance must be a number >= 0, got -1.0."),
+            (
+                _lora(sources, model / "lora"),
+                f"--output_dir {model / 'lora'} lies inside the model folder (--model_name_or_path) {model}; results "
+                "are never written into an input folder. Choose another --output_dir.",
+            ),
+        ],
+        capsys,
+    )
+    demo = _guarded(monkeypatch, "examples", "run_demo", "text_tower_path", "load_bridge_shapes")
+    (tmp_path / "file").write_text("precious")
+    _all_fail(
+        demo,
+        [
+            (["--output_dir", out, "--batch_size", "1"], "--batch_size must be an integer >= 2, got 1."),
+            (["--output_dir", out, "--max_steps", "0"], "--max_steps must be a positive integer, got 0."),
+            (
+                ["--output_dir", out, "--shared_dim", "30"],
+                "--shared_dim must be a multiple of 4 (BRIDGE's attention heads), got 30.",
+            ),
+            (
+                ["--output_dir", out, "--num_hardest_negatives", "4"],
+                "--num_hardest_negatives must be an integer from 0 to 3 (--num_hard_negatives), got 4.",
+            ),
+            (["--output_dir", out, "--init_temperature", "0"], "--init_temperature must be a number > 0, got 0.0."),
+            (
+                ["--output_dir", tmp_path / "file"],
+                f"--output_dir {tmp_path / 'file'} is a file, not a folder; remove it or choose another --output_dir.",
+            ),
+        ],
+        capsys,
+    )
+    assert _snapshot(model) == before and not out.exists() and (tmp_path / "file").read_text() == "precious"
+
+
+def test_benchmarks_check_every_argument_before_building_a_model(sources, tmp_path, monkeypatch, capsys):
+    model, missing = sources / "model", tmp_path / "outputs" / "demo" / "bridge"
+    before = _snapshot(model)
+    zero_shot = _guarded(monkeypatch, "benchmarks", "zero_shot_speed", "speed", "accuracy")
+    quick = ["--regression", "--output", tmp_path / "zero_shot.json"]
+    _all_fail(
+        zero_shot,
+        [
+            ([*quick, "--num_labels", "0"], "--num_labels must be a positive integer, got 0."),
+            ([*quick, "--k", "8,0"], "--k must be comma-separated positive integers, e.g. 1,8,32; got '8,0'."),
+            ([*quick, "--k", "eight"], "--k must be comma-separated positive integers, e.g. 1,8,32; got 'eight'."),
+            ([*quick, "--num_images", "17"], "--num_images must be an integer from 1 to 16 (--batch_size), got 17."),
+            (
+                [*quick, "--label_length", "3"],
+                "--label_length must be an integer from 4 to 77 (the text tower's positions), got 3.",
+            ),
+            (
+                [*quick, "--per_pair_labels", "300"],
+                "--per_pair_labels must be an integer from 1 to 256 (--num_labels), got 300.",
+            ),
+            ([*quick, "--rounds", "0"], "--rounds must be a positive integer, got 0."),
+            ([*quick, "--model_name_or_path", missing], f"model folder {missing} does not exist."),
+            (
+                ["--regression", "--output", tmp_path],
+                f"--output {tmp_path} is a folder; give the path of the file to write (e.g. results.json).",
+            ),
+            (
+                ["--regression", "--model_name_or_path", model, "--output", model / "zero_shot.json"],
+                f"--output {model / 'zero_shot.json'} lies inside the model folder (--model_name_or_path) {model}; "
+                "results are never written into an input folder. Choose another --output.",
+            ),
+            (["--regression", "--device", "tpu9"], "--device 'tpu9' is not a device; use auto, cpu or cuda."),
+        ],
+        capsys,
+    )
+    search = _guarded(monkeypatch, "benchmarks", "search_speed", "AutoModel", "load_bridge_shapes")
+    common = ["--model_name_or_path", model, "--output", tmp_path / "search.json"]
+    _all_fail(
+        search,
+        [
+            ([*common, "--k", "0"], "--k must be comma-separated positive integers, e.g. 1,8,32; got '0'."),
+            ([*common, "--gallery_size", "0"], "--gallery_size must be a positive integer, got 0."),
+            (
+                [*common, "--num_queries", "20000"],
+                "--num_queries must be an integer from 1 to 10000 (--gallery_size), got 20000.",
+            ),
+            (
+                [*common, "--exact_queries", "2000"],
+                "--exact_queries must be an integer from 1 to 1000 (--num_queries), got 2000.",
+            ),
+            (["--model_name_or_path", missing], f"model folder {missing} does not exist."),
+            (
+                ["--model_name_or_path", model, "--output", model / "search.json"],
+                f"--output {model / 'search.json'} lies inside the model folder (--model_name_or_path) {model}; "
+                "results are never written into an input folder. Choose another --output.",
+            ),
+        ],
+        capsys,
+    )
+    pairwise = _guarded(monkeypatch, "benchmarks", "pairwise_scoring", "BridgeModel")
+    _all_fail(
+        pairwise,
+        [
+            (
+                ["--chunk_sizes", "0,8"],
+                "--chunk_sizes must be comma-separated positive integers, e.g. 1,8,32; got '0,8'.",
+            ),
+            (["--n_texts", "0"], "--n_texts must be a positive integer, got 0."),
+            (
+                ["--text_length", "33"],
+                "--text_length must be an integer from 1 to 32 (the model's max_text_positions), got 33.",
+            ),
+            (
+                ["--config", tmp_path / "none.json"],
+                f"--config {tmp_path / 'none.json'} does not exist or is not a file; give a BridgeConfig JSON (e.g. "
+                "configuration/bridge-tiny.json), or --size base / tiny.",
+            ),
+        ],
+        capsys,
+    )
+    training = _guarded(monkeypatch, "benchmarks", "training_step", "BridgeForPreTraining")
+    _all_fail(
+        training,
+        [
+            (["--regression", "--batch_size", "1"], "--batch_size must be an integer >= 2, got 1."),
+            (["--regression", "--num_hard_negatives", "0"], "--num_hard_negatives must be a positive integer, got 0."),
+        ],
+        capsys,
+    )
+    throughput = _load_script("benchmarks", "training_throughput")
+    monkeypatch.setattr(throughput.run_demo, "text_tower_path", _NoWork)
+    _all_fail(throughput, [(["--rounds", "0"], "--rounds must be a positive integer, got 0.")], capsys)
+    summarize = _guarded(monkeypatch, "benchmarks", "summarize", "matmul_ceiling")
+    _all_fail(
+        summarize,
+        [([missing], f"{missing} is not a folder; give the folder benchmarks/gpu_suite.sh wrote its results to.")],
+        capsys,
+    )
+    assert _snapshot(model) == before and sorted(os.listdir(tmp_path)) == []
+
+
+def test_conversion_commands_check_their_output_folder_before_building(sources, tmp_path, monkeypatch, capsys):
+    model = sources / "model"
+    before = _snapshot(model)
+    (tmp_path / "file").write_text("precious")
+    (tmp_path / "ckpt.pth").write_bytes(b"")
+    build = _guarded(monkeypatch, "conversion", "build_from_encoders", "BridgeModel", "BridgeProcessor")
+    towers = ["--vision_model", model, "--text_model", model, "--local_dir_only"]
+    _all_fail(
+        build,
+        [
+            (
+                [*towers, "--output_dir", tmp_path / "o", "--shared_dim", "0"],
+                "--shared_dim must be a positive integer, got 0.",
+            ),
+            (
+                [*towers, "--output_dir", tmp_path / "o", "--config_overrides", "[1]"],
+                "--config_overrides must be a JSON object of BridgeConfig fields, e.g. "
+                """'{"pooling": "cls"}'; got [1].""",
+            ),
+            (
+                [*towers, "--output_dir", tmp_path / "file"],
+                f"{tmp_path / 'file'} exists and is a file, not a folder; it is not replaced. Remove it or choose "
+                "another output folder.",
+            ),
+            (
+                [*towers, "--output_dir", model / "hub"],
+                f"--output_dir {model / 'hub'} lies inside --text_model {model}; results are never written into an "
+                "input folder. Choose another --output_dir.",
+            ),
+        ],
+        capsys,
+    )
+    convert = _guarded(monkeypatch, "conversion", "convert_original_checkpoint", "convert_original_checkpoint")
+    _all_fail(
+        convert,
+        [
+            (
+                ["--checkpoint", tmp_path / "ckpt.pth", "--output_dir", tmp_path / "file", "--local_dir_only"],
+                f"{tmp_path / 'file'} exists and is a file, not a folder; it is not replaced. Remove it or choose "
+                "another output folder.",
+            )
+        ],
+        capsys,
+    )
+    import modeling_bridge
+
+    monkeypatch.setattr(modeling_bridge, "BridgeModel", _NoWork)
+    push = _load_script("conversion", "push_to_hub")
+    _all_fail(
+        push,
+        [
+            (
+                ["--model_dir", model, "--output_dir", model / "hub", "--local_dir_only"],
+                f"--output_dir {model / 'hub'} lies inside --model_dir {model}; results are never written into an "
+                "input folder. Choose another --output_dir.",
+            ),
+            (
+                ["--model_dir", model, "--processor_dir", tmp_path / "p", "--output_dir", tmp_path / "o"],
+                f"--processor_dir {tmp_path / 'p'} is not a folder; give the folder the BridgeProcessor was saved to "
+                "(default: --model_dir).",
+            ),
+        ],
+        capsys,
+    )
+    assert _snapshot(model) == before and sorted(os.listdir(tmp_path)) == ["ckpt.pth", "file"]
+
+
+@pytest.mark.parametrize(
+    "script, argv, expected",
+    [
+        (
+            "examples/run_langbridge.py",
+            ["--model_name_or_path", "outputs/demo/bridge", "--output_dir", "{tmp}/o", "--lm_steps", "-1"],
+            "error: --lm_steps must be a positive integer, got -1.\n",
+        ),
+        (
+            "benchmarks/search_speed.py",
+            ["--model_name_or_path", "outputs/demo/bridge", "--output", "{tmp}/o/search.json"],
+            "error: model folder outputs/demo/bridge does not exist.\n",
+        ),
+        (
+            "benchmarks/zero_shot_speed.py",
+            ["--regression", "--num_labels", "0", "--output", "{tmp}/o/zero_shot.json"],
+            "error: --num_labels must be a positive integer, got 0.\n",
+        ),
+    ],
+)
+def test_the_commands_print_one_error_line_for_a_bad_argument(tmp_path, script, argv, expected):
+    result = subprocess.run(
+        [sys.executable, str(ROOT / script), *[a.format(tmp=tmp_path) for a in argv]],
+        cwd=tmp_path,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert (result.returncode, result.stderr) == (1, expected)
     assert not (tmp_path / "o").exists()

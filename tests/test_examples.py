@@ -343,3 +343,11 @@ def test_demo_runs_end_to_end_and_reuses_its_caches(tmp_path):
     }
     assert run_demo.main([*argv, "--tower_steps", "2"]) == results  # same seed, same caches: the same numbers
     assert all(p.stat().st_mtime_ns == stamp for p, stamp in stamps.items())
+    # A pre-stage tower whose weights changed on disk is refused, not reused (1c168be trusted prestage.json alone)
+    weights = next(iter(stamps)).parent / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-8:] = bytes(8)
+    weights.write_bytes(bytes(data))
+    refused = r"is not as this demo wrote it \(model\.safetensors \(changed\)\): delete the folder, or pass"
+    with pytest.raises(ValueError, match=refused):
+        run_demo.main([*argv, "--tower_steps", "2"])

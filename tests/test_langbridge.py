@@ -420,3 +420,132 @@ def test_a_bridge_prompt_reads_the_vision_states_after_the_interaction_layers():
     with torch.no_grad():  # the adapter reads either (the prompted path once returned the tower's width: a crash)
         prefix, _ = model.prefix_embeddings(pixel_values, input_ids, attention_mask)
     assert prefix.shape == (2, tower.shape[1], 16)
+
+
+# ---------------------------------------------------------------------------------------------- bad arguments
+
+
+def test_generate_checks_the_prompt_and_the_new_tokens_against_the_lm_context():
+    """The adapter's visual tokens, the prompt and the new tokens must fit the LM's context (GPT-2's n_positions,
+    40 here): checked before generating, not an IndexError deep in the LM's position embeddings."""
+    from transformers import GenerationConfig
+
+    model, tokenizer = _model()
+    pixel_values = random_inputs(1, 1)[0]
+    visual = model.config.bridge_config.num_vision_positions
+    room = 40 - visual + 1  # the last new token is never fed back
+    prefix = f"The {visual} prompt positions ({visual} visual tokens from the adapter + 0 text tokens) leave room for "
+    with torch.no_grad():
+        assert model.generate(pixel_values, max_new_tokens=room, do_sample=False, eos_token_id=None).shape == (1, room)
+        with pytest.raises(ValueError) as error:
+            model.generate(pixel_values, max_new_tokens=room + 1, do_sample=False)
+        assert str(error.value) == (
+            f"{prefix}at most {room} new tokens in the language model's context of 40 positions (n_positions), but "
+            f"max_new_tokens={room + 1} asks for {room + 1}: shorten the prompt or pass max_new_tokens={room} or "
+            "fewer."
+        )
+        with pytest.raises(ValueError, match=rf"but max_length=50 \(the prompt and the new tokens together\) asks "
+                                             rf"for {50 - visual}: .* max_new_tokens={room} or fewer\.$"):  # fmt: skip
+            model.generate(pixel_values, max_length=50)
+        with pytest.raises(ValueError, match=r"max_new_tokens=30 \(from the generation_config passed\) asks for 30"):
+            model.generate(pixel_values, generation_config=GenerationConfig(max_new_tokens=30))
+        with pytest.raises(ValueError, match=f"max_length={visual} counts the prompt, .* no token is left"):
+            model.generate(pixel_values, max_length=visual)
+        prompt = torch.full((1, 20), WORDS.index("red"))  # no length given: transformers' default of 20 new tokens
+        with pytest.raises(ValueError, match=rf"The {visual + 20} prompt positions \({visual} visual tokens from the "
+                                             rf"adapter \+ 20 text tokens\) leave room for at most {room - 20} new "
+                                             r"tokens .* but transformers' default generation length"):  # fmt: skip
+            model.generate(pixel_values, input_ids=prompt)
+        for bad in (0, -1, 2.5):
+            with pytest.raises(ValueError, match=rf"^max_new_tokens must be a positive integer, got {bad}\.$"):
+                model.generate(pixel_values, max_new_tokens=bad)
+        model.language_model.generation_config.max_new_tokens = 64  # the LM's own generation config counts too
+        with pytest.raises(ValueError, match=r"max_new_tokens=64 \(from the language model's generation_config\)"):
+            model.generate(pixel_values)
+
+
+def test_image_text_to_text_pipeline_checks_the_new_tokens_against_the_lm_context(tmp_path):
+    from transformers import pipeline
+
+    from conftest import random_images
+
+    model, tokenizer = _model()
+    model.save_pretrained(tmp_path / "gen")
+    _processor(tokenizer).save_pretrained(tmp_path / "gen")
+    captioner = pipeline("image-text-to-text", model=str(tmp_path / "gen"), trust_remote_code=True)
+    messages = [{"role": "user", "content": [{"type": "image", "image": random_images(1)[0]},
+                                             {"type": "text", "text": "a red"}]}]  # fmt: skip
+    visual = model.config.bridge_config.num_vision_positions
+    room = 40 - visual - 2 + 1
+    expected = (
+        rf"^The {visual + 2} prompt positions \({visual} visual tokens from the adapter \+ 2 text tokens\) leave room "
+        rf"for at most {room} new tokens in the language model's context of 40 positions \(n_positions\), but "
+        rf"max_new_tokens=(256|30) asks for (256|30): shorten the prompt or pass max_new_tokens={room} or fewer\.$"
+    )
+    with pytest.raises(ValueError, match=expected):  # the pipeline's default max_new_tokens, 256
+        captioner(text=messages, return_full_text=False)
+    with pytest.raises(ValueError, match=expected):
+        captioner(text=messages, max_new_tokens=30, return_full_text=False)
+    assert captioner(text=messages, max_new_tokens=room, do_sample=False, return_full_text=False)
+
+
+def test_top_words_and_the_other_entry_points_check_their_arguments():
+    model, tokenizer = _model()
+    pixel_values = random_inputs(1, 1)[0]
+    for k in (-1, 0, 2.5, len(SUBSET) + 1, True, "3"):
+        with pytest.raises(ValueError) as error:
+            model.top_words(pixel_values, k=k)
+        assert str(error.value) == (
+            f"top_words: k must be an integer from 1 to {len(SUBSET)} (the words of the adapter's vocabulary "
+            f"subset), got {k!r}."
+        )
+    assert len(model.top_words(pixel_values, k=len(SUBSET))[0][0]) == len(SUBSET)
+    with pytest.raises(ValueError, match=r"^build_vocabulary_subset: size must be a positive integer, got 2\.5\.$"):
+        build_vocabulary_subset([tokenizer], ["a red circle"], 2.5)
+    with pytest.raises(ValueError, match="takes the corpus as a list of texts, got one string"):
+        build_vocabulary_subset([tokenizer], "a red circle", 2)
+    with pytest.raises(ValueError, match=rf"takes a list of tokenizers .* got one {type(tokenizer).__name__}; pass"):
+        build_vocabulary_subset(tokenizer, ["a red circle"], 2)
+    for call in (
+        lambda: BridgeForConditionalGeneration.from_parts(make_model(), tiny_lm(len(WORDS)), None, SUBSET),
+        lambda: copy.deepcopy(model).transfer_to(tiny_lm(len(WORDS)), None),
+    ):
+        with pytest.raises(ValueError, match="needs the language model's tokenizer, .* got NoneType"):
+            call()
+    prompt = tokenizer(["a red"], return_tensors="pt")
+    with pytest.raises(ValueError, match=r"attention_mask has shape \(1, 3\) but input_ids \(1, 2\)"):
+        model.generate(pixel_values, input_ids=prompt["input_ids"], attention_mask=torch.ones(1, 3, dtype=torch.long))
+
+
+def test_vocabulary_subset_says_when_the_corpus_cannot_fill_it(caplog):
+    """A corpus with fewer distinct shared words than `size` is filled up from the first tokenizer's vocabulary with
+    words that never occur in the corpus: a warning names them (and says so when even the vocabulary runs out)."""
+    tokenizer = word_tokenizer(WORDS)
+    with caplog.at_level("WARNING"):
+        assert build_vocabulary_subset([tokenizer], ["a red circle", "The red circle."], 3) == ["circle", "red", "a"]
+    assert "build_vocabulary_subset" not in caplog.text  # the corpus fills it: nothing to say
+
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        filled = build_vocabulary_subset([tokenizer], ["red circle"], 6)
+    assert filled == ["circle", "red", "a", "blue", "green", "square"]
+    assert caplog.messages == [
+        "build_vocabulary_subset: the corpus has 2 distinct words that are a single token of every tokenizer, fewer "
+        "than size=6. Added 4 words of the first tokenizer's vocabulary, in id order, that are not in the corpus: a, "
+        "blue, green, square. Pass a corpus with more distinct words, or size=2 to keep the corpus words only."
+    ]
+
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        everything = build_vocabulary_subset([tokenizer], ["red circle"], 20)
+    assert len(everything) == 10 and everything[:2] == ["circle", "red"]
+    (message,) = caplog.messages
+    assert "Added 8 words" in message and "a, blue, green, square, left, of, above, the." in message
+    assert "No other word qualifies: the subset has 10 words, not 20." in message
+
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        assert build_vocabulary_subset([tokenizer], ["zebra"], 2) == ["a", "red"]
+    (message,) = caplog.messages
+    assert message.startswith("build_vocabulary_subset: the corpus has 0 distinct words")
+    assert message.endswith("Pass a corpus with more distinct words.")  # no size=0 advice

@@ -61,7 +61,9 @@ def test_nlvr2_loader_reads_the_official_format_and_names_a_missing_image(tmp_pa
     with pytest.raises(FileNotFoundError, match="NLVR2 record 'dev-850-0-1': its right image dev-850-0-img1.png is"):
         load_nlvr2(tmp_path / "records.json", str(tmp_path))
     (tmp_path / "records.json").write_text('{"sentence": "no identifier"}\n')
-    with pytest.raises(ValueError, match="line 1: not an NLVR2 record"):
+    with pytest.raises(
+        ValueError, match=r"records\.json, line 1: no .identifier. field \(the fields are \[.sentence.\]\)"
+    ):
         load_nlvr2(tmp_path / "records.json", str(tmp_path))
 
 

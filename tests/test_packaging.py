@@ -1,11 +1,14 @@
 """The wheel carries what the package reads at run time: installed without the source tree next to it, it loads the
 stage presets and runs the pre-training example.
 
-The wheel goes into a fresh virtual environment in a temporary folder. That environment borrows the heavy
-dependencies (torch, transformers, ...) from this one through a `.pth` file naming this environment's site-packages:
-a plain path entry in a `.pth` file does not process the `.pth` files inside it, so the editable install's finder
-(which maps `modeling_bridge` to the checkout) stays inactive, and the temporary environment's own site-packages comes
-first on sys.path anyway. The test checks that `modeling_bridge` is imported from the wheel.
+The wheel goes into a fresh virtual environment in a temporary folder (`fresh_venv`). That environment borrows the
+heavy dependencies (torch, transformers, ...) and setuptools from this one through a `.pth` file naming this
+environment's site-packages: a plain path entry in a `.pth` file does not process the `.pth` files inside it, so the
+editable install's finder (which maps `modeling_bridge` to the checkout) stays inactive, and the temporary
+environment's own site-packages comes first on sys.path anyway. pip, run into that environment (`pip_install`), sees
+this environment's `modeling-bridge` as installed but leaves it alone ("outside environment"). The test checks that
+`modeling_bridge` is imported from the wheel. tests/test_readme.py installs the README's install commands the same
+way.
 """
 
 import importlib.util
@@ -36,7 +39,8 @@ def _setuptools_major() -> int:
     return int(version("setuptools").split(".")[0])
 
 
-def _run(command, **kwargs):
+def run_checked(command, **kwargs):
+    """subprocess.run, asserting success with the command's output tails in the message."""
     result = subprocess.run(command, capture_output=True, text=True, **kwargs)
     assert result.returncode == 0, (
         f"{' '.join(map(str, command))} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
@@ -44,25 +48,65 @@ def _run(command, **kwargs):
     return result
 
 
+def skip_unless_offline_builds_work():
+    """Skip the calling test where this environment cannot build the package without build isolation."""
+    if _setuptools_major() < MIN_SETUPTOOLS:
+        pytest.skip(
+            f"building the package offline (--no-build-isolation) needs setuptools>={MIN_SETUPTOOLS} in this "
+            "environment; `pip install -e '.[test]'` installs it"
+        )
+
+
+def copy_package_source(destination: Path) -> Path:
+    """What a build reads (pyproject.toml, README.md, LICENSE, the package without bytecode), copied to
+    `destination`: a build from the copy leaves no build/ or egg-info folder in the shared checkout."""
+    destination.mkdir(parents=True)
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        if (ROOT / name).exists():
+            shutil.copy2(ROOT / name, destination / name)
+    shutil.copytree(
+        ROOT / "modeling_bridge",
+        destination / "modeling_bridge",
+        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
+    )
+    return destination
+
+
+def fresh_venv(path: Path) -> Path:
+    """A new virtual environment at `path`, without pip, whose site-packages borrows this environment's through a
+    `.pth` file (see the module docstring); returns its python."""
+    run_checked([sys.executable, "-m", "venv", "--without-pip", str(path)])
+    python = path / "bin" / "python"
+    venv_site = Path(
+        run_checked([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"]).stdout.strip()
+    )
+    ours = {sysconfig.get_paths()[key] for key in ("purelib", "platlib")}
+    (venv_site / "borrowed_dependencies.pth").write_text("".join(f"{entry}\n" for entry in sorted(ours)))
+    return python
+
+
+def venv_env() -> dict:
+    """The environment for commands run in a fresh venv: nothing from PYTHONPATH or the user site, offline."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+    env.update(HF_HUB_OFFLINE="1", PYTHONNOUSERSITE="1", PIP_DISABLE_PIP_VERSION_CHECK="1")
+    return env
+
+
+def pip_install(python: Path, *args, cwd=None):
+    """This environment's pip installing `args` into `python`'s environment, offline: no index, no dependencies
+    (they are borrowed), no build isolation (setuptools is borrowed too)."""
+    command = [sys.executable, "-m", "pip", "--python", str(python), "install", "-q"]
+    command += ["--no-deps", "--no-index", "--no-build-isolation", *map(str, args)]
+    return run_checked(command, cwd=cwd, env=venv_env(), timeout=300)
+
+
 @pytest.fixture(scope="module")
 def installed_wheel(tmp_path_factory):
     """(python of a fresh venv holding only the wheel, the wheel's path)."""
-    if _setuptools_major() < MIN_SETUPTOOLS:
-        pytest.skip(
-            f"building the wheel offline (--no-build-isolation) needs setuptools>={MIN_SETUPTOOLS} in this "
-            "environment; `pip install -e '.[test]'` installs it"
-        )
+    skip_unless_offline_builds_work()
     tmp = tmp_path_factory.mktemp("packaging")
-    # Build from a copy, so that the build leaves no build/ or egg-info folder in the shared checkout.
-    source = tmp / "source"
-    source.mkdir()
-    for name in ("pyproject.toml", "README.md", "LICENSE"):
-        if (ROOT / name).exists():
-            shutil.copy2(ROOT / name, source / name)
-    shutil.copytree(
-        ROOT / "modeling_bridge", source / "modeling_bridge", ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
-    )
-    _run(
+    source = copy_package_source(tmp / "source")
+    run_checked(
         [
             sys.executable,
             "-m",
@@ -78,16 +122,8 @@ def installed_wheel(tmp_path_factory):
         ]
     )
     (wheel,) = (tmp / "dist").glob("modeling_bridge-*.whl")
-
-    venv = tmp / "venv"
-    _run([sys.executable, "-m", "venv", "--without-pip", str(venv)])
-    python = venv / "bin" / "python"
-    _run(
-        [sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "--no-index", "-q", str(wheel)]
-    )
-    venv_site = Path(_run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"]).stdout.strip())
-    ours = {sysconfig.get_paths()[key] for key in ("purelib", "platlib")}
-    (venv_site / "borrowed_dependencies.pth").write_text("".join(f"{path}\n" for path in sorted(ours)))
+    python = fresh_venv(tmp / "venv")
+    pip_install(python, wheel)
     return python, wheel
 
 
@@ -145,9 +181,7 @@ except SystemExit as exit:
     if exit.code not in (None, 0):
         raise
 """
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
-    env.update(HF_HUB_OFFLINE="1", PYTHONNOUSERSITE="1")
-    result = _run([python, "-c", script], cwd=work, env=env, timeout=300)
+    result = run_checked([python, "-c", script], cwd=work, env=venv_env(), timeout=300)
     (line,) = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
     found = json.loads(line[len("RESULT ") :])
 

@@ -1,6 +1,7 @@
 """Hub-ready folders: sharded weights, model card metadata, remote-code loading and the zero-shot pipeline without
 the package, atomic writes, and uploads (mocked, and against an unreachable endpoint)."""
 
+import fnmatch
 import importlib.util
 import json
 import os
@@ -17,6 +18,7 @@ from huggingface_hub import ModelCard
 from conftest import make_model, random_inputs, run_as_hub_code
 from modeling_bridge import BridgeModel, hub_utils
 from modeling_bridge.hub_utils import HubUploadError, build_model_card, save_hub_folder, upload_hub_folder
+from modeling_bridge.saving import OWNERSHIP_FILE
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -138,7 +140,9 @@ class RecordingApi:
         RecordingApi.calls.append(("create_repo", repo_id, kwargs.get("private")))
 
     def upload_folder(self, folder_path, repo_id, **kwargs):
-        RecordingApi.calls.append(("upload_folder", repo_id, sorted(os.listdir(folder_path))))
+        ignored = kwargs.get("ignore_patterns") or []
+        uploaded = sorted(n for n in os.listdir(folder_path) if not any(fnmatch.fnmatch(n, p) for p in ignored))
+        RecordingApi.calls.append(("upload_folder", repo_id, uploaded))
         return type("Commit", (), {"commit_url": f"https://huggingface.co/{repo_id}/commit/abc"})()
 
 
@@ -169,6 +173,7 @@ def test_push_command_uploads_the_folder_in_one_commit(tmp_path, model, processo
     assert RecordingApi.calls[:2] == [("init", "hf_test"), ("create_repo", "someone/bridge", True)]
     assert len(uploads) == 1 and uploads[0][1] == "someone/bridge"
     assert {"README.md", "config.json", "modeling_bridge.py", "processing_bridge.py"} <= set(uploads[0][2])
+    assert OWNERSHIP_FILE in os.listdir(tmp_path / "hub") and OWNERSHIP_FILE not in uploads[0][2]  # local bookkeeping
     assert "uploaded to https://huggingface.co/someone/bridge/commit/abc" in capsys.readouterr().out
     assert ModelCard.load(tmp_path / "hub" / "README.md").data.base_model == [BASES[0]]
 

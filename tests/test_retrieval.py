@@ -158,3 +158,64 @@ def test_retrieval_eval_example_runs_end_to_end(processor, tmp_path):
     assert figures == sorted(f"{kind}_{i}.png" for kind in ("words", "search_t2i", "search_i2t") for i in range(3))
     with pytest.raises(ValueError, match="--k must be comma-separated positive integers"):
         run_retrieval_eval.main([*argv[:4], "--k", "0,x", "--output_dir", str(tmp_path / "bad")])
+
+
+def test_a_gallery_on_disk_depends_on_its_items_the_processor_and_the_weights(processor, tmp_path):
+    """1c168be: another gallery of the same size silently returned the old embeddings, and a gallery folder rebuilt
+    after the weights changed was refused as foreign."""
+    pytest.importorskip("faiss")
+    model, folder = make_model(), tmp_path / "g"
+    build_gallery(model, processor, texts=CAPTIONS[:3], cache_dir=folder, progress=False)
+    other = build_gallery(model, processor, texts=CAPTIONS[3:], cache_dir=folder, progress=False)  # same size
+    memory = build_gallery(model, processor, texts=CAPTIONS[3:], progress=False)
+    torch.testing.assert_close(torch.tensor(other.index["embedding"]), memory.embeddings)
+    images = random_images(3)
+    build_gallery(model, processor, images=images, cache_dir=tmp_path / "i", progress=False)
+    swapped = build_gallery(model, processor, images=images[::-1], cache_dir=tmp_path / "i", progress=False)
+    expected = build_gallery(model, processor, images=images[::-1], progress=False).embeddings
+    torch.testing.assert_close(torch.tensor(swapped.index["embedding"]), expected)
+
+    retrained = make_model(seed=1)
+    rebuilt = build_gallery(retrained, processor, texts=CAPTIONS[3:], cache_dir=folder, progress=False)
+    fresh = build_gallery(retrained, processor, texts=CAPTIONS[3:], progress=False)
+    torch.testing.assert_close(torch.tensor(rebuilt.index["embedding"]), fresh.embeddings)
+    shorter = build_gallery(retrained, processor, texts=CAPTIONS[3:], cache_dir=folder, max_length=3, progress=False)
+    assert not torch.equal(torch.tensor(shorter.index["embedding"]), fresh.embeddings)  # the texts were cut
+
+    (folder / "gallery_embeddings.arrow").write_bytes(b"not arrow at all")
+    with pytest.raises(ValueError, match=f"The gallery in {folder} is damaged: gallery_embeddings.arrow has 16 bytes"):
+        build_gallery(retrained, processor, texts=CAPTIONS[3:], cache_dir=folder, max_length=3, progress=False)
+
+
+@pytest.mark.parametrize("on_disk", [False, True])
+def test_search_validates_its_arguments_in_memory_and_on_disk(processor, tmp_path, on_disk):
+    """1c168be searched a string one character at a time and failed inside torch / FAISS for k = 0, -1, 2.5 and
+    for no queries."""
+    if on_disk:
+        pytest.importorskip("faiss")
+    model = make_model()
+    images = random_images(3)
+    gallery = build_gallery(
+        model, processor, images=images, progress=False, cache_dir=tmp_path / "g" if on_disk else None
+    )
+    one = search(model, processor, gallery, "a red circle", k=2)  # a string is one query
+    listed = search(model, processor, gallery, ["a red circle"], k=2)
+    assert one.indices.shape == (1, 2) and torch.equal(one.indices, listed.indices)
+    text_gallery = build_gallery(model, processor, texts=CAPTIONS, progress=False)
+    single = search(model, processor, text_gallery, images[0], k=2)  # one PIL image is one query
+    assert torch.equal(single.indices, search(model, processor, text_gallery, images[:1], k=2).indices)
+    for k in (0, -1, 2.5, True, "3", None):
+        with pytest.raises(ValueError, match=f"k must be a positive integer, got {k!r}"):
+            search(model, processor, gallery, CAPTIONS, k=k)
+    with pytest.raises(ValueError, match="batch_size must be a positive integer, got 0"):
+        search(model, processor, gallery, CAPTIONS, k=2, batch_size=0)
+    with pytest.raises(ValueError, match="The query list is empty: give at least one text"):
+        search(model, processor, gallery, [], k=2)
+    with pytest.raises(TypeError, match="The query list must hold strings; item 1 is int, not str"):
+        search(model, processor, gallery, ["a red circle", 3], k=2)
+    with pytest.raises(TypeError, match="The query list must be a list \\(or tuple\\) of images.*got Tensor"):
+        search(model, processor, text_gallery, torch.zeros(2, 3, 32, 32), k=2)
+    with pytest.raises(TypeError, match="The text gallery must be a list of texts, got a single str: wrap it"):
+        build_gallery(model, processor, texts="a red circle")
+    with pytest.raises(ValueError, match="max_length must be a positive integer, got -1"):
+        build_gallery(model, processor, texts=CAPTIONS, max_length=-1)

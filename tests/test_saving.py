@@ -1,8 +1,11 @@
 """Saving never deletes what the user owns, and saved folders get the usual permissions."""
 
 import argparse
+import json
 import os
+import shutil
 import stat
+import threading
 
 import numpy as np
 import pytest
@@ -15,7 +18,13 @@ from conftest import make_config, make_model
 from modeling_bridge import BridgeForPreTraining, BridgeModel
 from modeling_bridge.data import BridgeDataCollator
 from modeling_bridge.hub_utils import publish, save_hub_folder
-from modeling_bridge.saving import check_output_dir, foreign_entries, save_pretrained_atomically
+from modeling_bridge.saving import (
+    OWNERSHIP_FILE,
+    check_output_dir,
+    foreign_entries,
+    package_wrote,
+    save_pretrained_atomically,
+)
 from modeling_bridge.training import BridgeTrainer
 
 
@@ -84,35 +93,101 @@ def test_a_previous_save_is_replaced_and_a_failed_save_keeps_it(tmp_path, proces
     assert _snapshot(out) == second and sorted(os.listdir(tmp_path)) == ["model"]
 
     save_pretrained_atomically(out, _Writes("config.json", "v3"))
-    assert os.listdir(out) == ["config.json"]  # replaced, not merged
+    assert sorted(os.listdir(out)) == [OWNERSHIP_FILE, "config.json"]  # replaced, not merged
     fresh = tmp_path / "new" / "deeper"
     with pytest.raises(RuntimeError):  # nothing existed: nothing half-written appears
         save_pretrained_atomically(fresh, _Writes("model.safetensors", "x", fail=True))
     assert not fresh.exists()
 
 
-def test_a_peft_adapter_folder_and_a_sharded_hub_folder_count_as_previous_saves(tmp_path, processor):
-    adapter = tmp_path / "adapter"
-    adapter.mkdir()
-    for name in (
-        "adapter_config.json",
-        "adapter_model.safetensors",
-        "README.md",
-        "processor_config.json",
-        "tokenizer.json",
-        "tokenizer_config.json",
-    ):
-        (adapter / name).write_text("{}")
-    assert foreign_entries(adapter) == []
+REFUSED = (
+    "{out} holds files that this package did not write, or that changed since it wrote them ({shown}), so it is not "
+    "replaced; pass overwrite=True (--overwrite on the command line) to replace it, or choose another output folder."
+)
+
+
+def test_file_names_prove_nothing_a_users_folder_of_save_like_names_is_kept(tmp_path, processor):
+    """A folder holding only names a save writes (config.json, README.md, vocab.txt, *.model, modeling_*.py) but
+    not written by the package is the user's: refused without overwrite, bytes untouched (1c168be deleted it)."""
+    out = tmp_path / "mine"
+    out.mkdir()
+    for name in ("config.json", "README.md", "vocab.txt", "notes.model", "modeling_mine.py"):
+        (out / name).write_text(f"my {name}")
+    before = _snapshot(out)
+    shown = "'README.md', 'config.json', 'modeling_mine.py', 'notes.model', 'vocab.txt'"
+    with pytest.raises(FileExistsError) as error:
+        save_pretrained_atomically(out, make_model(), processor)
+    assert str(error.value) == REFUSED.format(out=out, shown=shown)
+    assert _snapshot(out) == before and sorted(os.listdir(tmp_path)) == ["mine"]
+    # A plain save_pretrained (or one by a version of the package before the ownership record) is not provably ours
+    plain = tmp_path / "plain"
+    make_model().save_pretrained(plain)
+    assert "config.json" in foreign_entries(plain) and not package_wrote(plain)
+    with pytest.raises(FileExistsError, match="holds files that this package did not write"):
+        save_pretrained_atomically(plain, make_model())
+    save_pretrained_atomically(plain, make_model(seed=3), overwrite=True)  # the user said so
+    assert package_wrote(plain)
+
+
+def test_a_sharded_hub_folder_and_a_save_with_a_processor_are_the_packages(tmp_path, processor):
     hub = save_hub_folder(make_model(), processor, tmp_path / "hub", max_shard_size="60KB")
     assert any(name.startswith("model-00001-of-") for name in os.listdir(hub))
-    assert foreign_entries(hub) == []
+    assert foreign_entries(hub) == [] and package_wrote(hub)
+    record = json.loads((hub / OWNERSHIP_FILE).read_text())
+    assert set(record["files"]) == set(os.listdir(hub)) - {OWNERSHIP_FILE}
+    assert record["files"]["README.md"][0] == (hub / "README.md").stat().st_size
+
+
+def test_a_save_changed_after_writing_or_with_a_copied_record_is_not_the_packages(tmp_path, processor):
+    out = tmp_path / "model"
+    save_pretrained_atomically(out, make_model(), processor)
+    (out / "config.json").write_text('{"edited": "by the user, same name"}')
+    with pytest.raises(FileExistsError) as error:
+        save_pretrained_atomically(out, make_model(seed=1))
+    assert str(error.value) == REFUSED.format(out=out, shown="'config.json (changed)'")
+    assert (out / "config.json").read_text() == '{"edited": "by the user, same name"}'
+
+    # A record copied into a user's folder proves nothing about the files it does not list
+    mine = tmp_path / "mine"
+    shutil.copytree(out, mine)  # copy2 keeps sizes and modification times: those files are still as written
+    (mine / "results.csv").write_text("1,2")
+    (mine / "runs").mkdir()
+    assert foreign_entries(mine) == ["config.json (changed)", "results.csv", "runs/"]
+    # A damaged record (not JSON, or another writer's) proves nothing either
+    again = tmp_path / "again"
+    save_pretrained_atomically(again, _Writes("config.json", "{}"))
+    (again / OWNERSHIP_FILE).write_text("{not json")
+    assert foreign_entries(again) == ["config.json"]
+    (again / OWNERSHIP_FILE).write_text(json.dumps({"written_by": "someone else", "files": {}}))
+    assert foreign_entries(again) == ["config.json"]
+
+
+def test_concurrent_saves_into_one_folder_all_succeed_and_it_always_loads(tmp_path, processor):
+    """Eight threads save one model and processor into one folder at once (1c168be: KeyError 'auto_map' inside
+    ProcessorMixin, and renames racing each other, leaving `.old-` folders behind)."""
+    model, out, errors = make_model(), tmp_path / "model", []
+
+    def save():
+        try:
+            save_pretrained_atomically(out, model, processor)
+        except Exception as error:  # collected: an exception in a thread would not fail the test
+            errors.append(error)
+
+    threads = [threading.Thread(target=save) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert os.listdir(tmp_path) == ["model"] and package_wrote(out)
+    reloaded = BridgeModel.from_pretrained(out)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), reloaded.state_dict().values()))
 
 
 def test_an_empty_folder_is_used(tmp_path):
     (tmp_path / "empty").mkdir()
     save_pretrained_atomically(tmp_path / "empty", _Writes("config.json", "{}"))
-    assert os.listdir(tmp_path / "empty") == ["config.json"]
+    assert sorted(os.listdir(tmp_path / "empty")) == [OWNERSHIP_FILE, "config.json"]
 
 
 @pytest.mark.parametrize(
@@ -121,20 +196,16 @@ def test_an_empty_folder_is_used(tmp_path):
 )
 def test_a_folder_holding_anything_else_is_refused_unless_overwrite(tmp_path, extra, shown):
     out = tmp_path / "model"
-    out.mkdir()
-    (out / "config.json").write_text("mine")
+    save_pretrained_atomically(out, _Writes("config.json", "old"))  # a previous save, then the user adds to it
     (out / extra.rstrip("/")).mkdir() if extra.endswith("/") else (out / extra).write_text("mine")
     before = _snapshot(out)
     with pytest.raises(FileExistsError) as error:
         save_pretrained_atomically(out, _Writes("config.json", "new"))
-    assert str(error.value) == (
-        f"{out} holds files that no model or processor save writes ({shown}), so it is not replaced; pass "
-        "overwrite=True (--overwrite on the command line) to replace it, or choose another output folder."
-    )
+    assert str(error.value) == REFUSED.format(out=out, shown=shown)
     assert _snapshot(out) == before and sorted(os.listdir(tmp_path)) == ["model"]
 
     save_pretrained_atomically(out, _Writes("config.json", "new"), overwrite=True)
-    assert os.listdir(out) == ["config.json"] and (out / "config.json").read_text() == "new"
+    assert sorted(os.listdir(out)) == [OWNERSHIP_FILE, "config.json"] and (out / "config.json").read_text() == "new"
 
 
 def test_a_file_or_a_link_is_never_replaced(tmp_path):
@@ -289,3 +360,38 @@ def test_trainer_checkpoints_get_the_umask_permissions(tmp_path, processor, umas
         os.listdir(checkpoint), 0o666 & ~umask
     )
     assert isinstance(BridgeModel.from_pretrained(checkpoint), BridgeModel)
+
+
+def _train(tmp_path, processor, run, **overrides):
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)) for _ in range(4)]
+    data = Dataset.from_dict(
+        {"image": images, "caption": ["a red circle", "a blue square", "a green triangle", "a photo of this"]}
+    )
+    torch.manual_seed(0)
+    settings = dict(max_steps=1, save_steps=1, per_device_train_batch_size=4, report_to=[], use_cpu=True)
+    args = TrainingArguments(
+        output_dir=str(run), remove_unused_columns=False, disable_tqdm=True, **{**settings, **overrides}
+    )
+    collator = BridgeDataCollator(processor, max_length=16)
+    BridgeTrainer(
+        model=BridgeForPreTraining(make_config()), args=args, train_dataset=data, data_collator=collator
+    ).train()
+
+
+def test_trainer_never_replaces_nor_rotates_away_a_users_checkpoint_folder(tmp_path, processor):
+    """1c168be replaced an existing checkpoint-N folder and let transformers' rotation delete `checkpoint-*` folders by
+    their names; now only checkpoints this package wrote (and nobody changed) are replaced or rotated."""
+    run = tmp_path / "run"
+    mine = _user_folder(run / "checkpoint-1")
+    with pytest.raises(FileExistsError, match=r"checkpoint-1 exists and was not written by BridgeTrainer, or changed"):
+        _train(tmp_path, processor, run)
+    assert _snapshot(run / "checkpoint-1") == mine
+    shutil.rmtree(run)
+
+    older = _user_folder(run / "checkpoint-0")  # sorts first: transformers' rotation would delete it
+    _train(tmp_path, processor, run, max_steps=3, save_total_limit=1)
+    assert sorted(os.listdir(run)) == ["checkpoint-0", "checkpoint-3"] and _snapshot(run / "checkpoint-0") == older
+    assert package_wrote(run / "checkpoint-3")
+    _train(tmp_path, processor, run, max_steps=3, save_total_limit=1)  # the same steps again: its own are replaced
+    assert sorted(os.listdir(run)) == ["checkpoint-0", "checkpoint-3"] and _snapshot(run / "checkpoint-0") == older

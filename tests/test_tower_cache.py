@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 
 import pytest
 import torch
@@ -146,3 +147,70 @@ def test_in_train_mode_a_frozen_tower_gives_its_cached_states(processor, tmp_pat
     set_tower_trainable_blocks(model.bridge.text_model, 1)
     model.train()
     assert model.bridge.text_model.training  # a tower that trains keeps its dropout
+
+
+def _damage(path, how):
+    data = bytearray(path.read_bytes())
+    if how == "bytes":  # same size, JSON record intact: float32 states overwritten by huge values
+        data[len(data) // 2 : len(data) // 2 + 64] = b"\xff\x7e" * 32
+    else:
+        data = data[: len(data) // 2]
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize(
+    "how, problem",
+    [
+        ("bytes", r"the bytes of tower_states\.arrow differ from those written \(sha256 mismatch\)"),
+        ("truncate", r"tower_states\.arrow has \d+ bytes where \d+ were written \(truncated\?\)"),
+        ("delete", r"tower_states\.arrow is missing"),
+    ],
+)
+def test_a_damaged_cache_is_refused_naming_the_folder_and_recomputed_with_overwrite(processor, tmp_path, how, problem):
+    """1c168be loaded a cache whose Arrow bytes were overwritten (values up to 3e38) and trained on it; a truncated
+    file failed with pyarrow's own message."""
+    model, folder = _frozen_model(), tmp_path / "cache"
+    first = cache_tower_states(model, _rows(), processor, folder, progress=False)
+    expected = first[:]["vision_hidden_state"].clone()
+    arrow = folder / "tower_states.arrow"
+    arrow.unlink() if how == "delete" else _damage(arrow, how)
+    with pytest.raises(ValueError) as error:
+        cache_tower_states(model, _rows(), processor, folder, progress=False)
+    message = str(error.value)
+    assert message.startswith(f"The tower-state cache in {folder} is damaged: ")
+    assert message.endswith(
+        "Delete the folder, or pass overwrite=True (--overwrite on the command line) to compute it again."
+    )
+    assert re.search(problem, message)
+    again = cache_tower_states(model, _rows(), processor, folder, progress=False, overwrite=True)
+    assert torch.equal(again[:]["vision_hidden_state"], expected)
+
+
+def test_a_cache_without_a_checksum_is_refused(processor, tmp_path):
+    model, folder = _frozen_model(), tmp_path / "cache"
+    cache_tower_states(model, _rows(), processor, folder, progress=False)
+    record = json.loads((folder / CACHE_INFO_FILE).read_text())
+    del record["integrity"]  # as written before checksums existed
+    (folder / CACHE_INFO_FILE).write_text(json.dumps(record))
+    with pytest.raises(ValueError, match=r"has no checksum of tower_states\.arrow \(written by an older version\)"):
+        cache_tower_states(model, _rows(), processor, folder, progress=False)
+
+
+def test_a_cache_is_recomputed_for_other_settings_unless_the_user_added_to_its_folder(processor, tmp_path):
+    model, folder = _frozen_model(), tmp_path / "cache"
+    cache_tower_states(model, _rows(), processor, folder, progress=False)
+    longer = cache_tower_states(model, _rows(), processor, folder, progress=False, max_length=4)
+    assert longer[0]["input_ids"].shape == (4,)
+    (folder / "notes.txt").write_text("mine now")  # the user adds a file: the folder is no longer provably ours
+    with pytest.raises(FileExistsError, match=r"\('notes\.txt'\), so it is not replaced"):
+        cache_tower_states(model, _rows(), processor, folder, progress=False)
+    assert (folder / "notes.txt").read_text() == "mine now"
+
+
+def test_non_finite_cached_states_are_refused(processor, tmp_path):
+    model = _frozen_model().eval()
+    cache = cache_tower_states(model, _rows(), processor, tmp_path / "cache", progress=False)
+    batch = TowerStateCollator()([cache[i] for i in range(4)])
+    batch["text_hidden_state"][2, 0, 0] = float("inf")
+    with pytest.raises(ValueError, match=r"text_hidden_state hold NaN or infinite values in row\(s\) 2: .* damaged"):
+        model(**batch)

@@ -18,6 +18,7 @@ from conftest import IMAGE_SIZE, TEXT_CONFIGS, VISION_CONFIGS, VOCAB, make_confi
 from modeling_bridge import BridgeConfig, BridgeForPreTraining, BridgeModel, BridgeProcessor
 from modeling_bridge.configuration_bridge import LOSS_WEIGHT_FIELDS
 from modeling_bridge.data import BridgeDataCollator
+from modeling_bridge.saving import OWNERSHIP_FILE
 from modeling_bridge.training import (
     BridgeTrainer,
     TrainingStage,
@@ -227,23 +228,24 @@ class _Writes:
 def test_save_pretrained_atomically_keeps_the_old_copy_when_a_save_fails(tmp_path):
     out = tmp_path / "model"
     save_pretrained_atomically(str(out), _Writes("config.json", "v1"), _Writes("model.safetensors", "w1"))
-    assert sorted(os.listdir(out)) == ["config.json", "model.safetensors"]
+    assert sorted(os.listdir(out)) == [OWNERSHIP_FILE, "config.json", "model.safetensors"]
 
     with pytest.raises(RuntimeError, match="disk full"):  # the second object fails after writing its file
         save_pretrained_atomically(
             str(out), _Writes("config.json", "v2"), _Writes("model.safetensors", "w2", fail=True)
         )
-    assert sorted(os.listdir(out)) == ["config.json", "model.safetensors"]
+    assert sorted(os.listdir(out)) == [OWNERSHIP_FILE, "config.json", "model.safetensors"]
     assert (out / "config.json").read_text() == "v1" and (out / "model.safetensors").read_text() == "w1"
     assert sorted(os.listdir(tmp_path)) == ["model"]  # no staging folder left behind
 
     save_pretrained_atomically(str(out), _Writes("config.json", "v3"))
-    assert os.listdir(out) == ["config.json"] and (out / "config.json").read_text() == "v3"  # replaced, not merged
+    assert sorted(os.listdir(out)) == [OWNERSHIP_FILE, "config.json"]  # replaced, not merged
+    assert (out / "config.json").read_text() == "v3"
     assert sorted(os.listdir(tmp_path)) == ["model"]
 
     with pytest.raises(KeyboardInterrupt):  # an interrupt, too, leaves the previous copy and no staging folder
         save_pretrained_atomically(str(out), _Interrupts())
-    assert os.listdir(out) == ["config.json"] and sorted(os.listdir(tmp_path)) == ["model"]
+    assert sorted(os.listdir(out)) == [OWNERSHIP_FILE, "config.json"] and sorted(os.listdir(tmp_path)) == ["model"]
 
     fresh = tmp_path / "new" / "deeper"
     with pytest.raises(RuntimeError):  # nothing existed: nothing half-written appears

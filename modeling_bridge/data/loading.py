@@ -18,7 +18,6 @@ COCO this takes minutes), so an unreadable file fails here, by name, rather than
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from collections.abc import Mapping
@@ -30,6 +29,8 @@ import pyarrow.compute as pc
 from datasets import Dataset, DatasetDict, Features, Image, List, Value, load_dataset, load_from_disk
 from datasets.utils import disable_progress_bars, enable_progress_bars, is_progress_bar_enabled
 from datasets.utils import tqdm as progress_bar  # tqdm that datasets.disable_progress_bars() also silences
+
+from ._json_files import describe, field, is_string, json_type, read_json
 
 
 _OUTPUT_FEATURES = Features({"image": Image(mode="RGB"), "caption": Value("string"), "image_id": Value("int64")})
@@ -132,25 +133,45 @@ def _load_path(path: Path) -> Dataset | DatasetDict:
 
 
 def _read_karpathy(path: Path, image_key: str, text_key: str) -> dict[str, list]:
-    with open(path, encoding="utf-8") as f:
-        entries = json.load(f)
+    """The image paths and captions of a Karpathy-style JSON list, each entry checked: an empty file, invalid JSON,
+    JSON Lines, an empty list, an entry that is not an object, a missing key, or an image that is not a path
+    (string) or a caption that is not a string or a list of strings is a ValueError naming the file, the entry and
+    the key. A null image or caption, or an empty caption, is an invalid row (`skip_invalid`), as elsewhere."""
+    expected = (
+        f"a JSON list of {{{image_key!r}: image path, {text_key!r}: caption or list of captions}} entries "
+        "(Karpathy format)"
+    )
+    entries = read_json(path, expected)
     if not isinstance(entries, list):
-        raise ValueError(
-            f"{path}: expected a JSON list of {{{image_key!r}: ..., {text_key!r}: ...}} entries "
-            f"(Karpathy format), got a {type(entries).__name__}."
-        )
+        raise ValueError(f"{path}: expected {expected}, got {json_type(entries)}.")
+    if not entries:
+        raise ValueError(f"{path} has no entries (an empty list); expected {expected}.")
     images, captions = [], []
     for i, entry in enumerate(entries):
         if not isinstance(entry, dict):
-            raise ValueError(f"{path}: entry {i} is a {type(entry).__name__}, expected an object.")
+            raise ValueError(f"{path}: entry {i} is {describe(entry)}, expected an object.")
         for key in (image_key, text_key):
             if key not in entry:
                 raise ValueError(
                     f"{path}: entry {i} has no {key!r} key; its keys are {sorted(entry)}. Pass "
                     f"image_column=/text_column= to name the image path and caption keys."
                 )
-        images.append(entry[image_key])
-        captions.append(entry[text_key])
+        where = f"{path}: entry {i}"
+        images.append(
+            field(entry, image_key, where, "the image's path (a string)", lambda v: v is None or is_string(v))
+        )
+        caption = field(
+            entry,
+            text_key,
+            where,
+            "a caption (a string) or a list of captions (strings)",
+            lambda v: v is None or is_string(v) or isinstance(v, list),
+        )
+        if isinstance(caption, list):
+            for k, text in enumerate(caption):
+                if not (text is None or is_string(text)):
+                    raise ValueError(f"{where}: {text_key!r}[{k}] is {describe(text)}; expected a caption (a string).")
+        captions.append(caption)
     return {image_key: images, text_key: captions}
 
 

@@ -21,12 +21,12 @@ statements and close to balanced for count statements.
 
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, Value
 
+from ._json_files import field, is_integer, is_nonempty_string, read_json_lines
 from .shapes import load_bridge_shapes
 
 
@@ -114,34 +114,70 @@ def _nlvr2_image(image_root: str, record: dict, index: int) -> str:
     )
 
 
+_NLVR2_RECORD = (
+    'an NLVR2 record {"identifier": "train-10171-0-0", "sentence": "...", "label": "True" or "False"} (label absent '
+    "in unlabelled files)"
+)
+
+
 def load_nlvr2(jsonl_file: str | os.PathLike, image_root: str) -> Dataset:
     """NLVR2 (`train.json` / `dev.json` / `test1.json`: one JSON record per line, and the split's image folder) in
     the schema above. A record whose left or right image is missing is an error naming it; `group` is the
-    identifier without its pair number (split-set-sentence), as in NLVR2's consistency."""
+    identifier without its pair number (split-set-sentence), as in NLVR2's consistency.
+
+    Each record is checked: an empty file, a file that is one JSON list, invalid JSON, a line that is not an object,
+    a missing or mistyped field (identifier and sentence non-empty strings, label the string "True" or "False",
+    directory a number or string), a repeated identifier, or a file with labelled and unlabelled records mixed is a
+    ValueError naming the file, the line and the field. A file without labels (all records) gets label -1."""
     columns = {name: [] for name in NLVR2_FEATURES}
-    with open(jsonl_file, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-                identifier, sentence = record["identifier"], record["sentence"]
-            except (json.JSONDecodeError, KeyError) as error:
-                raise ValueError(
-                    f"{jsonl_file}, line {number}: not an NLVR2 record (JSON with identifier, sentence, label): "
-                    f"{error}"
-                ) from error
-            label = str(record.get("label", "")).lower()
-            if label not in ("true", "false", ""):
-                raise ValueError(f"NLVR2 record {identifier!r}: label must be True or False, got {record['label']!r}.")
-            parts = identifier.split("-")
-            columns["left_image"].append(_nlvr2_image(image_root, record, 0))
-            columns["right_image"].append(_nlvr2_image(image_root, record, 1))
-            columns["sentence"].append(sentence)
-            columns["label"].append({"true": 1, "false": 0, "": -1}[label])
-            columns["identifier"].append(identifier)
-            columns["statement_type"].append("")
-            columns["group"].append("-".join(parts[:2] + parts[3:]) if len(parts) == 4 else identifier)
+    seen: dict[str, int] = {}
+    labelled: dict[bool, int] = {}  # has a label -> first line
+    for number, record in read_json_lines(jsonl_file, _NLVR2_RECORD):
+        where = f"{jsonl_file}, line {number}"
+        identifier = field(
+            record, "identifier", where, "a non-empty string such as 'train-10171-0-0'", is_nonempty_string
+        )
+        sentence = field(record, "sentence", where, "the statement, a non-empty string", is_nonempty_string)
+        label = field(
+            record,
+            "label",
+            where,
+            'the string "True" or "False" (or no label field in an unlabelled file)',
+            lambda value: isinstance(value, str) and value.strip().lower() in ("true", "false", ""),
+            optional=True,
+            default="",
+        )
+        field(
+            record,
+            "directory",
+            where,
+            "the image sub-folder, a number or a non-empty string",
+            lambda value: is_integer(value) or is_nonempty_string(value),
+            optional=True,
+        )
+        if identifier in seen:
+            raise ValueError(
+                f"{where}: identifier {identifier!r} is also that of line {seen[identifier]}; NLVR2 identifiers are "
+                "unique (a file concatenated twice?)."
+            )
+        seen[identifier] = number
+        label = label.strip().lower()
+        labelled.setdefault(bool(label), number)
+        if len(labelled) == 2:
+            unlabelled_line = labelled[False]
+            labelled_line = labelled[True]
+            raise ValueError(
+                f"{jsonl_file}: line {unlabelled_line} has no label but line {labelled_line} has one; the records of "
+                'a file are all labelled ("True" / "False") or all unlabelled.'
+            )
+        parts = identifier.split("-")
+        columns["left_image"].append(_nlvr2_image(image_root, record, 0))
+        columns["right_image"].append(_nlvr2_image(image_root, record, 1))
+        columns["sentence"].append(sentence)
+        columns["label"].append({"true": 1, "false": 0, "": -1}[label])
+        columns["identifier"].append(identifier)
+        columns["statement_type"].append("")
+        columns["group"].append("-".join(parts[:2] + parts[3:]) if len(parts) == 4 else identifier)
     return Dataset.from_dict(columns, features=NLVR2_FEATURES)
 
 

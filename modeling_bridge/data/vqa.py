@@ -15,11 +15,11 @@ families, so answering "what colour is the circle?" there needs a colour-shape b
 
 from __future__ import annotations
 
-import json
 import os
 
 from datasets import Dataset, DatasetDict, Features, Image, List, Value
 
+from ._json_files import describe, field, is_integer, is_nonempty_string, is_string, json_type, read_json
 from .shapes import load_bridge_shapes
 
 
@@ -77,40 +77,124 @@ def load_bridge_shapes_vqa(
     return DatasetDict({"train": train, "test": _questions_split(scenes["test"], first_id=len(train))})
 
 
+_QUESTIONS_FILE = (
+    'a VQAv2 questions file (v2_OpenEnded_mscoco_*_questions.json): an object {"data_subtype": "val2014", '
+    '"questions": [{"image_id": 42, "question": "...", "question_id": 7}, ...]}'
+)
+_ANNOTATIONS_FILE = (
+    'a VQAv2 annotations file (v2_mscoco_*_annotations.json): an object {"annotations": [{"question_id": 7, '
+    '"multiple_choice_answer": "yes", "answers": [{"answer": "yes", ...}, ...], "answer_type": "yes/no"}, ...]}'
+)
+
+
+def _top_level_list(document, path, key: str, other: str, expected: str) -> list:
+    """`document[key]`, the list of records of a VQAv2 file; the file holding `other` instead (the questions and
+    annotations files swapped) is named as such."""
+    if isinstance(document, dict) and key not in document and other in document:
+        raise ValueError(
+            f"{path} holds VQAv2 {other} (it has {other!r}, no {key!r}): the questions and annotations files look "
+            "swapped; call load_vqav2(questions_file, annotations_file, image_root) with the "
+            "v2_OpenEnded_mscoco_*_questions.json file first."
+        )
+    if not isinstance(document, dict):
+        raise ValueError(f"{path} is {json_type(document)}; expected {expected}.")
+    records = field(
+        document, key, str(path), f"a non-empty list; the file must be {expected}", lambda v: isinstance(v, list)
+    )
+    if not records:
+        raise ValueError(f"{path}: {key!r} is an empty list; expected {expected}.")
+    return records
+
+
+def _record(records: list, index: int, path, key: str, expected: str) -> tuple[dict, str]:
+    where = f"{path}, {key}[{index}]"
+    if not isinstance(records[index], dict):
+        raise ValueError(f"{where} is {describe(records[index])}; expected an object, one record of {expected}.")
+    return records[index], where
+
+
+def _read_annotations(annotations_file) -> dict[int, dict]:
+    """question_id -> checked annotation: the answers, the most common answer and the answer type."""
+    document = read_json(annotations_file, _ANNOTATIONS_FILE)
+    records = _top_level_list(document, annotations_file, "annotations", "questions", _ANNOTATIONS_FILE)
+    annotations: dict[int, dict] = {}
+    first_index: dict[int, int] = {}
+    for index in range(len(records)):
+        note, where = _record(records, index, annotations_file, "annotations", _ANNOTATIONS_FILE)
+        question_id = field(note, "question_id", where, "an integer", is_integer)
+        if question_id in annotations:
+            raise ValueError(
+                f"{where}: question_id {question_id} is also that of annotations[{first_index[question_id]}]; each "
+                "question has one annotation."
+            )
+        answers = field(note, "answers", where, 'a list of {"answer": "..."} objects', lambda v: isinstance(v, list))
+        texts = []
+        for k, answer in enumerate(answers):
+            if not isinstance(answer, dict):
+                raise ValueError(
+                    f'{where}: answers[{k}] is {describe(answer)}; expected an object {{"answer": "...", ...}}.'
+                )
+            texts.append(field(answer, "answer", f"{where}, answers[{k}]", "a string", is_string))
+        annotations[question_id] = {
+            "answers": texts,
+            "answer": field(note, "multiple_choice_answer", where, "a string (the most common answer)", is_string),
+            "answer_type": field(note, "answer_type", where, "a string", is_string, optional=True, default=""),
+        }
+        first_index[question_id] = index
+    return annotations
+
+
 def load_vqav2(
     questions_file: str | os.PathLike, annotations_file: str | os.PathLike | None, image_root: str
 ) -> Dataset:
     """VQAv2 (`v2_OpenEnded_mscoco_*_questions.json`, `v2_mscoco_*_annotations.json`, and the COCO image folder) in
     the schema above. Images are found as `<image_root>/<name>` where name is COCO's `COCO_<split>_<12-digit id>.jpg`
     or `<12-digit id>.jpg`. Without annotations (test-dev), `answers` is empty and `answer` is "". A missing image
-    or a question without annotation is an error naming it."""
-    with open(questions_file, encoding="utf-8") as f:
-        questions = json.load(f)
-    split = questions.get("data_subtype", "")
-    annotations = {}
-    if annotations_file is not None:
-        with open(annotations_file, encoding="utf-8") as f:
-            annotations = {a["question_id"]: a for a in json.load(f)["annotations"]}
+    or a question without annotation is an error naming it.
+
+    Both files are checked: an empty file, invalid JSON, the two files swapped, a missing or empty record list, a
+    record that is not an object, a missing or mistyped field (image_id and question_id integers, question a
+    non-empty string; answers a list of {"answer": string}, multiple_choice_answer a string) or a repeated
+    question_id is a ValueError naming the file, the record (its index in the list) and the field."""
+    document = read_json(questions_file, _QUESTIONS_FILE)
+    records = _top_level_list(document, questions_file, "questions", "annotations", _QUESTIONS_FILE)
+    split = field(document, "data_subtype", str(questions_file), 'a string such as "val2014"', is_string, True, "")
+    annotations = {} if annotations_file is None else _read_annotations(annotations_file)
     columns = {name: [] for name in VQA_FEATURES}
-    for q in questions["questions"]:
-        candidates = [f"COCO_{split}_{q['image_id']:012d}.jpg", f"{q['image_id']:012d}.jpg"]
+    first_index: dict[int, int] = {}
+    for index in range(len(records)):
+        q, where = _record(records, index, questions_file, "questions", _QUESTIONS_FILE)
+        image_id = field(q, "image_id", where, "a non-negative integer (the COCO image id)", _non_negative_integer)
+        question_id = field(q, "question_id", where, "an integer", is_integer)
+        question = field(q, "question", where, "a non-empty string", is_nonempty_string)
+        if question_id in first_index:
+            raise ValueError(
+                f"{where}: question_id {question_id} is also that of questions[{first_index[question_id]}]; "
+                "question ids are unique."
+            )
+        first_index[question_id] = index
+        candidates = [f"COCO_{split}_{image_id:012d}.jpg", f"{image_id:012d}.jpg"]
         path = next(
             (os.path.join(image_root, c) for c in candidates if os.path.isfile(os.path.join(image_root, c))), None
         )
         if path is None:
             raise FileNotFoundError(
-                f"VQAv2 question {q['question_id']}: no image {' or '.join(candidates)} in {image_root}."
+                f"VQAv2 question {question_id}: no image {' or '.join(candidates)} in {image_root}."
             )
-        if annotations_file is not None and q["question_id"] not in annotations:
-            raise ValueError(f"VQAv2 question {q['question_id']} has no entry in {annotations_file}.")
-        note = annotations.get(q["question_id"], {})
+        if annotations_file is not None and question_id not in annotations:
+            raise ValueError(f"VQAv2 question {question_id} has no entry in {annotations_file}.")
+        note = annotations.get(question_id, {})
         columns["image"].append(path)
-        columns["question"].append(q["question"])
-        columns["answers"].append([a["answer"] for a in note.get("answers", [])])
-        columns["answer"].append(note.get("multiple_choice_answer", ""))
+        columns["question"].append(question)
+        columns["answers"].append(note.get("answers", []))
+        columns["answer"].append(note.get("answer", ""))
         columns["question_type"].append(note.get("answer_type", ""))
-        columns["question_id"].append(q["question_id"])
+        columns["question_id"].append(question_id)
     return Dataset.from_dict(columns, features=VQA_FEATURES)
+
+
+def _non_negative_integer(value) -> bool:
+    return is_integer(value) and value >= 0
 
 
 def answer_vocabulary(answers_per_question, max_answers: int | None = None) -> list[str]:

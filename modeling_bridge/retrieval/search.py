@@ -9,13 +9,17 @@ the queries are texts; image-to-text: the reverse.
 
 from __future__ import annotations
 
+import numbers
 import os
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
+from datasets.fingerprint import Hasher
+from PIL import Image
 
 from ..configuration_bridge import SCORE_MODES
 from ..fingerprint import weights_fingerprint
@@ -31,6 +35,62 @@ def unimodal_fingerprint(bridge, modality: str) -> str:
     if modality == "image":
         return weights_fingerprint(tower=bridge.vision_model, projection=bridge.vision_unimodal_projection)
     return weights_fingerprint(tower=bridge.text_model, projection=bridge.text_unimodal_projection)
+
+
+def _check_positive_int(value, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+
+
+def _check_items(items, modality: str, what: str, single_allowed: bool):
+    """`items` as a sequence of images or texts. A single text or PIL image is one item where `single_allowed`
+    (queries), else an error; arrays, tensors and dicts are refused (iterating them would search rows, channels or
+    keys as if they were items)."""
+    if isinstance(items, GalleryItems):
+        return items
+    if isinstance(items, (str, os.PathLike, Image.Image)):
+        if single_allowed:
+            return [items]
+        raise TypeError(
+            f"The {what} must be a list of {modality}s, got a single {type(items).__name__}: wrap it in a list."
+        )
+    if isinstance(items, (bytes, dict, torch.Tensor, np.ndarray)) or not isinstance(items, Sequence):
+        raise TypeError(
+            f"The {what} must be a list (or tuple) of {modality}s, or GalleryItems of a dataset column; got "
+            f"{type(items).__name__}."
+        )
+    if len(items) == 0:
+        raise ValueError(f"The {what} is empty: give at least one {modality}.")
+    if modality == "text" and isinstance(items, (list, tuple)):  # a dataset column is typed already
+        for i, item in enumerate(items):
+            if not isinstance(item, str):
+                raise TypeError(f"The {what} must hold strings; item {i} is {type(item).__name__}, not str.")
+    return items
+
+
+def _items_fingerprint(items, modality: str) -> str:
+    """What a gallery's embeddings depend on besides the weights and the processor: its items, in order (a dataset
+    column by the dataset's own fingerprint; an image file by its path, size and modification time)."""
+    hasher = Hasher()
+    hasher.update(modality)
+    if isinstance(items, GalleryItems):
+        hasher.update((items.dataset._fingerprint, items.column, len(items)))
+        return hasher.hexdigest()
+    hasher.update(len(items))
+    for item in items:
+        if modality == "image" and isinstance(item, (str, os.PathLike)) and os.path.isfile(item):
+            stat = os.stat(item)
+            item = (os.path.abspath(item), stat.st_size, stat.st_mtime_ns)
+        hasher.update(item)
+    return hasher.hexdigest()
+
+
+def _processor_fingerprint(processor, modality: str, max_length: int | None) -> str:
+    """The preprocessing settings an embedding depends on."""
+    if modality == "image":
+        return Hasher.hash(processor.image_processor.to_json_string())
+    tokenizer = processor.tokenizer
+    return Hasher.hash((type(tokenizer).__name__, tokenizer.name_or_path, len(tokenizer), max_length))
 
 
 def _bridge_model(model):
@@ -130,8 +190,12 @@ def build_gallery(
     if (images is None) == (texts is None):
         raise ValueError("build_gallery takes images or texts (one gallery per modality), not both or neither.")
     modality, items = ("image", images) if images is not None else ("text", texts)
+    items = _check_items(items, modality, f"{modality} gallery", single_allowed=False)
     if len(items) == 0:
         raise ValueError(f"The {modality} gallery is empty: give at least one {modality}.")
+    _check_positive_int(batch_size, "batch_size")
+    if max_length is not None:
+        _check_positive_int(max_length, "max_length")
     bridge = _bridge_model(model)
     bridge.eval()
     fingerprint = unimodal_fingerprint(bridge, modality)
@@ -161,22 +225,31 @@ def _faiss_index(dataset):
 def _disk_gallery(
     bridge, processor, modality, items, fingerprint, batch_size, cache_dir, overwrite, max_length, progress
 ) -> Gallery:
-    from datasets import Dataset, Features, List, Value
+    from datasets import Features, List, Value
 
-    from ..arrow_cache import fingerprinted_folder_matches, write_fingerprinted_arrow_folder
+    from ..arrow_cache import open_fingerprinted_arrow_folder, write_fingerprinted_arrow_folder
 
-    info = {"modality": modality, "fingerprint": fingerprint, "size": len(items), "dim": bridge.config.projection_dim}
-    if not fingerprinted_folder_matches(cache_dir, GALLERY_INFO_FILE, info):
+    info = {
+        "modality": modality,
+        "fingerprint": fingerprint,
+        "size": len(items),
+        "dim": bridge.config.projection_dim,
+        "items": _items_fingerprint(items, modality),
+        "processor": _processor_fingerprint(processor, modality, max_length),
+    }
+    dataset = open_fingerprinted_arrow_folder(
+        cache_dir, GALLERY_EMBEDDINGS_FILE, GALLERY_INFO_FILE, info, "gallery", overwrite=overwrite
+    )
+    if dataset is None:
         features = Features({"embedding": List(Value("float32"), length=bridge.config.projection_dim)})
         batches = (
             {"embedding": _encode(bridge, processor, modality, batch, max_length)[1].float().cpu().tolist()}
             for batch in _batches(items, batch_size, progress, f"embedding the {modality} gallery")
         )
-        write_fingerprinted_arrow_folder(
+        dataset = write_fingerprinted_arrow_folder(
             cache_dir, GALLERY_EMBEDDINGS_FILE, features, batches, GALLERY_INFO_FILE, info, overwrite=overwrite
         )
     # Memory-mapped: the embeddings stay on disk; FAISS holds its own copy for the search.
-    dataset = Dataset.from_file(os.path.join(cache_dir, GALLERY_EMBEDDINGS_FILE))
     return Gallery(None, modality, fingerprint, items, index=_faiss_index(dataset))
 
 
@@ -210,6 +283,12 @@ def search(
         raise ValueError("The gallery is empty: nothing to search.")
     if rerank is not None and rerank not in SCORE_MODES[1:]:
         raise ValueError(f"rerank must be None, 'fused' or 'itm', got {rerank!r}.")
+    _check_positive_int(k, "k")
+    _check_positive_int(batch_size, "batch_size")
+    if max_length is not None:
+        _check_positive_int(max_length, "max_length")
+    query_modality = "text" if gallery.modality == "image" else "image"
+    queries = _check_items(queries, query_modality, "query list", single_allowed=True)
     bridge = _bridge_model(model)
     bridge.eval()
     if gallery.dim != bridge.config.projection_dim:
@@ -227,7 +306,6 @@ def search(
             f"k={k} is larger than the gallery ({len(gallery)} items); using k={len(gallery)}.", stacklevel=2
         )
     k = min(k, len(gallery))
-    query_modality = "text" if gallery.modality == "image" else "image"
     outputs = []
     for batch in _batches(queries, batch_size, progress, "searching"):
         states, embeddings, mask = _encode(bridge, processor, query_modality, batch, max_length)

@@ -4,9 +4,10 @@ With frozen towers (stage A), every epoch would run the same images and captions
 `cache_tower_states` runs them once and writes the states to disk as one Arrow file (in batches, with a progress
 bar), read back as a memory-mapped `datasets.Dataset`; `TowerStateCollator` batches its rows for
 `BridgeForPreTraining`, which takes them as `vision_hidden_state` / `text_hidden_state`. The folder records a
-fingerprint of the towers' weights, the rows and the preprocessing; a later call with the same fingerprint loads it
-instead of recomputing, and one with another fingerprint recomputes it (a folder that is not a previous cache is
-never replaced without `overwrite`).
+fingerprint of the towers' weights, the rows and the preprocessing, and the Arrow file's size and sha256; a later
+call with the same fingerprint verifies the file and loads it instead of recomputing (a damaged file is an error
+naming the folder), and one with another fingerprint recomputes it (a folder this package did not write, or one
+changed since, is never replaced without `overwrite`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import torch
 from datasets import Array2D, Dataset, Features, List, Value
 from huggingface_hub.utils import tqdm
 
-from ..arrow_cache import fingerprinted_folder_matches, write_fingerprinted_arrow_folder
+from ..arrow_cache import open_fingerprinted_arrow_folder, write_fingerprinted_arrow_folder
 from ..fingerprint import weights_fingerprint
 from .stages import find_bridge_model
 
@@ -81,8 +82,11 @@ def cache_tower_states(
     longest = max(len(ids) for ids in processor.tokenizer(list(dataset[text_column]))["input_ids"])
     length = min(longest, limit)
     info = _cache_fingerprint(bridge, dataset, processor, length, image_column, text_column)
-    if fingerprinted_folder_matches(cache_dir, CACHE_INFO_FILE, info):
-        return _load_cache(cache_dir)
+    cached = open_fingerprinted_arrow_folder(
+        cache_dir, CACHE_STATES_FILE, CACHE_INFO_FILE, info, "tower-state cache", overwrite=overwrite
+    )
+    if cached is not None:
+        return cached.with_format("torch")
 
     vision_width, text_width = bridge.vision_unimodal_projection.in_features, config.text_config.hidden_size
     features = Features(
@@ -122,14 +126,10 @@ def cache_tower_states(
         finally:
             bridge.train(was_training)
 
-    write_fingerprinted_arrow_folder(
+    written = write_fingerprinted_arrow_folder(
         cache_dir, CACHE_STATES_FILE, features, batches(), CACHE_INFO_FILE, info, overwrite=overwrite
     )
-    return _load_cache(cache_dir)
-
-
-def _load_cache(cache_dir) -> Dataset:
-    return Dataset.from_file(os.path.join(cache_dir, CACHE_STATES_FILE)).with_format("torch")
+    return written.with_format("torch")
 
 
 @dataclass

@@ -21,12 +21,18 @@ from collections import defaultdict
 import torch
 import transformers
 from transformers import PreTrainedModel, Trainer, TrainerCallback, ViTConfig, ViTModel
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, sort_checkpoints
 from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, WEIGHTS_INDEX_NAME, WEIGHTS_NAME
 from transformers.utils import logging as transformers_logging
 
 from ..configuration_bridge import LOSS_COMPONENTS
-from ..saving import apply_default_permissions, replace_directory, save_pretrained_atomically
+from ..saving import (
+    apply_default_permissions,
+    foreign_entries,
+    package_wrote,
+    replace_directory,
+    save_pretrained_atomically,
+)
 
 
 # The private Trainer methods BridgeTrainer overrides or replaces, with the parameters (after self) it expects.
@@ -136,6 +142,32 @@ class _SeededCollation(TrainerCallback):
         self.next_index = epochs * batches_per_epoch + skipped
 
 
+def _check_own_checkpoint(path: str) -> None:
+    """A checkpoint folder is replaced (a run repeating a step) only if this package wrote it, unchanged."""
+    if not os.path.lexists(path):
+        return
+    folder = os.path.isdir(path) and not os.path.islink(path)
+    foreign = foreign_entries(path) if folder else ["not a folder"]
+    if foreign:
+        raise FileExistsError(
+            f"{path} exists and was not written by BridgeTrainer, or changed since ({', '.join(foreign)}); it is not "
+            "replaced. Move it away, or choose another output_dir."
+        )
+
+
+def _rotate_own_checkpoints(run_dir: str, save_total_limit: int | None, best: str | None) -> None:
+    """transformers' `rotate_checkpoints` (keep the newest `save_total_limit`, always the latest and the best), over
+    the checkpoints this package wrote only: a `checkpoint-N` folder of the user's is never deleted by its name."""
+    if not save_total_limit or save_total_limit <= 0:
+        return
+    own = [path for path in sort_checkpoints(run_dir, use_mtime=True) if package_wrote(path)]
+    protected = {os.path.abspath(p) for p in own[-1:] + ([best] if best else [])}
+    removable = [path for path in own if os.path.abspath(path) not in protected]
+    for path in removable[: max(0, len(own) - max(save_total_limit, len(protected)))]:
+        transformers_logging.get_logger(__name__).info(f"Deleting older checkpoint {path} (save_total_limit)")
+        shutil.rmtree(path, ignore_errors=True)
+
+
 class BridgeTrainer(Trainer):
     """`Trainer` that logs every loss component of `BridgeForPreTraining` (averaged over the logging window, as
     Trainer does for `loss`), resumes a killed run to the same weights, and writes each checkpoint to a staging folder
@@ -220,17 +252,13 @@ class BridgeTrainer(Trainer):
                 )
             # Trainer creates the staging folders with os.makedirs (umask modes); the weights need fixing, though.
             apply_default_permissions(staged)
-            replace_directory(staged, os.path.join(run_dir, name))
+            final = os.path.join(run_dir, name)
+            replace_directory(staged, final, check=lambda: _check_own_checkpoint(final))
             shutil.rmtree(staging_root, ignore_errors=True)
             best = self.state.best_model_checkpoint
             if best and best.startswith(staging_root):
                 self.state.best_model_checkpoint = os.path.join(run_dir, os.path.relpath(best, staging_root))
-            rotate_checkpoints(
-                output_dir=run_dir,
-                save_total_limit=self.args.save_total_limit,
-                best_model_checkpoint=self.state.best_model_checkpoint,
-                use_mtime=True,
-            )
+            _rotate_own_checkpoints(run_dir, self.args.save_total_limit, self.state.best_model_checkpoint)
         self.accelerator.wait_for_everyone()
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
