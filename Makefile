@@ -22,7 +22,7 @@ OLDEST_TRANSFORMERS = $(shell sed -n 's/^ *"transformers>=\([0-9][0-9.]*\),.*/\1
 MODEL_TESTS := tests/test_modeling.py tests/test_config.py tests/test_hub.py tests/test_bad_inputs.py \
 	tests/test_model_contract.py
 
-.PHONY: test test-oldest demo install lint format clean
+.PHONY: test test-fast test-oldest demo install lint format clean
 
 install: $(STAMP)
 
@@ -33,6 +33,10 @@ $(STAMP): pyproject.toml
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest tests
+
+# The fast loop while editing: everything but the slow modules (tests/conftest.py's SLOW_MODULES), about 2 minutes.
+test-fast: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest tests -m "not slow"
 
 $(OLDEST_VENV)/.installed: pyproject.toml
 	test -n "$(OLDEST_TRANSFORMERS)" || { echo 'no "transformers>=X,<Y" found in pyproject.toml' >&2; exit 1; }

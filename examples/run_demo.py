@@ -181,6 +181,9 @@ def probe_tower(tower, head, split, processor) -> dict[str, float]:
     return {name: count / total for name, count in right.items()}
 
 
+PRESTAGE_KIND = "pre-stage vision tower"
+
+
 def prestage_folder(args: DemoArguments) -> str:
     """One folder per pre-stage setting, so another seed or step count never replaces a tower trained before."""
     return os.path.join(args.output_dir, f"vision_tower_seed{PRESTAGE_SEED + args.seed}_steps{args.tower_steps}")
@@ -204,7 +207,7 @@ def pretrained_shapes_tower(args: DemoArguments, processor, test) -> dict:
                 f"({', '.join(changed) or 'model.safetensors differs from its recorded sha256'}): delete the folder, "
                 "or pass --overwrite to train it again."
             )
-    check_output_dir(folder, overwrite=args.overwrite)
+    check_output_dir(folder, overwrite=args.overwrite, kind=PRESTAGE_KIND)
     started = time.time()
     # Fresh scenes, another seed than the demo's training rows, train families only (their "train" split).
     scenes = load_bridge_shapes(num_train=settings["scenes"], seed=settings["seed"])["train"]
@@ -238,7 +241,7 @@ def pretrained_shapes_tower(args: DemoArguments, processor, test) -> dict:
     info["weights_sha256"] = file_sha256(staging / "model.safetensors")
     with open(staging / "prestage.json", "w", encoding="utf-8") as f:
         json.dump(info, f, indent=1)
-    replace_directory(staging, folder)
+    replace_directory(staging, folder, kind=PRESTAGE_KIND)
     return info
 
 

@@ -374,10 +374,14 @@ def check_ranges(model_args: ModelArguments, data_args: DataArguments, training_
     for flag in ("mlm_probability", "mim_probability"):
         check_number(getattr(data_args, flag), f"--{flag}", minimum=0, maximum=1)
     check_training_arguments(training_args)
-    check_results_folder(
-        training_args.output_dir,
-        inputs={model_args.model_name_or_path: "the model folder (--model_name_or_path)"},
-    )
+    inputs = {
+        model_args.model_name_or_path: "the model folder (--model_name_or_path)",
+        model_args.vision_model: "the vision tower folder (--vision_model)",
+        model_args.text_model: "the text tower folder (--text_model)",
+    }
+    check_results_folder(training_args.output_dir, inputs=inputs)
+    if data_args.tower_state_cache:  # a cache written inside an input folder would make that folder not ours
+        check_results_folder(data_args.tower_state_cache, "--tower_state_cache", inputs=inputs)
 
 
 def check_batch_size(training_args) -> None:

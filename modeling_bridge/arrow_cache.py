@@ -73,12 +73,20 @@ def open_fingerprinted_arrow_folder(
 
 
 def write_fingerprinted_arrow_folder(
-    folder: str | os.PathLike, arrow_file: str, features, batches, info_file: str, info: dict, overwrite: bool = False
+    folder: str | os.PathLike,
+    arrow_file: str,
+    features,
+    batches,
+    info_file: str,
+    info: dict,
+    kind: str,
+    overwrite: bool = False,
 ) -> Dataset:
     """Write `batches` (dicts of column lists) as one Arrow file, batch by batch (memory stays at one batch), plus
     `info` and the file's size and sha256 as JSON, into a staging folder renamed into place; `folder` is replaced
-    only as `check_output_dir` allows. Returns the written file as a memory-mapped `Dataset`."""
-    check_output_dir(folder, overwrite=overwrite)
+    only as `check_output_dir` allows (a previous cache of this `kind`, e.g. "gallery", never a saved model). Returns
+    the written file as a memory-mapped `Dataset`."""
+    check_output_dir(folder, overwrite=overwrite, kind=kind)
     staging = make_staging_dir(folder)
     try:
         with ArrowWriter(features=features, path=os.fspath(staging / arrow_file)) as writer:
@@ -89,7 +97,9 @@ def write_fingerprinted_arrow_folder(
         record = {**info, INTEGRITY_KEY: {"size": written.stat().st_size, "sha256": file_sha256(written)}}
         with open(staging / info_file, "w", encoding="utf-8") as f:
             json.dump(record, f, indent=1)
-        replace_directory(staging, folder, check=lambda: check_output_dir(folder, overwrite=overwrite))
+        replace_directory(
+            staging, folder, check=lambda: check_output_dir(folder, overwrite=overwrite, kind=kind), kind=kind
+        )
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return Dataset.from_file(os.path.join(folder, arrow_file))

@@ -3,6 +3,7 @@
 Hub code: imports only transformers and `.configuration_bridge`.
 """
 
+import typing
 from typing import Literal
 
 from transformers import AutoConfig, PreTrainedConfig
@@ -12,7 +13,7 @@ from .configuration_bridge import BridgeConfig
 
 
 AdapterType = Literal["langbridge", "mlp"]
-ADAPTER_TYPES = ("langbridge", "mlp")
+ADAPTER_TYPES = typing.get_args(AdapterType)
 
 
 class LangBridgeConfig(PreTrainedConfig):

@@ -128,6 +128,7 @@ def save_hub_folder(
             staging,
             target,
             check=lambda: check_output_dir(output_dir, overwrite, protect, replace_previous_save=False),
+            kind="Hub folder",
         )
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

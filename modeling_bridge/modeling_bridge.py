@@ -971,8 +971,15 @@ class BridgeModel(BridgePreTrainedModel):
         `return_dict` and the config's `output_attentions` / `output_hidden_states` / `return_dict`."""
         self._check_pixel_values(pixel_values)
         output_attentions, output_hidden_states = self._output_flags(output_attentions, output_hidden_states)
+        pixels = pixel_values.to(self.vision_model.dtype)
+        if pixels.dtype != pixel_values.dtype:  # e.g. raw 16-bit values overflow float16 (largest 65504) to inf
+            self._check_finite(
+                pixels,
+                f"pixel_values in the vision tower's {pixels.dtype}",
+                "They overflow that dtype: normalise the images (BridgeProcessor does) or run the tower in float32.",
+            )
         outputs = self.vision_model(
-            pixel_values=pixel_values.to(self.vision_model.dtype),
+            pixel_values=pixels,
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
             return_dict=True,
@@ -1045,7 +1052,12 @@ class BridgeModel(BridgePreTrainedModel):
     ) -> BridgeInteractionOutput:
         """Run the interaction encoder on (image_index[p], text_index[p]) pairs of encoded images and texts (aligned
         pairs when both are None; see `BridgeInteractionEncoder`) and add each pair's fused embeddings, fused logit
-        and ITM logits."""
+        and ITM logits. Non-finite states and mask rows without a token are refused, as in `forward`."""
+        fix = "Pass the towers' final states (get_image_features / get_text_features) of checked inputs."
+        self._check_finite(vision_hidden_state, "vision_hidden_state", fix)
+        self._check_finite(text_hidden_state, "text_hidden_state", fix)
+        if attention_mask is not None and self._reads_values(attention_mask):
+            self._check_attention_mask(attention_mask)
         out = self.interaction_layers(
             vision_hidden_state,
             text_hidden_state,
@@ -1282,7 +1294,7 @@ class BridgeForPreTrainingOutput(ModelOutput):
 
 
 class BridgeForPreTraining(BridgePreTrainedModel):
-    """BRIDGE with its pre-training objectives (DESIGN section 3): dual ITC, ITM on mined hard negatives, MLM, MIM
+    """BRIDGE with its pre-training objectives: dual ITC, ITM on mined hard negatives, MLM, MIM
     and attention cycle-consistency, weighted by the config's `*_loss_weight` fields (0 disables one).
 
     Inputs are aligned pairs: image i is described by text i. Under torch.distributed the contrastive terms and the

@@ -38,6 +38,7 @@ from pathlib import Path
 # The ownership record: hidden, so transformers' loaders never read it; `publish` leaves it out of uploads.
 OWNERSHIP_FILE = ".modeling_bridge_folder.json"
 _OWNER = "modeling_bridge"
+MODEL_SAVE = "model save"  # the default kind: save_pretrained_atomically's folders
 
 
 def _walk_entries(folder: str) -> tuple[dict[str, os.stat_result], list[str], list[str]]:
@@ -61,15 +62,17 @@ def _walk_entries(folder: str) -> tuple[dict[str, os.stat_result], list[str], li
     return files, folders, others
 
 
-def write_ownership_record(folder: str | os.PathLike) -> None:
-    """Record, in `folder`, every file and subfolder now under it (size and modification time of each file): the
-    proof `foreign_entries` asks for before the folder may be replaced. Call it on a fully written folder, last."""
+def write_ownership_record(folder: str | os.PathLike, kind: str = MODEL_SAVE) -> None:
+    """Record, in `folder`, every file and subfolder now under it (size and modification time of each file) and what
+    the folder is (`kind`: a model save, a cache, ...): the proof `foreign_entries` asks for before the folder may be
+    replaced, by a folder of the same kind only. Call it on a fully written folder, last."""
     folder = os.fspath(folder)
     record = os.path.join(folder, OWNERSHIP_FILE)
     files, folders, others = _walk_entries(folder)
     files.pop(OWNERSHIP_FILE, None)
     payload = {
         "written_by": _OWNER,
+        "kind": kind,
         "files": {name: [st.st_size, st.st_mtime_ns] for name, st in sorted(files.items())},
         "folders": sorted(folders),
         "links": sorted(others),  # written by a save itself (rare); listed so that they do not look foreign
@@ -103,6 +106,12 @@ def _read_ownership_record(folder: str) -> dict | None:
     return record
 
 
+def read_ownership_kind(folder: str | os.PathLike) -> str | None:
+    """The kind of folder this package recorded writing at `folder` (whatever was added since), or None."""
+    record = _read_ownership_record(os.fspath(folder)) if os.path.isdir(folder) else None
+    return None if record is None else record.get("kind", MODEL_SAVE)
+
+
 def foreign_entries(folder: str | os.PathLike) -> list[str]:
     """Entries under `folder` that this package cannot prove it wrote (see the module docstring): everything, if the
     folder has no valid ownership record; else the files, folders and links it does not list, and listed files
@@ -126,11 +135,15 @@ def foreign_entries(folder: str | os.PathLike) -> list[str]:
     return sorted(f for f in foreign if not any(f != d and f.startswith(d) for d in unlisted))
 
 
-def package_wrote(folder: str | os.PathLike) -> bool:
-    """Whether `folder` is a folder this package wrote and nobody changed since (its ownership record holds)."""
-    return (
-        os.path.isdir(folder) and _read_ownership_record(os.fspath(folder)) is not None and not foreign_entries(folder)
-    )
+def package_wrote(folder: str | os.PathLike, kind: str | None = None) -> bool:
+    """Whether `folder` is a folder this package wrote (as a `kind`, if given) and nobody changed since (its
+    ownership record holds)."""
+    if not os.path.isdir(folder) or os.path.islink(folder):
+        return False
+    record = _read_ownership_record(os.fspath(folder))
+    if record is None or (kind is not None and record.get("kind", MODEL_SAVE) != kind):
+        return False
+    return not foreign_entries(folder)
 
 
 def _absolute(path: str | os.PathLike) -> Path:
@@ -142,11 +155,13 @@ def check_output_dir(
     overwrite: bool = False,
     protect: Iterable[str | os.PathLike | None] | Mapping[str | os.PathLike | None, str] = (),
     replace_previous_save: bool = True,
+    kind: str = MODEL_SAVE,
 ) -> Path:
     """Raise unless a save may create or replace `output_dir` (rules in the module docstring); return its absolute
     path. `protect`: paths the save must not delete, or a `{path: label}` mapping whose labels ("the model folder")
     name them in the error; None entries are skipped; compared after resolving links. `replace_previous_save=False`
-    asks for `overwrite=True` before replacing any non-empty folder."""
+    asks for `overwrite=True` before replacing any non-empty folder. `kind`: what the save writes; a folder the
+    package wrote as another kind (a model save, where a cache is to go) is not replaced without `overwrite`."""
     target = _absolute(output_dir)
     real = target.resolve()
     labelled = protect.items() if isinstance(protect, Mapping) else ((path, None) for path in protect)
@@ -198,6 +213,14 @@ def check_output_dir(
         raise FileExistsError(
             f"{output_dir} {reason}; pass overwrite=True (--overwrite on the command line) to "
             f"replace it, or choose another output folder."
+        )
+    record = _read_ownership_record(os.fspath(target))
+    written = (record or {}).get("kind", MODEL_SAVE)
+    if record is not None and written != kind:
+        raise FileExistsError(
+            f"{output_dir} holds a {written} that this package wrote, not a {kind}; it is not replaced by one (a "
+            "mistyped folder must not cost a trained model or a cache). Choose another output folder, or pass "
+            "overwrite=True (--overwrite on the command line) to replace it."
         )
     return target
 
@@ -252,16 +275,18 @@ def _destination_lock(final_dir: str):
         os.close(descriptor)  # releases the lock
 
 
-def replace_directory(staging_dir: str | os.PathLike, final_dir: str | os.PathLike, check=None) -> None:
+def replace_directory(
+    staging_dir: str | os.PathLike, final_dir: str | os.PathLike, check=None, kind: str = MODEL_SAVE
+) -> None:
     """Move a fully written `staging_dir` to `final_dir`, first recording in it what it holds (the ownership record,
     `write_ownership_record`). An existing `final_dir` is moved aside first (and moved back if the rename fails),
     then deleted once the new one is in place: an interruption leaves either the old folder or the new one under
     `final_dir`, never a mix. Callers decide beforehand whether `final_dir` may be replaced (`check_output_dir`);
     `check()`, if given, runs again under the lock, right before the rename, so that concurrent saves cannot race
     past it. `staging_dir` keeps its permissions, so create it with `make_staging_dir` (or `os.makedirs`) and pass
-    it through `apply_default_permissions`."""
+    it through `apply_default_permissions`. `kind`: what the folder is, recorded (see `check_output_dir`)."""
     final_dir = os.path.abspath(final_dir)
-    write_ownership_record(staging_dir)
+    write_ownership_record(staging_dir, kind)
     with _destination_lock(final_dir):
         if check is not None:
             check()
@@ -331,6 +356,7 @@ def write_json_atomically(path: str | os.PathLike, payload) -> None:
 
 
 __all__ = [
+    "MODEL_SAVE",
     "OWNERSHIP_FILE",
     "apply_default_permissions",
     "check_output_dir",
@@ -338,6 +364,7 @@ __all__ = [
     "make_staging_dir",
     "package_wrote",
     "read_json_object",
+    "read_ownership_kind",
     "replace_directory",
     "save_pretrained_atomically",
     "write_file_atomically",

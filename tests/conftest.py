@@ -178,3 +178,24 @@ def random_inputs(n_images=4, n_texts=5, length=7, seed=0, pad_rows=(1, 3)):
         attention_mask[row, length - 2 - k :] = 0
         input_ids[row, length - 2 - k :] = 0
     return pixel_values, input_ids, attention_mask
+
+
+# `make test-fast` (pytest -m "not slow") leaves out the modules that run commands, subprocesses, DDP workers, wheel
+# builds and the example pipelines: the model, data and library tests in about a minute. `make test` and CI run all.
+SLOW_MODULES = {
+    "test_dependencies",
+    "test_distributed",
+    "test_example_errors",
+    "test_examples",
+    "test_hub",
+    "test_packaging",
+    "test_performance",
+    "test_push_to_hub",
+    "test_readme",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.module.__name__ in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)

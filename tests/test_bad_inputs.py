@@ -200,3 +200,25 @@ def test_processor_call_is_quiet_with_a_tokenizer_that_stores_truncation_setting
     batch = minilm(images=random_images(2), text=["a red circle", "a blue square " * 20], return_tensors="pt")
     assert not [w for w in recwarn if "max_length" in str(w.message)]
     assert batch["input_ids"].shape == (2, 16)  # truncated to the tokenizer's model_max_length
+
+
+def test_pixels_that_overflow_a_half_precision_tower_are_refused(inputs):
+    from conftest import make_model
+
+    pixel_values, input_ids, attention_mask = inputs
+    half = make_model().half()
+    with pytest.raises(
+        ValueError, match=r"pixel_values in the vision tower's torch.float16 hold NaN or infinite .* 0"
+    ):
+        half(pixel_values=_with(pixel_values, (0, 0, 0, 0), 1e5), input_ids=input_ids, attention_mask=attention_mask)
+
+
+def test_interact_refuses_non_finite_states_and_empty_mask_rows(model, inputs):
+    pixel_values, input_ids, attention_mask = inputs
+    with torch.no_grad():
+        vision = model.get_image_features(pixel_values).last_hidden_state
+        text = model.get_text_features(input_ids, attention_mask).last_hidden_state
+    with pytest.raises(ValueError, match=r"vision_hidden_state hold NaN or infinite values in row\(s\) 1"):
+        model.interact(_with(vision, (1, 0, 0), math.nan), text, attention_mask)
+    with pytest.raises(ValueError, match=r"attention_mask row\(s\) \[0\] mark no token at all"):
+        model.interact(vision, text, _with(attention_mask, 0, 0), torch.tensor([0, 1]), torch.tensor([0, 1]))

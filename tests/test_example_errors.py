@@ -829,3 +829,13 @@ def test_the_commands_print_one_error_line_for_a_bad_argument(tmp_path, script, 
     )
     assert (result.returncode, result.stderr) == (1, expected)
     assert not (tmp_path / "o").exists()
+
+
+def test_pretraining_refuses_a_tower_state_cache_inside_its_input_model_folder(sources, tmp_path, capsys):
+    before = _snapshot(sources / "model")
+    cache = sources / "model" / "states"
+    assert _fails(run_pretraining, _from_model(sources, tmp_path / "run", "--tower_state_cache", cache), capsys) == (
+        f"--tower_state_cache {cache} lies inside the model folder (--model_name_or_path) {sources / 'model'}; "
+        "results are never written into an input folder. Choose another --tower_state_cache."
+    )
+    assert _snapshot(sources / "model") == before

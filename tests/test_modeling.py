@@ -12,8 +12,9 @@ SCORES = ["unimodal", "fused", "itm"]
 
 
 def reference_pair_scores(model, pixel_values, input_ids, attention_mask):
-    """DESIGN section 1 written out for one (image, text) pair with plain tensor ops, reading the model's weights.
-    Returns (fused logit, itm logits). Padded text tokens are dropped instead of masked."""
+    """The scoring rule (cross-attention layers, then the fused and ITM scores) written out for one (image, text)
+    pair with plain tensor ops, reading the model's weights. Returns (fused logit, itm logits). Padded text tokens are
+    dropped instead of masked."""
     keep = attention_mask[0].bool()
     h_v = model.vision_model(pixel_values=pixel_values).last_hidden_state[0]
     h_t = model.text_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state[0][keep]

@@ -219,3 +219,53 @@ def test_search_validates_its_arguments_in_memory_and_on_disk(processor, tmp_pat
         build_gallery(model, processor, texts="a red circle")
     with pytest.raises(ValueError, match="max_length must be a positive integer, got -1"):
         build_gallery(model, processor, texts=CAPTIONS, max_length=-1)
+
+
+def _processor_with(processor, vocab):
+    from transformers import BertTokenizer
+
+    from modeling_bridge import BridgeProcessor
+
+    return BridgeProcessor(image_processor=processor.image_processor, tokenizer=BertTokenizer(vocab=vocab))
+
+
+def test_a_gallery_on_disk_is_re_embedded_for_another_tokenizer_or_pooling(processor, tmp_path):
+    """The first fingerprint covered the tokenizer's class and size and the weights only: a tokenizer with the same
+    size but other ids, or another pooling, silently reused the old embeddings."""
+    pytest.importorskip("faiss")
+    from conftest import VOCAB
+
+    model, folder = make_model(), tmp_path / "g"
+    build_gallery(model, processor, texts=CAPTIONS, cache_dir=folder, progress=False)
+    words = VOCAB[5:]
+    permuted = _processor_with(processor, {w: i for i, w in enumerate(VOCAB[:5] + words[::-1])})
+    other = build_gallery(model, permuted, texts=CAPTIONS, cache_dir=folder, progress=False)
+    expected = build_gallery(model, permuted, texts=CAPTIONS, progress=False).embeddings
+    torch.testing.assert_close(torch.tensor(other.index["embedding"]), expected)
+
+    memory = build_gallery(model, processor, texts=CAPTIONS, progress=False)
+    model.config.pooling = "cls"
+    with pytest.raises(ValueError, match=r"embedded by another model \(other weights or pooling\)"):
+        search(model, processor, memory, random_images(1), k=2)
+    pooled = build_gallery(model, processor, texts=CAPTIONS, cache_dir=folder, progress=False)
+    torch.testing.assert_close(
+        torch.tensor(pooled.index["embedding"]), build_gallery(model, processor, texts=CAPTIONS).embeddings
+    )
+
+
+def test_search_refuses_empty_texts_a_too_short_max_length_and_texts_against_a_text_gallery(processor):
+    from datasets import Dataset
+
+    model = make_model()
+    gallery = build_gallery(model, processor, images=random_images(3), progress=False)
+    for query in ("", "   "):
+        with pytest.raises(ValueError, match=r"The query list holds an empty text \(item 0\)"):
+            search(model, processor, gallery, query, k=2)
+    with pytest.raises(ValueError, match="max_length=2 leaves no room for a word: the tokenizer adds 2 special"):
+        search(model, processor, gallery, CAPTIONS, k=2, max_length=2)
+    texts = build_gallery(model, processor, texts=CAPTIONS, progress=False)
+    with pytest.raises(ValueError, match="The gallery holds texts, so the queries must be images .* 'a red circle'"):
+        search(model, processor, texts, "a red circle", k=2)
+    column = Dataset.from_dict({"c": ["a red circle", None]})["c"]
+    with pytest.raises(TypeError, match="The text gallery must hold strings; item 1 is NoneType, not str"):
+        build_gallery(model, processor, texts=column)

@@ -395,3 +395,34 @@ def test_trainer_never_replaces_nor_rotates_away_a_users_checkpoint_folder(tmp_p
     assert package_wrote(run / "checkpoint-3")
     _train(tmp_path, processor, run, max_steps=3, save_total_limit=1)  # the same steps again: its own are replaced
     assert sorted(os.listdir(run)) == ["checkpoint-0", "checkpoint-3"] and _snapshot(run / "checkpoint-0") == older
+
+
+def test_a_staging_folder_of_the_users_name_is_not_deleted_by_the_trainer(tmp_path, processor):
+    run = tmp_path / "run"
+    mine = _user_folder(run / ".staging-checkpoint-1")  # the trainer's staging name, but not made by it
+    with pytest.raises(FileExistsError, match=r"\.staging-checkpoint-1 exists and was not made by BridgeTrainer"):
+        _train(tmp_path, processor, run)
+    assert _snapshot(run / ".staging-checkpoint-1") == mine
+
+
+def test_a_cache_never_replaces_a_saved_model_nor_a_save_a_cache(tmp_path, processor):
+    """1c168be (and the first ownership record) let a mistyped cache_dir replace a trained model the package saved."""
+    from modeling_bridge.retrieval import build_gallery
+
+    model, out = make_model(), tmp_path / "my-bridge"
+    save_pretrained_atomically(out, model, processor)
+    before = _snapshot(out)
+    with pytest.raises(FileExistsError) as error:
+        build_gallery(model, processor, texts=["a red circle", "a blue square"], cache_dir=out, progress=False)
+    assert str(error.value) == (
+        f"{out} holds a model save that this package wrote, not a gallery; it is not replaced by one (a mistyped "
+        "folder must not cost a trained model or a cache). Choose another output folder, or pass overwrite=True "
+        "(--overwrite on the command line) to replace it."
+    )
+    assert _snapshot(out) == before
+    pytest.importorskip("faiss")
+    cache = tmp_path / "gallery"
+    build_gallery(model, processor, texts=["a red circle"], cache_dir=cache, progress=False)
+    with pytest.raises(FileExistsError, match="holds a gallery that this package wrote, not a model save"):
+        save_pretrained_atomically(cache, model)
+    assert package_wrote(cache, kind="gallery") and not package_wrote(cache, kind="model save")

@@ -214,3 +214,25 @@ def test_non_finite_cached_states_are_refused(processor, tmp_path):
     batch["text_hidden_state"][2, 0, 0] = float("inf")
     with pytest.raises(ValueError, match=r"text_hidden_state hold NaN or infinite values in row\(s\) 2: .* damaged"):
         model(**batch)
+
+
+def test_the_cache_is_recomputed_for_a_tokenizer_with_other_ids_or_casing(processor, tmp_path):
+    """The first fingerprint named the tokenizer's class and size only: another tokenizer of the same size reused
+    the old input_ids."""
+    from transformers import BertTokenizer
+
+    from conftest import VOCAB
+    from modeling_bridge import BridgeProcessor
+
+    model, folder = _frozen_model(), tmp_path / "cache"
+    first = cache_tower_states(model, _rows(), processor, folder, progress=False)
+    words = VOCAB[5:]
+    permuted = BridgeProcessor(
+        image_processor=processor.image_processor,
+        tokenizer=BertTokenizer(vocab={w: i for i, w in enumerate(VOCAB[:5] + words[::-1])}),
+    )
+    again = cache_tower_states(model, _rows(), permuted, folder, progress=False)
+    expected = permuted.tokenizer(CAPTIONS[0])["input_ids"]
+    assert (
+        again[0]["input_ids"][: len(expected)].tolist() == expected != first[0]["input_ids"][: len(expected)].tolist()
+    )

@@ -18,7 +18,7 @@ from conftest import IMAGE_SIZE, TEXT_CONFIGS, VISION_CONFIGS, VOCAB, make_confi
 from modeling_bridge import BridgeConfig, BridgeForPreTraining, BridgeModel, BridgeProcessor
 from modeling_bridge.configuration_bridge import LOSS_WEIGHT_FIELDS
 from modeling_bridge.data import BridgeDataCollator
-from modeling_bridge.saving import OWNERSHIP_FILE
+from modeling_bridge.saving import OWNERSHIP_FILE, write_ownership_record
 from modeling_bridge.training import (
     BridgeTrainer,
     TrainingStage,
@@ -29,7 +29,7 @@ from modeling_bridge.training import (
     transformer_blocks,
 )
 from modeling_bridge.training import trainer as trainer_module
-from modeling_bridge.training.trainer import PRIVATE_TRAINER_METHODS, check_private_trainer_api
+from modeling_bridge.training.trainer import PRIVATE_TRAINER_METHODS, STAGING_KIND, check_private_trainer_api
 
 
 # ---------------------------------------------------------------------------------------------- stages
@@ -473,7 +473,9 @@ def test_best_checkpoint_is_loaded_at_the_end_with_its_vision_blocks(tmp_path):
     """load_best_model_at_end goes through the same workaround, and the best checkpoint is the renamed folder; a
     staging folder left by a save killed at the same step is not merged into the new checkpoint."""
     stale = tmp_path / ".staging-checkpoint-2" / "checkpoint-2"
-    stale.mkdir(parents=True)
+    (tmp_path / ".staging-checkpoint-2").mkdir()
+    write_ownership_record(stale.parent, STAGING_KIND)  # as BridgeTrainer makes it, before Trainer writes into it
+    stale.mkdir()
     (stale / "stale.bin").write_bytes(b"from a killed save")
     trainer = _train(
         tmp_path,

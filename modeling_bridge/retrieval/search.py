@@ -22,7 +22,7 @@ from datasets.fingerprint import Hasher
 from PIL import Image
 
 from ..configuration_bridge import SCORE_MODES
-from ..fingerprint import weights_fingerprint
+from ..fingerprint import tokenizer_fingerprint, weights_fingerprint
 
 
 GALLERY_INFO_FILE = "bridge_gallery.json"
@@ -31,15 +31,30 @@ MODALITIES = ("image", "text")
 
 
 def unimodal_fingerprint(bridge, modality: str) -> str:
-    """Fingerprint of what produces a modality's unimodal embeddings: its tower and projection."""
+    """Fingerprint of what produces a modality's unimodal embeddings: its tower and projection, and the pooling."""
     if modality == "image":
-        return weights_fingerprint(tower=bridge.vision_model, projection=bridge.vision_unimodal_projection)
-    return weights_fingerprint(tower=bridge.text_model, projection=bridge.text_unimodal_projection)
+        weights = weights_fingerprint(tower=bridge.vision_model, projection=bridge.vision_unimodal_projection)
+    else:
+        weights = weights_fingerprint(tower=bridge.text_model, projection=bridge.text_unimodal_projection)
+    return Hasher.hash((weights, bridge.config.pooling))
 
 
 def _check_positive_int(value, name: str) -> None:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+
+
+def _check_max_length(max_length, processor) -> None:
+    """None, or room for the tokenizer's special tokens and at least one word."""
+    if max_length is None:
+        return
+    _check_positive_int(max_length, "max_length")
+    special = processor.tokenizer.num_special_tokens_to_add()
+    if max_length <= special:
+        raise ValueError(
+            f"max_length={max_length} leaves no room for a word: the tokenizer adds {special} special tokens to each "
+            f"text. Pass max_length > {special} (None: the model's max_text_positions)."
+        )
 
 
 def _check_items(items, modality: str, what: str, single_allowed: bool):
@@ -50,7 +65,7 @@ def _check_items(items, modality: str, what: str, single_allowed: bool):
         return items
     if isinstance(items, (str, os.PathLike, Image.Image)):
         if single_allowed:
-            return [items]
+            return _check_items([items], modality, what, single_allowed)
         raise TypeError(
             f"The {what} must be a list of {modality}s, got a single {type(items).__name__}: wrap it in a list."
         )
@@ -61,10 +76,12 @@ def _check_items(items, modality: str, what: str, single_allowed: bool):
         )
     if len(items) == 0:
         raise ValueError(f"The {what} is empty: give at least one {modality}.")
-    if modality == "text" and isinstance(items, (list, tuple)):  # a dataset column is typed already
+    if modality == "text":
         for i, item in enumerate(items):
             if not isinstance(item, str):
                 raise TypeError(f"The {what} must hold strings; item {i} is {type(item).__name__}, not str.")
+            if not item.strip():
+                raise ValueError(f"The {what} holds an empty text (item {i}): it has no words to match; remove it.")
     return items
 
 
@@ -89,8 +106,7 @@ def _processor_fingerprint(processor, modality: str, max_length: int | None) -> 
     """The preprocessing settings an embedding depends on."""
     if modality == "image":
         return Hasher.hash(processor.image_processor.to_json_string())
-    tokenizer = processor.tokenizer
-    return Hasher.hash((type(tokenizer).__name__, tokenizer.name_or_path, len(tokenizer), max_length))
+    return Hasher.hash((tokenizer_fingerprint(processor.tokenizer), max_length))
 
 
 def _bridge_model(model):
@@ -194,8 +210,7 @@ def build_gallery(
     if len(items) == 0:
         raise ValueError(f"The {modality} gallery is empty: give at least one {modality}.")
     _check_positive_int(batch_size, "batch_size")
-    if max_length is not None:
-        _check_positive_int(max_length, "max_length")
+    _check_max_length(max_length, processor)
     bridge = _bridge_model(model)
     bridge.eval()
     fingerprint = unimodal_fingerprint(bridge, modality)
@@ -247,7 +262,14 @@ def _disk_gallery(
             for batch in _batches(items, batch_size, progress, f"embedding the {modality} gallery")
         )
         dataset = write_fingerprinted_arrow_folder(
-            cache_dir, GALLERY_EMBEDDINGS_FILE, features, batches, GALLERY_INFO_FILE, info, overwrite=overwrite
+            cache_dir,
+            GALLERY_EMBEDDINGS_FILE,
+            features,
+            batches,
+            GALLERY_INFO_FILE,
+            info,
+            "gallery",
+            overwrite=overwrite,
         )
     # Memory-mapped: the embeddings stay on disk; FAISS holds its own copy for the search.
     return Gallery(None, modality, fingerprint, items, index=_faiss_index(dataset))
@@ -285,10 +307,20 @@ def search(
         raise ValueError(f"rerank must be None, 'fused' or 'itm', got {rerank!r}.")
     _check_positive_int(k, "k")
     _check_positive_int(batch_size, "batch_size")
-    if max_length is not None:
-        _check_positive_int(max_length, "max_length")
+    _check_max_length(max_length, processor)
     query_modality = "text" if gallery.modality == "image" else "image"
     queries = _check_items(queries, query_modality, "query list", single_allowed=True)
+    if query_modality == "image" and not isinstance(queries, GalleryItems):
+        for i, query in enumerate(queries):
+            if (
+                isinstance(query, str)
+                and not query.startswith(("http://", "https://", "data:"))
+                and not os.path.isfile(query)
+            ):
+                raise ValueError(
+                    f"The gallery holds texts, so the queries must be images (image-to-text search); query {i}, "
+                    f"{query!r}, is no image file. For text-to-image search, build the gallery from images."
+                )
     bridge = _bridge_model(model)
     bridge.eval()
     if gallery.dim != bridge.config.projection_dim:
@@ -298,8 +330,8 @@ def search(
         )
     if unimodal_fingerprint(bridge, gallery.modality) != gallery.fingerprint:
         raise ValueError(
-            f"The {gallery.modality} gallery was embedded by another model (or other weights) than this one: its "
-            "stage-1 scores would not match this model's. Rebuild it with build_gallery(model, ...)."
+            f"The {gallery.modality} gallery was embedded by another model (other weights or pooling) than this one: "
+            "its stage-1 scores would not match this model's. Rebuild it with build_gallery(model, ...)."
         )
     if k > len(gallery):
         warnings.warn(

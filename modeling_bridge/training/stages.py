@@ -1,4 +1,4 @@
-"""The staged curriculum (DESIGN section 3): which tower blocks train, with which loss weights and learning rate.
+"""The staged curriculum (the paper's stages A-C): which tower blocks train, with which loss weights and learning rate.
 
 The presets ship inside the package, as `modeling_bridge/training/presets/stage_{a,b,c}.json` (package data, read
 with importlib.resources, so they load from an installed wheel too); `apply_training_stage` applies one to any BRIDGE
@@ -16,7 +16,14 @@ from torch import nn
 from ..configuration_bridge import LOSS_NAMES
 
 
-STAGE_NAMES = ("a", "b", "c")
+# The preset names, read from the preset folder: a new `stage_x.json` there is preset "x".
+STAGE_NAMES = tuple(
+    sorted(
+        entry.name[len("stage_") : -len(".json")]
+        for entry in resources.files(__package__).joinpath("presets").iterdir()
+        if entry.name.startswith("stage_") and entry.name.endswith(".json")
+    )
+)
 
 
 @dataclass

@@ -22,12 +22,13 @@ from datasets import Array2D, Dataset, Features, List, Value
 from huggingface_hub.utils import tqdm
 
 from ..arrow_cache import open_fingerprinted_arrow_folder, write_fingerprinted_arrow_folder
-from ..fingerprint import weights_fingerprint
+from ..fingerprint import tokenizer_fingerprint, weights_fingerprint
 from .stages import find_bridge_model
 
 
 CACHE_INFO_FILE = "bridge_tower_cache.json"
 CACHE_STATES_FILE = "tower_states.arrow"
+CACHE_KIND = "tower-state cache"
 CACHE_COLUMNS = ("input_ids", "attention_mask", "vision_hidden_state", "text_hidden_state")
 
 
@@ -44,8 +45,7 @@ def _cache_fingerprint(bridge, dataset, processor, length, image_column, text_co
         "columns": [image_column, text_column],
         "text_length": length,
         "image_processor": json.loads(processor.image_processor.to_json_string()),
-        "tokenizer": type(processor.tokenizer).__name__,
-        "vocab_size": len(processor.tokenizer),
+        "tokenizer": tokenizer_fingerprint(processor.tokenizer),
     }
 
 
@@ -83,7 +83,7 @@ def cache_tower_states(
     length = min(longest, limit)
     info = _cache_fingerprint(bridge, dataset, processor, length, image_column, text_column)
     cached = open_fingerprinted_arrow_folder(
-        cache_dir, CACHE_STATES_FILE, CACHE_INFO_FILE, info, "tower-state cache", overwrite=overwrite
+        cache_dir, CACHE_STATES_FILE, CACHE_INFO_FILE, info, CACHE_KIND, overwrite=overwrite
     )
     if cached is not None:
         return cached.with_format("torch")
@@ -127,7 +127,7 @@ def cache_tower_states(
             bridge.train(was_training)
 
     written = write_fingerprinted_arrow_folder(
-        cache_dir, CACHE_STATES_FILE, features, batches(), CACHE_INFO_FILE, info, overwrite=overwrite
+        cache_dir, CACHE_STATES_FILE, features, batches(), CACHE_INFO_FILE, info, CACHE_KIND, overwrite=overwrite
     )
     return written.with_format("torch")
 

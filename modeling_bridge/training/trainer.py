@@ -30,8 +30,10 @@ from ..saving import (
     apply_default_permissions,
     foreign_entries,
     package_wrote,
+    read_ownership_kind,
     replace_directory,
     save_pretrained_atomically,
+    write_ownership_record,
 )
 
 
@@ -142,12 +144,18 @@ class _SeededCollation(TrainerCallback):
         self.next_index = epochs * batches_per_epoch + skipped
 
 
+CHECKPOINT_KIND = "Trainer checkpoint"
+STAGING_KIND = "Trainer checkpoint staging folder"
+
+
 def _check_own_checkpoint(path: str) -> None:
     """A checkpoint folder is replaced (a run repeating a step) only if this package wrote it, unchanged."""
     if not os.path.lexists(path):
         return
     folder = os.path.isdir(path) and not os.path.islink(path)
     foreign = foreign_entries(path) if folder else ["not a folder"]
+    if not foreign and not package_wrote(path, kind=CHECKPOINT_KIND):
+        foreign = ["not a checkpoint"]
     if foreign:
         raise FileExistsError(
             f"{path} exists and was not written by BridgeTrainer, or changed since ({', '.join(foreign)}); it is not "
@@ -160,7 +168,7 @@ def _rotate_own_checkpoints(run_dir: str, save_total_limit: int | None, best: st
     the checkpoints this package wrote only: a `checkpoint-N` folder of the user's is never deleted by its name."""
     if not save_total_limit or save_total_limit <= 0:
         return
-    own = [path for path in sort_checkpoints(run_dir, use_mtime=True) if package_wrote(path)]
+    own = [path for path in sort_checkpoints(run_dir, use_mtime=True) if package_wrote(path, kind=CHECKPOINT_KIND)]
     protected = {os.path.abspath(p) for p in own[-1:] + ([best] if best else [])}
     removable = [path for path in own if os.path.abspath(path) not in protected]
     for path in removable[: max(0, len(own) - max(save_total_limit, len(protected)))]:
@@ -235,7 +243,15 @@ class BridgeTrainer(Trainer):
         name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
         staging_root = os.path.join(run_dir, f".staging-{name}")
         if self.args.should_save:
-            shutil.rmtree(staging_root, ignore_errors=True)  # left by a save killed at this step: start clean
+            if os.path.lexists(staging_root):  # left by a save killed at this step: start clean, if it is ours
+                if read_ownership_kind(staging_root) != STAGING_KIND:
+                    raise FileExistsError(
+                        f"{staging_root} exists and was not made by BridgeTrainer; it is not deleted. Move it away, "
+                        "or choose another output_dir."
+                    )
+                shutil.rmtree(staging_root)
+            os.makedirs(staging_root)
+            write_ownership_record(staging_root, STAGING_KIND)  # the proof that a leftover is ours to delete
         self.accelerator.wait_for_everyone()
         self._get_output_dir = lambda trial=None: staging_root  # Trainer writes (and rotates) under this root
         try:
@@ -253,7 +269,7 @@ class BridgeTrainer(Trainer):
             # Trainer creates the staging folders with os.makedirs (umask modes); the weights need fixing, though.
             apply_default_permissions(staged)
             final = os.path.join(run_dir, name)
-            replace_directory(staged, final, check=lambda: _check_own_checkpoint(final))
+            replace_directory(staged, final, check=lambda: _check_own_checkpoint(final), kind=CHECKPOINT_KIND)
             shutil.rmtree(staging_root, ignore_errors=True)
             best = self.state.best_model_checkpoint
             if best and best.startswith(staging_root):
