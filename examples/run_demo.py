@@ -62,7 +62,7 @@ from modeling_bridge.data import (
     twin_adjacent_order,
 )
 from modeling_bridge.hub_utils import run_command
-from modeling_bridge.modeling_bridge import BridgeScalar, keep_frozen_parts_in_eval_mode, pool_tokens
+from modeling_bridge.modeling_bridge import BridgeScalar, keep_frozen_parts_in_eval_mode, pair_score, pool_tokens
 from modeling_bridge.saving import (
     check_output_dir,
     foreign_entries,
@@ -409,12 +409,12 @@ def score_matrices(bridge, dual, processor, images, captions) -> dict[str, torch
     """(images x captions) scores: BRIDGE's three from one pass (unimodal embeddings, fused and ITM logits of every
     pair), and the dual encoder's."""
     inputs = encode(processor, images, captions)
-    out = bridge(**inputs)
+    out = bridge(**inputs)  # the default score, "fused"; the ITM logits of every pair come along
     text_inputs = {k: inputs[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in inputs}
     return {
         "bridge_unimodal": out.image_embeds @ out.text_embeds.t(),
         "bridge_fused": out.logits_per_image,
-        "bridge_itm": out.itm_logits[..., 1],
+        "bridge_itm": pair_score(out, "itm"),
         "dual_encoder": dual.embed_images(inputs["pixel_values"]) @ dual.embed_texts(**text_inputs).t(),
     }
 

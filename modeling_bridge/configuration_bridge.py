@@ -16,12 +16,16 @@ from transformers.configuration_utils import SubConfigSpec
 
 
 PoolingType = Literal["mean", "cls", "max"]
-ScoreMode = Literal["unimodal", "fused", "itm"]
+# The scores (README "Scores"): "unimodal" from pooled tower states; the pair scores from a pair's interaction
+# (`pair_score` in modeling_bridge.py reads them off an interaction output).
+PairScoreMode = Literal["fused", "itm"]
+ScoreMode = Literal["unimodal", PairScoreMode]
 CrossEmbedSource = Literal["output", "layer_input"]
 FusedObjective = Literal["pairwise", "aligned"]
 NegativeMining = Literal["hardest", "semi_hard"]
 POOLING_TYPES = typing.get_args(PoolingType)
-SCORE_MODES = typing.get_args(ScoreMode)
+PAIR_SCORE_MODES = typing.get_args(PairScoreMode)
+SCORE_MODES = ("unimodal", *PAIR_SCORE_MODES)
 CROSS_EMBED_SOURCES = typing.get_args(CrossEmbedSource)
 FUSED_OBJECTIVES = typing.get_args(FusedObjective)
 NEGATIVE_MINING = typing.get_args(NegativeMining)

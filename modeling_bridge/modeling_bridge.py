@@ -25,6 +25,7 @@ from transformers.utils import ModelOutput, can_return_tuple, logging
 
 from .configuration_bridge import (
     LOSS_NAMES,
+    PAIR_SCORE_MODES,
     SCORE_MODES,
     BridgeConfig,
     check_local_path,
@@ -102,6 +103,16 @@ class BridgeInteractionOutput(ModelOutput):
     text_hidden_states: tuple[torch.FloatTensor, ...] | None = None
     text_attentions: tuple[torch.FloatTensor, ...] | None = None
     vision_attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+def pair_score(interaction: BridgeInteractionOutput, mode: str) -> torch.Tensor:
+    """The scoring rule's pair scores, read off an interaction output (any shape of pairs): `"fused"`, the fused
+    logit `logit_scale * <c_v, c_t>`; `"itm"`, the ITM head's match logit (index 1 of `[no-match, match]`)."""
+    if mode == "fused":
+        return interaction["fused_logits"]
+    if mode == "itm":
+        return interaction["itm_logits"][..., 1]
+    raise ValueError(f"A pair score is one of {PAIR_SCORE_MODES}, got {mode!r}.")
 
 
 @dataclass
@@ -583,6 +594,8 @@ class BridgePreTrainedModel(PreTrainedModel):
     _supports_attention_backend = False
     # The Auto class whose `auto_map` entry names this class in saved Hub code.
     _default_auto_class = "AutoModel"
+    # The pair score `modeling_bridge.retrieval.search` re-ranks by when not told (`rerank="default"`).
+    search_rerank = "fused"
 
     def _init_weights(self, module):
         """transformers' own init (normal(initializer_range) linears, unit norms) plus BRIDGE's parameters: each
@@ -1209,7 +1222,7 @@ class BridgeModel(BridgePreTrainedModel):
                     output_attentions=output_attentions,
                     output_hidden_states=output_hidden_states,
                 )
-                logits_per_image = pairs["fused_logits"] if score == "fused" else pairs["itm_logits"][..., 1]
+                logits_per_image = pair_score(pairs, score)
             if return_loss:
                 loss = contrastive_loss(logits_per_image)
         gates, temperatures = self.interaction_statistics()
@@ -1909,8 +1922,11 @@ class BridgeForImageTextRetrieval(BridgePreTrainedModel):
         """Embed a gallery of images or texts once (`modeling_bridge.retrieval.build_gallery`)."""
         return _search_module().build_gallery(self, processor, images=images, texts=texts, **kwargs)
 
-    def search(self, processor, gallery, queries, k: int = 32, rerank: str | None = "itm", **kwargs):
-        """Two-stage search of `queries` in `gallery`, re-ranked by the ITM score by default
+    # The pair score `modeling_bridge.retrieval.search` re-ranks by when not told (`rerank="default"`).
+    search_rerank = "itm"
+
+    def search(self, processor, gallery, queries, k: int = 32, rerank: str | None = "default", **kwargs):
+        """Two-stage search of `queries` in `gallery`, re-ranked by `search_rerank` (the ITM score) by default
         (`modeling_bridge.retrieval.search`)."""
         return _search_module().search(self, processor, gallery, queries, k=k, rerank=rerank, **kwargs)
 
@@ -2107,4 +2123,5 @@ __all__ = [
     "BridgeModel",
     "BridgeOutput",
     "BridgePreTrainedModel",
+    "pair_score",
 ]

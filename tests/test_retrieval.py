@@ -269,3 +269,27 @@ def test_search_refuses_empty_texts_a_too_short_max_length_and_texts_against_a_t
     column = Dataset.from_dict({"c": ["a red circle", None]})["c"]
     with pytest.raises(TypeError, match="The text gallery must hold strings; item 1 is NoneType, not str"):
         build_gallery(model, processor, texts=column)
+
+
+def test_the_default_rerank_is_the_models_search_rerank_and_pair_score_is_the_one_rule(processor):
+    from modeling_bridge import BridgeForImageTextRetrieval
+    from modeling_bridge.modeling_bridge import pair_score
+
+    model = make_model()
+    images = random_images(4)
+    gallery = build_gallery(model, processor, images=images, progress=False)
+    default = search(model, processor, gallery, CAPTIONS, k=3)
+    assert model.search_rerank == "fused" and torch.equal(
+        default.scores, search(model, processor, gallery, CAPTIONS, k=3, rerank="fused").scores
+    )
+    head = BridgeForImageTextRetrieval(model.config)
+    head.bridge = model
+    assert head.search_rerank == "itm"
+    torch.testing.assert_close(
+        head.search(processor, gallery, CAPTIONS, k=3).scores,
+        search(head, processor, gallery, CAPTIONS, k=3, rerank="itm").scores,
+    )
+    exact = _exact(model, processor, images, CAPTIONS)
+    assert torch.equal(pair_score(exact, "itm"), exact.itm_logits[..., 1])
+    with pytest.raises(ValueError, match=r"A pair score is one of \('fused', 'itm'\), got 'unimodal'"):
+        pair_score(exact, "unimodal")

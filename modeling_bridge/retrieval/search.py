@@ -21,8 +21,9 @@ import torch
 from datasets.fingerprint import Hasher
 from PIL import Image
 
-from ..configuration_bridge import SCORE_MODES
+from ..configuration_bridge import PAIR_SCORE_MODES
 from ..fingerprint import tokenizer_fingerprint, weights_fingerprint
+from ..modeling_bridge import pair_score
 
 
 GALLERY_INFO_FILE = "bridge_gallery.json"
@@ -291,19 +292,22 @@ def search(
     gallery: Gallery,
     queries: Sequence,
     k: int = 32,
-    rerank: str | None = "fused",
+    rerank: str | None = "default",
     batch_size: int = 32,
     max_length: int | None = None,
     progress: bool = False,
 ) -> SearchOutput:
     """Two-stage search of `queries` (texts for an image gallery, images for a text gallery): the k nearest gallery
-    items by unimodal cosine, re-ranked by the pairs' `"fused"` or `"itm"` score (`rerank=None`: stage 1 only).
-    `k` larger than the gallery is clamped to its size (with a warning)."""
+    items by unimodal cosine, re-ranked by the pairs' `"fused"` or `"itm"` score (`rerank=None`: stage 1 only;
+    `"default"`: the model's `search_rerank`, i.e. `"itm"` for `BridgeForImageTextRetrieval`, whose ITM head is what
+    it trains, `"fused"` for the others). `k` larger than the gallery is clamped to its size (with a warning)."""
+    if rerank == "default":
+        rerank = getattr(model, "search_rerank", "fused")
     if gallery.modality not in MODALITIES:
         raise ValueError(f"gallery.modality must be one of {MODALITIES}, got {gallery.modality!r}.")
     if len(gallery) == 0:
         raise ValueError("The gallery is empty: nothing to search.")
-    if rerank is not None and rerank not in SCORE_MODES[1:]:
+    if rerank is not None and rerank not in PAIR_SCORE_MODES:
         raise ValueError(f"rerank must be None, 'fused' or 'itm', got {rerank!r}.")
     _check_positive_int(k, "k")
     _check_positive_int(batch_size, "batch_size")
@@ -354,7 +358,7 @@ def search(
             out = bridge.interact(cand_states, states, mask, position.flatten(), query_index)
         else:  # image queries against candidate texts
             out = bridge.interact(states, cand_states, cand_mask, query_index, position.flatten())
-        scores = (out.fused_logits if rerank == "fused" else out.itm_logits[..., 1]).view(len(batch), k)
+        scores = pair_score(out, rerank).view(len(batch), k)
         order = scores.argsort(dim=1, descending=True, stable=True)
         outputs.append((indices.gather(1, order), scores.gather(1, order), first_scores.gather(1, order)))
     return SearchOutput(*(torch.cat(parts) for parts in zip(*outputs)))
