@@ -4,6 +4,8 @@ Hub code: imports only torch, so that it is saved next to the weights with `mode
 relatively) and loads with ``trust_remote_code=True``. Everything that knows about `torch.distributed` lives here.
 """
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
@@ -174,7 +176,53 @@ def max_across_ranks(value: int, device) -> int:
     return int(tensor.item())
 
 
+@dataclass
+class HardNegativeMiner:
+    """The pre-training's negative mining, its strategy read from a `BridgeConfig` (`num_hard_negatives`,
+    `num_hardest_negatives`, `negative_mining`, `itm_margin_min/max`): the one call site of `mine_hard_negatives`,
+    for both directions (negative images per text anchor, negative texts per image anchor).
+
+        miner = HardNegativeMiner.from_config(config, exclude=duplicates, generator=generator)
+        negative_images, valid = miner(text_to_image_similarity, positive_index)
+    """
+
+    num_negatives: int
+    margin_min: float
+    margin_max: float
+    semi_hard: bool
+    num_hardest: int = 0
+    exclude: torch.Tensor | None = None
+    generator: torch.Generator | None = None
+
+    @classmethod
+    def from_config(cls, config, exclude=None, generator=None) -> "HardNegativeMiner":
+        return cls(
+            num_negatives=config.num_hard_negatives,
+            margin_min=config.itm_margin_min,
+            margin_max=config.itm_margin_max,
+            semi_hard=config.negative_mining == "semi_hard",
+            num_hardest=config.num_hardest_negatives,
+            exclude=exclude,
+            generator=generator,
+        )
+
+    def __call__(self, similarity: torch.Tensor, positive_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(indices (A, k), validity (A, k)) of each anchor's negatives, as `mine_hard_negatives` gives them."""
+        return mine_hard_negatives(
+            similarity,
+            positive_index,
+            self.num_negatives,
+            self.margin_min,
+            self.margin_max,
+            self.exclude,
+            semi_hard=self.semi_hard,
+            generator=self.generator,
+            num_hardest=self.num_hardest,
+        )
+
+
 __all__ = [
+    "HardNegativeMiner",
     "contrastive_loss",
     "cycle_consistency_loss",
     "distributed_rank_and_world",

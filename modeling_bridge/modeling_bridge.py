@@ -33,6 +33,7 @@ from .configuration_bridge import (
     tower_hidden_size,
 )
 from .loss_bridge import (
+    HardNegativeMiner,
     contrastive_loss,
     cycle_consistency_loss,
     distributed_rank_and_world,
@@ -43,7 +44,6 @@ from .loss_bridge import (
     masked_token_loss,
     match_loss,
     max_across_ranks,
-    mine_hard_negatives,
     pad_sequence_dim,
 )
 
@@ -1381,19 +1381,9 @@ class BridgeForPreTraining(BridgePreTrainedModel):
         generator = None
         if not self.training:  # reproducible eval losses; one generator for both directions
             generator = torch.Generator(device=input_ids.device).manual_seed(self.eval_mining_seed)
+        miner = HardNegativeMiner.from_config(config, exclude=duplicates, generator=generator)
         all_image_embeds = gather_across_ranks(vision.pooler_output, with_grad=False)  # for mining only
-        text_to_image = text.pooler_output @ all_image_embeds.t()
-        negative_images, valid_images = mine_hard_negatives(
-            text_to_image,
-            targets,
-            k,
-            config.itm_margin_min,
-            config.itm_margin_max,
-            duplicates,
-            semi_hard=config.negative_mining == "semi_hard",
-            generator=generator,
-            num_hardest=config.num_hardest_negatives,
-        )
+        negative_images, valid_images = miner(text.pooler_output @ all_image_embeds.t(), targets)
         k = negative_images.shape[1]
 
         if config.fused_objective == "aligned":
@@ -1425,18 +1415,7 @@ class BridgeForPreTraining(BridgePreTrainedModel):
             itm = match_loss(itm_logits[:batch, 1], itm_logits[batch:, 1], negatives_valid)
         else:
             all_text_embeds = gather_across_ranks(text.pooler_output, with_grad=False)  # for mining only
-            image_to_text = vision.pooler_output @ all_text_embeds.t()
-            negative_texts, valid_texts = mine_hard_negatives(
-                image_to_text,
-                targets,
-                k,
-                config.itm_margin_min,
-                config.itm_margin_max,
-                duplicates,
-                semi_hard=config.negative_mining == "semi_hard",
-                generator=generator,
-                num_hardest=config.num_hardest_negatives,
-            )
+            negative_texts, valid_texts = miner(vision.pooler_output @ all_text_embeds.t(), targets)
             # Every pair is run through the interaction stack for real: positives, (negative image, text anchor),
             # then (image anchor, negative text).
             anchors = targets.repeat_interleave(k)

@@ -292,3 +292,27 @@ def test_pretraining_model_keeps_passed_towers_bit_for_bit():
     for name, expected in towers.items():
         for key, value in getattr(model.bridge, name).state_dict().items():
             assert torch.equal(value, expected[key]), f"{name}.{key}"
+
+
+def test_the_miner_reads_its_strategy_from_the_config():
+    from modeling_bridge.loss_bridge import HardNegativeMiner
+
+    similarity = torch.tensor([[1.0, 0.9, 0.6, 0.4, 0.1], [0.2, 1.0, 0.7, 0.65, 0.95]])
+    positive = torch.tensor([0, 1])
+    for mining, hardest in (("semi_hard", 0), ("semi_hard", 1), ("hardest", 0)):
+        config = make_config(num_hard_negatives=3, num_hardest_negatives=hardest, negative_mining=mining)
+        miner = HardNegativeMiner.from_config(config, generator=torch.Generator().manual_seed(0))
+        expected = mine_hard_negatives(
+            similarity,
+            positive,
+            3,
+            config.itm_margin_min,
+            config.itm_margin_max,
+            semi_hard=mining == "semi_hard",
+            generator=torch.Generator().manual_seed(0),
+            num_hardest=hardest,
+        )
+        got = miner(similarity, positive)
+        assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
+    hardest_first = HardNegativeMiner.from_config(make_config(num_hard_negatives=2, negative_mining="hardest"))
+    assert hardest_first(similarity, positive)[0].tolist() == [[1, 2], [4, 2]]
