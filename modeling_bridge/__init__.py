@@ -7,20 +7,15 @@ image-classification and visual-question-answering mappings, and this package's 
 is changed: no pipeline class is re-registered.
 """
 
-from transformers import (
-    AutoConfig,
-    AutoModel,
-    AutoModelForImageTextToText,
-    AutoModelForPreTraining,
-    AutoModelForVisualQuestionAnswering,
-    AutoModelForZeroShotImageClassification,
-    AutoProcessor,
-)
+import transformers
+from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
+from . import auto
 from .auto import AutoModelForImageTextRetrieval, AutoModelForVisualReasoning
 from .configuration_bridge import BridgeConfig
 from .configuration_langbridge import LangBridgeConfig
 from .modeling_bridge import (
+    BRIDGE_MODEL_CLASSES,
     BridgeCrossAttention,
     BridgeForImageTextRetrieval,
     BridgeForImageTextRetrievalOutput,
@@ -47,12 +42,6 @@ __version__ = "0.1.0"
 AutoConfig.register(BridgeConfig.model_type, BridgeConfig, exist_ok=True)
 AutoConfig.register(LangBridgeConfig.model_type, LangBridgeConfig, exist_ok=True)
 AutoModelForImageTextToText.register(LangBridgeConfig, BridgeForConditionalGeneration, exist_ok=True)
-AutoModel.register(BridgeConfig, BridgeModel, exist_ok=True)
-AutoModelForZeroShotImageClassification.register(BridgeConfig, BridgeModel, exist_ok=True)
-AutoModelForPreTraining.register(BridgeConfig, BridgeForPreTraining, exist_ok=True)
-AutoModelForVisualQuestionAnswering.register(BridgeConfig, BridgeForQuestionAnswering, exist_ok=True)
-AutoModelForImageTextRetrieval.register(BridgeConfig, BridgeForImageTextRetrieval, exist_ok=True)
-AutoModelForVisualReasoning.register(BridgeConfig, BridgeForVisualReasoning, exist_ok=True)
 AutoProcessor.register(BridgeConfig, BridgeProcessor, exist_ok=True)
 AutoProcessor.register(LangBridgeConfig, BridgeGenerationProcessor, exist_ok=True)
 
@@ -60,14 +49,19 @@ AutoProcessor.register(LangBridgeConfig, BridgeGenerationProcessor, exist_ok=Tru
 BridgeConfig.register_for_auto_class()
 LangBridgeConfig.register_for_auto_class()
 BridgeForConditionalGeneration.register_for_auto_class("AutoModelForImageTextToText")
-BridgeModel.register_for_auto_class("AutoModel")
-BridgeForPreTraining.register_for_auto_class("AutoModelForPreTraining")
-BridgeForQuestionAnswering.register_for_auto_class("AutoModelForVisualQuestionAnswering")
 BridgeProcessor.register_for_auto_class("AutoProcessor")
 BridgeGenerationProcessor.register_for_auto_class("AutoProcessor")
-# This package's own Auto classes: transformers' register_for_auto_class accepts only its own names.
-BridgeForImageTextRetrieval._auto_class = "AutoModelForImageTextRetrieval"
-BridgeForVisualReasoning._auto_class = "AutoModelForVisualReasoning"
+# BRIDGE's model classes, from their one table: every Auto class that loads each, and the one its saves name.
+for _model_class, _auto_names in BRIDGE_MODEL_CLASSES.items():
+    for _name in _auto_names:
+        # transformers' Auto classes, else this package's own (tasks transformers has none for)
+        (getattr(transformers, _name, None) or getattr(auto, _name)).register(
+            BridgeConfig, _model_class, exist_ok=True
+        )
+    if hasattr(transformers, _auto_names[0]):
+        _model_class.register_for_auto_class(_auto_names[0])
+    else:  # transformers' register_for_auto_class accepts only its own names
+        _model_class._auto_class = _auto_names[0]
 
 __all__ = [
     "AutoModelForImageTextRetrieval",

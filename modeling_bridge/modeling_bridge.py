@@ -52,18 +52,6 @@ logger = logging.get_logger(__name__)
 
 # `save_pretrained` writes these so that the three Auto classes (and thus the zero-shot pipeline) resolve to the
 # Hub code files saved next to the weights.
-BRIDGE_AUTO_MAP = {
-    "AutoConfig": "configuration_bridge.BridgeConfig",
-    "AutoModel": "modeling_bridge.BridgeModel",
-    "AutoModelForZeroShotImageClassification": "modeling_bridge.BridgeModel",
-    "AutoModelForPreTraining": "modeling_bridge.BridgeForPreTraining",
-    "AutoModelForVisualQuestionAnswering": "modeling_bridge.BridgeForQuestionAnswering",
-    # Auto classes of this package (transformers has none for these tasks): modeling_bridge.auto
-    "AutoModelForImageTextRetrieval": "modeling_bridge.BridgeForImageTextRetrieval",
-    "AutoModelForVisualReasoning": "modeling_bridge.BridgeForVisualReasoning",
-}
-
-
 # --------------------------------------------------------------------------------------------------------------------
 # Outputs
 # --------------------------------------------------------------------------------------------------------------------
@@ -592,7 +580,7 @@ class BridgePreTrainedModel(PreTrainedModel):
     _no_split_modules = ["BridgeInteractionLayer"]
     _supports_sdpa = True
     _supports_attention_backend = False
-    # The Auto class whose `auto_map` entry names this class in saved Hub code.
+    # The Auto class whose `auto_map` entry names this class in saved Hub code (set from BRIDGE_MODEL_CLASSES).
     _default_auto_class = "AutoModel"
     # The pair score `modeling_bridge.retrieval.search` re-ranks by when not told (`rerank="default"`).
     search_rerank = "fused"
@@ -1315,7 +1303,6 @@ class BridgeForPreTraining(BridgePreTrainedModel):
     same local batch size, as Trainer's distributed sampler provides.
     """
 
-    _default_auto_class = "AutoModelForPreTraining"
     # forward takes no `num_items_in_batch`: the Trainer must not rescale its loss.
     accepts_loss_kwargs = False
     # Seed of the negative sampling in eval mode, so that eval losses are reproducible (training draws from torch's
@@ -1743,7 +1730,6 @@ class BridgeForQuestionAnswering(BridgePreTrainedModel):
     question) pair runs through the interaction layers, and an MLP reads `[c_v ; c_t ; c_v * c_t]` of its fused
     embeddings. Trained with soft targets (the VQA score of each answer, e.g. min(1, annotators / 3)) and BCE."""
 
-    _default_auto_class = "AutoModelForVisualQuestionAnswering"
     # A pre-training checkpoint (BridgeForPreTraining) starts a VQA model: its pre-training heads are left behind.
     _keys_to_ignore_on_load_unexpected = [r"^(mlm_head|mim_head|itc_alpha)\."]
 
@@ -1848,7 +1834,6 @@ class BridgeForImageTextRetrieval(BridgePreTrainedModel):
     (unimodal top-k, then the k pairs re-ranked by the ITM or fused score). It adds no weights to `BridgeModel`'s, so
     any BRIDGE folder loads into it."""
 
-    _default_auto_class = "AutoModelForImageTextRetrieval"
     _keys_to_ignore_on_load_unexpected = [r"^(mlm_head|mim_head|itc_alpha)\."]
 
     def __init__(
@@ -2012,7 +1997,6 @@ class BridgeForVisualReasoning(BridgePreTrainedModel):
     the statement on its own; an MLP reads the two pairs' `[c_v ; c_t ; c_v * c_t]`, in image order (the statement
     may name "the left image"), as transformers' `ViltForImagesAndTextClassification` reads its pooled states."""
 
-    _default_auto_class = "AutoModelForVisualReasoning"
     _keys_to_ignore_on_load_unexpected = [r"^(mlm_head|mim_head|itc_alpha)\."]
 
     def __init__(
@@ -2087,7 +2071,28 @@ def _tower_from_config(tower_config) -> PreTrainedModel:
         return AutoModel.from_config(tower_config)
 
 
+# The one table of BRIDGE's model classes and the Auto classes that load them, the first being the class's own (its
+# `_default_auto_class`). The saved `auto_map` (BRIDGE_AUTO_MAP) and the package's registrations
+# (`modeling_bridge/__init__.py`) derive from it: a new head is its class and a row here. The Auto classes that
+# transformers lacks (retrieval, visual reasoning) are this package's own, in `modeling_bridge.auto`.
+BRIDGE_MODEL_CLASSES = {
+    BridgeModel: ("AutoModel", "AutoModelForZeroShotImageClassification"),
+    BridgeForPreTraining: ("AutoModelForPreTraining",),
+    BridgeForQuestionAnswering: ("AutoModelForVisualQuestionAnswering",),
+    BridgeForImageTextRetrieval: ("AutoModelForImageTextRetrieval",),
+    BridgeForVisualReasoning: ("AutoModelForVisualReasoning",),
+}
+BRIDGE_AUTO_MAP = {
+    "AutoConfig": "configuration_bridge.BridgeConfig",
+    **{auto: f"modeling_bridge.{cls.__name__}" for cls, autos in BRIDGE_MODEL_CLASSES.items() for auto in autos},
+}
+for _model_class, _auto_classes in BRIDGE_MODEL_CLASSES.items():
+    _model_class._default_auto_class = _auto_classes[0]
+
+
 __all__ = [
+    "BRIDGE_AUTO_MAP",
+    "BRIDGE_MODEL_CLASSES",
     "BridgeCrossAttention",
     "BridgeForPreTraining",
     "BridgeForImageTextRetrieval",

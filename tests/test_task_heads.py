@@ -1,6 +1,8 @@
 """BridgeForImageTextRetrieval (ITM of aligned pairs, search) and BridgeForVisualReasoning (NLVR2): forward and
 backward on tiny towers, their Auto classes, save/load, and loading as Hub remote code."""
 
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -138,3 +140,23 @@ def test_heads_round_trip_through_their_auto_classes_and_as_hub_code(tmp_path):
     for (model, inputs), name in zip(cases, ("BridgeForImageTextRetrieval", "BridgeForVisualReasoning")):
         with torch.no_grad():
             assert torch.equal(torch.tensor(out[name]), model(**inputs).logits), name
+
+
+def test_registrations_and_the_saved_auto_map_derive_from_the_one_table(tmp_path):
+    import transformers
+
+    from modeling_bridge import BridgeConfig, auto
+    from modeling_bridge.modeling_bridge import BRIDGE_AUTO_MAP, BRIDGE_MODEL_CLASSES
+
+    rows = 0
+    for model_class, auto_names in BRIDGE_MODEL_CLASSES.items():
+        assert model_class._auto_class == model_class._default_auto_class == auto_names[0]
+        for name in auto_names:
+            auto_class = getattr(transformers, name, None) or getattr(auto, name)
+            assert auto_class._model_mapping[BridgeConfig] is model_class
+            assert BRIDGE_AUTO_MAP[name] == f"modeling_bridge.{model_class.__name__}"
+            rows += 1
+    assert len(BRIDGE_AUTO_MAP) == rows + 1  # and AutoConfig
+    model_class = next(iter(BRIDGE_MODEL_CLASSES))
+    model_class(make_config()).save_pretrained(tmp_path / "m")
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["auto_map"] == BRIDGE_AUTO_MAP
