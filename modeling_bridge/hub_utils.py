@@ -100,8 +100,9 @@ def save_hub_folder(
     protect=(),
 ) -> Path:
     """Write a Hub-ready folder: safetensors weights (sharded past `max_shard_size`), `config.json` with `auto_map`,
-    `configuration_bridge.py` / `modeling_bridge.py` / `loss_bridge.py` / `processing_bridge.py`, the processor files
-    and `README.md` (without a processor: a folder that `AutoModel` loads, but not `AutoProcessor` or the pipeline).
+    `configuration_bridge.py` / `modeling_bridge.py` / `loss_bridge.py` / `loading_bridge.py` / `processing_bridge.py`,
+    the processor files and `README.md` (without a processor: a folder that `AutoModel` loads, but not
+    `AutoProcessor` or the pipeline).
 
     Everything is written to a temporary sibling folder first and renamed into place at the end. The destination
     follows `modeling_bridge.saving.check_output_dir`, stricter in one point: any non-empty `output_dir`, even a
@@ -112,7 +113,7 @@ def save_hub_folder(
     staging = make_staging_dir(target)
     try:
         model.save_pretrained(staging, max_shard_size=max_shard_size)
-        code_files = ["configuration_bridge.py", "modeling_bridge.py", "loss_bridge.py"]
+        code_files = ["configuration_bridge.py", "modeling_bridge.py", "loss_bridge.py", "loading_bridge.py"]
         if processor is not None:
             processor.save_pretrained(staging)
             code_files.append("processing_bridge.py")

@@ -59,10 +59,12 @@ def test_save_writes_weights_code_files_and_auto_map(saved):
     # running remote code (imports inside try blocks, e.g. the optional search helpers, are optional by design)
     from transformers.dynamic_module_utils import get_imports
 
+    assert "loading_bridge.py" in files  # the load checks, a Hub module of their own
     for name in (
         "configuration_bridge.py",
         "modeling_bridge.py",
         "loss_bridge.py",
+        "loading_bridge.py",
         "processing_bridge.py",
         "pipelines.py",
     ):
