@@ -31,18 +31,14 @@ from .configuration_bridge import (
 )
 from .loading_bridge import load_checked, load_pretrained_tower
 from .loss_bridge import (
-    HardNegativeMiner,
     contrastive_loss,
     cycle_consistency_loss,
     distributed_rank_and_world,
+    fused_objective,
     gather_across_ranks,
-    listwise_loss,
     mask_image_patches,
     masked_patch_loss,
     masked_token_loss,
-    match_loss,
-    max_across_ranks,
-    pad_sequence_dim,
 )
 
 
@@ -1250,102 +1246,23 @@ class BridgeForPreTraining(BridgePreTrainedModel):
     def get_text_features(self, *args, **kwargs) -> BaseModelOutputWithPooling:
         return self.bridge.get_text_features(*args, **kwargs)
 
-    def _duplicate_texts(self, input_ids, attention_mask, all_input_ids, all_attention_mask) -> torch.Tensor:
-        """(B, G) True where global text j is token-for-token the same caption as local text i: a pair that must
-        never be used as a negative (common in small or synthetic caption sets)."""
-        local = input_ids.masked_fill(attention_mask == 0, -1)
-        every = all_input_ids.masked_fill(all_attention_mask == 0, -1)
-        return (local[:, None, :] == every[None, :, :]).all(-1)
-
     def _fused_objective(self, vision, text, input_ids, attention_mask, targets, scale, output_attentions):
-        """Cross ITC and ITM. Returns (cross_itc, itm, itm_logits, itm_labels, the positives' interaction output,
-        the text mask matching that output's attention maps)."""
-        config, bridge = self.config, self.bridge
-        batch, k = input_ids.shape[0], config.num_hard_negatives
-        length = max_across_ranks(input_ids.shape[1], input_ids.device)  # texts are padded per rank
-        input_ids, attention_mask = pad_sequence_dim(input_ids, length), pad_sequence_dim(attention_mask, length)
-        all_input_ids = gather_across_ranks(input_ids, with_grad=False)
-        all_attention_mask = gather_across_ranks(attention_mask, with_grad=False)
-        duplicates = self._duplicate_texts(input_ids, attention_mask, all_input_ids, all_attention_mask)
+        """Cross ITC and ITM (`loss_bridge.fused_objective`), with reproducible mining in eval mode."""
         generator = None
         if not self.training:  # reproducible eval losses; one generator for both directions
             generator = torch.Generator(device=input_ids.device).manual_seed(self.eval_mining_seed)
-        miner = HardNegativeMiner.from_config(config, exclude=duplicates, generator=generator)
-        all_image_embeds = gather_across_ranks(vision.pooler_output, with_grad=False)  # for mining only
-        negative_images, valid_images = miner(text.pooler_output @ all_image_embeds.t(), targets)
-        k = negative_images.shape[1]
-
-        if config.fused_objective == "aligned":
-            # The original's: interact aligned pairs only, contrast their fused embeddings across the batch, and
-            # score ITM negatives by combining fused embeddings of two different aligned pairs.
-            attention_mask = attention_mask[:, : text.last_hidden_state.shape[1]]  # local length again
-            out = bridge.interact(
-                vision.last_hidden_state,
-                text.last_hidden_state,
-                attention_mask,
-                output_attentions=output_attentions,
-                pair_chunk_size=batch,
-            )
-            all_cross_image = gather_across_ranks(out.cross_image_embeds)
-            all_cross_text = gather_across_ranks(out.cross_text_embeds)
-            cross_itc = (
-                F.cross_entropy(scale * out.cross_image_embeds @ all_cross_text.t(), targets)
-                + F.cross_entropy(scale * out.cross_text_embeds @ all_cross_image.t(), targets)
-            ) / 2
-            itm_logits = torch.cat(
-                [
-                    out.itm_logits,
-                    bridge.itm_head(
-                        all_cross_image[negative_images.flatten()], out.cross_text_embeds.repeat_interleave(k, 0)
-                    ),
-                ]
-            )
-            negatives_valid = valid_images.flatten()
-            itm = match_loss(itm_logits[:batch, 1], itm_logits[batch:, 1], negatives_valid)
-        else:
-            all_text_embeds = gather_across_ranks(text.pooler_output, with_grad=False)  # for mining only
-            negative_texts, valid_texts = miner(vision.pooler_output @ all_text_embeds.t(), targets)
-            # Every pair is run through the interaction stack for real: positives, (negative image, text anchor),
-            # then (image anchor, negative text).
-            anchors = targets.repeat_interleave(k)
-            image_index = torch.cat([targets, negative_images.flatten(), anchors])
-            text_index = torch.cat([targets, anchors, negative_texts.flatten()])
-            all_vision_states = gather_across_ranks(vision.last_hidden_state)
-            all_text_states = gather_across_ranks(pad_sequence_dim(text.last_hidden_state, length))
-            # One pass over all pairs (layer 1's projections computed once per image / text inside).
-            out = bridge.interact(
-                all_vision_states,
-                all_text_states,
-                all_attention_mask,
-                image_index,
-                text_index,
-                output_attentions=output_attentions,
-                pair_chunk_size=image_index.numel(),
-            )
-            fused, itm_logits = out.fused_logits, out.itm_logits
-            text_anchored = slice(batch, batch + batch * k)
-            image_anchored = slice(batch + batch * k, None)
-            cross_itc = (
-                listwise_loss(fused[:batch], fused[image_anchored].view(batch, k), valid_texts)
-                + listwise_loss(fused[:batch], fused[text_anchored].view(batch, k), valid_images)
-            ) / 2
-            negatives_valid = torch.cat([valid_images.flatten(), valid_texts.flatten()])
-            itm = match_loss(itm_logits[:batch, 1], itm_logits[batch:, 1], negatives_valid)
-            out = BridgeInteractionOutput(
-                cross_image_embeds=out.cross_image_embeds[:batch],
-                cross_text_embeds=out.cross_text_embeds[:batch],
-                text_attentions=None if out.text_attentions is None else tuple(a[:batch] for a in out.text_attentions),
-                vision_attentions=(
-                    None if out.vision_attentions is None else tuple(a[:batch] for a in out.vision_attentions)
-                ),
-            )
-        itm_labels = torch.cat(
-            [
-                torch.ones(batch, dtype=torch.long, device=itm_logits.device),
-                torch.where(negatives_valid, 0, -100),
-            ]
+        return fused_objective(
+            self.bridge,
+            self.config,
+            vision,
+            text,
+            input_ids,
+            attention_mask,
+            targets,
+            scale,
+            output_attentions,
+            generator,
         )
-        return cross_itc, itm, itm_logits, itm_labels, out, attention_mask
 
     def _precomputed_tower_output(self, part, states, input_ids, attention_mask=None) -> BaseModelOutputWithPooling:
         """A tower's output rebuilt from its precomputed final states: the states and the unimodal embedding."""
