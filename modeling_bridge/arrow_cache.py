@@ -30,26 +30,16 @@ def file_sha256(path: str | os.PathLike, chunk_size: int = 1 << 22) -> str:
     return digest.hexdigest()
 
 
-def _read_info(folder: str | os.PathLike, info_file: str) -> dict | None:
-    """The cache record of `folder`, or None if there is none or it is not a JSON object."""
-    return read_json_object(os.path.join(folder, info_file))
-
-
-def fingerprinted_folder_matches(folder: str | os.PathLike, info_file: str, info: dict) -> bool:
-    """Whether `folder` holds a cache record (`info_file`) written for exactly `info` (integrity aside)."""
-    recorded = _read_info(folder, info_file)
-    return recorded is not None and {k: v for k, v in recorded.items() if k != INTEGRITY_KEY} == info
-
-
 def open_fingerprinted_arrow_folder(
     folder: str | os.PathLike, arrow_file: str, info_file: str, info: dict, what: str, overwrite: bool = False
 ) -> Dataset | None:
     """The cached `Dataset` (memory-mapped) if `folder` holds a cache written for exactly `info` and its Arrow file is
     intact; None if there is no such cache (the caller computes it). A cache for `info` whose file is missing,
     truncated or altered raises `ValueError` naming `folder`, unless `overwrite` (then None: recompute)."""
-    if not fingerprinted_folder_matches(folder, info_file, info):
-        return None
-    expected = _read_info(folder, info_file).get(INTEGRITY_KEY)
+    recorded = read_json_object(os.path.join(folder, info_file))
+    if recorded is None or {k: v for k, v in recorded.items() if k != INTEGRITY_KEY} != info:
+        return None  # no cache, or one written for other inputs
+    expected = recorded.get(INTEGRITY_KEY)
     path = os.path.join(folder, arrow_file)
     if not isinstance(expected, dict) or not {"size", "sha256"} <= expected.keys():
         problem = f"its record {info_file} has no checksum of {arrow_file} (written by an older version)"
@@ -107,7 +97,6 @@ def write_fingerprinted_arrow_folder(
 
 __all__ = [
     "file_sha256",
-    "fingerprinted_folder_matches",
     "open_fingerprinted_arrow_folder",
     "write_fingerprinted_arrow_folder",
 ]

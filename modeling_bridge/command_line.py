@@ -1,6 +1,7 @@
 """Checks of the commands' arguments (examples/, benchmarks/, conversion/), made before any model is built or any
-data is read: each raises an error whose message names the option, the value given and what to give instead, and
-`hub_utils.run_command` prints it as one `error: ...` line with exit code 1.
+data is read, and of the library's public arguments (`retrieval.search`'s `k`, ...): each raises an error whose message
+names the option, the value given and what to give instead, and `hub_utils.run_command` prints it as one
+`error: ...` line with exit code 1.
 
     check_ints(args, "num_train", "batch_size")                # each a positive integer: --num_train 0 is refused
     check_int(args.num_figures, "--num_figures", minimum=0)
@@ -20,7 +21,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from .saving import check_output_dir
+from .saving import check_creatable, check_output_dir
 
 
 def _as_int(value) -> int | None:
@@ -54,7 +55,7 @@ def check_int(
         wanted = "a positive integer"
     else:
         wanted = f"an integer >= {minimum}"
-    raise ValueError(f"{flag} must be {wanted}, got {value}.")
+    raise ValueError(f"{flag} must be {wanted}, got {value!r}.")
 
 
 def check_ints(args, *names: str, minimum: int = 1, optional: bool = False) -> None:
@@ -123,17 +124,6 @@ def _check_not_in_inputs(path: str, flag: str, inputs: Mapping | None) -> None:
             )
 
 
-def _check_creatable(path: str, flag: str) -> None:
-    """NotADirectoryError when a parent of `path` is a file (nothing can be created there)."""
-    for ancestor in Path(os.path.abspath(os.path.expanduser(path))).parents:
-        if os.path.exists(ancestor):
-            if not ancestor.is_dir():
-                raise NotADirectoryError(
-                    f"{ancestor} is a file, so {flag} {path} cannot be created there. Choose another {flag}."
-                )
-            return
-
-
 def check_results_folder(path, flag: str = "--output_dir", inputs: Mapping | None = None) -> None:
     """Before a run: the folder its results (JSON, figures) go to can be created or written into. Refuses a `path`
     that is an existing file (or below one), and one that is or lies inside one of the `inputs` folders
@@ -142,7 +132,7 @@ def check_results_folder(path, flag: str = "--output_dir", inputs: Mapping | Non
     path = os.fspath(path)
     if os.path.exists(os.path.expanduser(path)) and not os.path.isdir(os.path.expanduser(path)):
         raise FileExistsError(f"{flag} {path} is a file, not a folder; remove it or choose another {flag}.")
-    _check_creatable(path, flag)
+    check_creatable(path, f"{flag} {path}", flag)
     _check_not_in_inputs(path, flag, inputs)
 
 
@@ -152,7 +142,7 @@ def check_results_file(path, flag: str = "--output", inputs: Mapping | None = No
     path = os.fspath(path)
     if os.path.isdir(os.path.expanduser(path)):
         raise IsADirectoryError(f"{flag} {path} is a folder; give the path of the file to write (e.g. results.json).")
-    _check_creatable(path, flag)
+    check_creatable(path, f"{flag} {path}", flag)
     _check_not_in_inputs(path, flag, inputs)
 
 

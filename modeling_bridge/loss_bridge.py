@@ -238,7 +238,8 @@ def fused_objective(
     `vision` / `text` its towers' outputs for the local batch, `targets` each row's index in the global batch,
     `scale` the contrastive logit scale, `generator` the mining's random order (None: torch's global generator).
     Returns (cross_itc, itm, itm_logits, itm_labels, the positives' interaction output, the text mask matching that
-    output's attention maps)."""
+    output's attention maps). The states come from checked inputs (or checked cached states): `bridge._interact`,
+    without `interact`'s value checks."""
     batch, k = input_ids.shape[0], config.num_hard_negatives
     length = max_across_ranks(input_ids.shape[1], input_ids.device)  # texts are padded per rank
     input_ids, attention_mask = pad_sequence_dim(input_ids, length), pad_sequence_dim(attention_mask, length)
@@ -254,7 +255,7 @@ def fused_objective(
         # The original's: interact aligned pairs only, contrast their fused embeddings across the batch, and
         # score ITM negatives by combining fused embeddings of two different aligned pairs.
         attention_mask = attention_mask[:, : text.last_hidden_state.shape[1]]  # local length again
-        out = bridge.interact(
+        out = bridge._interact(
             vision.last_hidden_state,
             text.last_hidden_state,
             attention_mask,
@@ -288,7 +289,7 @@ def fused_objective(
         all_vision_states = gather_across_ranks(vision.last_hidden_state)
         all_text_states = gather_across_ranks(pad_sequence_dim(text.last_hidden_state, length))
         # One pass over all pairs (layer 1's projections computed once per image / text inside).
-        out = bridge.interact(
+        out = bridge._interact(
             all_vision_states,
             all_text_states,
             all_attention_mask,

@@ -952,11 +952,41 @@ class BridgeModel(BridgePreTrainedModel):
         """Run the interaction encoder on (image_index[p], text_index[p]) pairs of encoded images and texts (aligned
         pairs when both are None; see `BridgeInteractionEncoder`) and add each pair's fused embeddings, fused logit
         and ITM logits. Non-finite states and mask rows without a token are refused, as in `forward`."""
+        self._check_states(vision_hidden_state, text_hidden_state, attention_mask)
+        return self._interact(
+            vision_hidden_state,
+            text_hidden_state,
+            attention_mask,
+            image_index,
+            text_index,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            output_last_hidden_state=output_last_hidden_state,
+            pair_chunk_size=pair_chunk_size,
+        )
+
+    def _check_states(self, vision_hidden_state, text_hidden_state, attention_mask) -> None:
+        """The value checks of states handed to the public interaction methods (the model's own paths check their
+        inputs once, before the towers, and call `_interact` / `_pairwise_interaction`)."""
         fix = "Pass the towers' final states (get_image_features / get_text_features) of checked inputs."
         self._check_finite(vision_hidden_state, "vision_hidden_state", fix)
         self._check_finite(text_hidden_state, "text_hidden_state", fix)
         if attention_mask is not None and self._reads_values(attention_mask):
             self._check_attention_mask(attention_mask)
+
+    def _interact(
+        self,
+        vision_hidden_state,
+        text_hidden_state,
+        attention_mask=None,
+        image_index=None,
+        text_index=None,
+        output_attentions=False,
+        output_hidden_states=False,
+        output_last_hidden_state=False,
+        pair_chunk_size=None,
+    ) -> BridgeInteractionOutput:
+        """`interact` without the value checks, for states this model computed from checked inputs."""
         out = self.interaction_layers(
             vision_hidden_state,
             text_hidden_state,
@@ -995,7 +1025,7 @@ class BridgeModel(BridgePreTrainedModel):
         vision = self.get_image_features(pixel_values, False, False, return_dict=True)
         text = self._encode_text(input_ids, attention_mask, token_type_ids, position_ids, False, False)
         image_index = None if text_index is None else torch.arange(pixel_values.shape[0], device=text_index.device)
-        return self.interact(
+        return self._interact(
             vision.last_hidden_state,
             text.last_hidden_state,
             attention_mask,
@@ -1019,10 +1049,23 @@ class BridgeModel(BridgePreTrainedModel):
     ) -> BridgeInteractionOutput:
         """Interact every image (N) with every text (M): the encoder on the full index grid, `pair_chunk_size` pairs
         at a time. Every returned tensor is shaped (N, M, ...): fused logits (N, M), ITM logits (N, M, 2), and per-pair
-        embeddings / states / attentions on request."""
+        embeddings / states / attentions on request. The states are checked as by `interact`."""
+        self._check_states(vision_hidden_state, text_hidden_state, attention_mask)
+        return self._pairwise_interaction(
+            vision_hidden_state, text_hidden_state, attention_mask, output_attentions, output_hidden_states
+        )
+
+    def _pairwise_interaction(
+        self,
+        vision_hidden_state,
+        text_hidden_state,
+        attention_mask,
+        output_attentions=False,
+        output_hidden_states=False,
+    ) -> BridgeInteractionOutput:
         n_images, n_texts = vision_hidden_state.shape[0], text_hidden_state.shape[0]
         pair_ids = torch.arange(n_images * n_texts, device=vision_hidden_state.device)
-        out = self.interact(
+        out = self._interact(
             vision_hidden_state,
             text_hidden_state,
             attention_mask,
@@ -1101,7 +1144,7 @@ class BridgeModel(BridgePreTrainedModel):
             if score == "unimodal":
                 logits_per_image = self.logit_scale().exp() * image_embeds @ text_embeds.t()
             else:
-                pairs = self.pairwise_interaction(
+                pairs = self._pairwise_interaction(
                     vision_outputs.last_hidden_state,
                     text_outputs.last_hidden_state,
                     attention_mask,
@@ -1351,7 +1394,7 @@ class BridgeForPreTraining(BridgePreTrainedModel):
         if use_mim:
             masked_pixels = mask_image_patches(pixel_values, mim_mask, self._mim_patch_size(pixel_values))
             vision_states = bridge.get_image_features(masked_pixels).last_hidden_state
-        out = bridge.interact(
+        out = bridge._interact(  # states of checked inputs
             vision_states,
             text_states,
             attention_mask,

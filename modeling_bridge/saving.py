@@ -150,6 +150,19 @@ def _absolute(path: str | os.PathLike) -> Path:
     return Path(os.path.abspath(os.path.expanduser(os.fspath(path))))
 
 
+def check_creatable(path: str | os.PathLike, name: str | None = None, choose: str = "output folder") -> None:
+    """NotADirectoryError when the first existing ancestor of `path` is a file, so nothing can be created there;
+    the message names `path` as `name` and asks for another `choose`."""
+    for ancestor in _absolute(path).parents:
+        if os.path.lexists(ancestor):
+            if not ancestor.is_dir():
+                raise NotADirectoryError(
+                    f"{ancestor} is a file, so {name or os.fspath(path)} cannot be created there. Choose another "
+                    f"{choose}."
+                )
+            return
+
+
 def check_output_dir(
     output_dir: str | os.PathLike,
     overwrite: bool = False,
@@ -177,13 +190,7 @@ def check_output_dir(
             raise ValueError(
                 f"{output_dir} {relation} {what}; saving there would delete it. Choose another output folder."
             )
-    for ancestor in target.parents:  # the first existing ancestor must be a folder to create the target in
-        if os.path.lexists(ancestor):
-            if not ancestor.is_dir():
-                raise NotADirectoryError(
-                    f"{ancestor} is a file, so {output_dir} cannot be created there. Choose another output folder."
-                )
-            break
+    check_creatable(output_dir)
     if os.path.islink(target):
         raise FileExistsError(
             f"{output_dir} is a symbolic link; it is not replaced. Give the folder it points to, "
@@ -359,6 +366,7 @@ __all__ = [
     "MODEL_SAVE",
     "OWNERSHIP_FILE",
     "apply_default_permissions",
+    "check_creatable",
     "check_output_dir",
     "foreign_entries",
     "make_staging_dir",

@@ -222,3 +222,20 @@ def test_interact_refuses_non_finite_states_and_empty_mask_rows(model, inputs):
         model.interact(_with(vision, (1, 0, 0), math.nan), text, attention_mask)
     with pytest.raises(ValueError, match=r"attention_mask row\(s\) \[0\] mark no token at all"):
         model.interact(vision, text, _with(attention_mask, 0, 0), torch.tensor([0, 1]), torch.tensor([0, 1]))
+
+
+def test_value_checks_run_once_per_forward(model, inputs, monkeypatch):
+    """forward checks its inputs before the towers; the interaction of those states is not checked again (the
+    public `interact` / `pairwise_interaction` check states handed to them)."""
+    pixel_values, input_ids, attention_mask = inputs
+    calls = []
+    check = type(model)._check_attention_mask
+    monkeypatch.setattr(type(model), "_check_attention_mask", staticmethod(lambda m: calls.append(1) or check(m)))
+    with torch.no_grad():
+        model(pixel_values=pixel_values, input_ids=input_ids, attention_mask=attention_mask, score="fused")
+        assert calls == [1]
+        vision = model.get_image_features(pixel_values).last_hidden_state
+        text = model.get_text_features(input_ids, attention_mask).last_hidden_state
+        calls.clear()
+        model.pairwise_interaction(vision, text, attention_mask)
+    assert calls == [1]

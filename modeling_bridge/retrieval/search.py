@@ -9,7 +9,6 @@ the queries are texts; image-to-text: the reverse.
 
 from __future__ import annotations
 
-import numbers
 import os
 import warnings
 from collections.abc import Sequence
@@ -21,6 +20,7 @@ import torch
 from datasets.fingerprint import Hasher
 from PIL import Image
 
+from ..command_line import check_int
 from ..configuration_bridge import PAIR_SCORE_MODES
 from ..fingerprint import tokenizer_fingerprint, weights_fingerprint
 from ..modeling_bridge import pair_score
@@ -40,16 +40,11 @@ def unimodal_fingerprint(bridge, modality: str) -> str:
     return Hasher.hash((weights, bridge.config.pooling))
 
 
-def _check_positive_int(value, name: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}.")
-
-
 def _check_max_length(max_length, processor) -> None:
     """None, or room for the tokenizer's special tokens and at least one word."""
     if max_length is None:
         return
-    _check_positive_int(max_length, "max_length")
+    check_int(max_length, "max_length")
     special = processor.tokenizer.num_special_tokens_to_add()
     if max_length <= special:
         raise ValueError(
@@ -210,7 +205,7 @@ def build_gallery(
     items = _check_items(items, modality, f"{modality} gallery", single_allowed=False)
     if len(items) == 0:
         raise ValueError(f"The {modality} gallery is empty: give at least one {modality}.")
-    _check_positive_int(batch_size, "batch_size")
+    check_int(batch_size, "batch_size")
     _check_max_length(max_length, processor)
     bridge = _bridge_model(model)
     bridge.eval()
@@ -309,8 +304,9 @@ def search(
         raise ValueError("The gallery is empty: nothing to search.")
     if rerank is not None and rerank not in PAIR_SCORE_MODES:
         raise ValueError(f"rerank must be None, 'fused' or 'itm', got {rerank!r}.")
-    _check_positive_int(k, "k")
-    _check_positive_int(batch_size, "batch_size")
+    check_int(k, "k")
+    check_int(batch_size, "batch_size")
+    k, batch_size = int(k), int(batch_size)  # NumPy / torch integers as Python ints
     _check_max_length(max_length, processor)
     query_modality = "text" if gallery.modality == "image" else "image"
     queries = _check_items(queries, query_modality, "query list", single_allowed=True)
@@ -354,10 +350,11 @@ def search(
             bridge, processor, gallery.modality, _take(gallery.items, candidates), max_length
         )
         query_index = torch.arange(len(batch), device=indices.device).repeat_interleave(k)
+        # states of the model's own towers on checked inputs: `_interact` skips `interact`'s value checks
         if gallery.modality == "image":  # text queries against candidate images
-            out = bridge.interact(cand_states, states, mask, position.flatten(), query_index)
+            out = bridge._interact(cand_states, states, mask, position.flatten(), query_index)
         else:  # image queries against candidate texts
-            out = bridge.interact(states, cand_states, cand_mask, query_index, position.flatten())
+            out = bridge._interact(states, cand_states, cand_mask, query_index, position.flatten())
         scores = pair_score(out, rerank).view(len(batch), k)
         order = scores.argsort(dim=1, descending=True, stable=True)
         outputs.append((indices.gather(1, order), scores.gather(1, order), first_scores.gather(1, order)))

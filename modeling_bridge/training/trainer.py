@@ -150,17 +150,14 @@ STAGING_KIND = "Trainer checkpoint staging folder"
 
 def _check_own_checkpoint(path: str) -> None:
     """A checkpoint folder is replaced (a run repeating a step) only if this package wrote it, unchanged."""
-    if not os.path.lexists(path):
+    if not os.path.lexists(path) or package_wrote(path, kind=CHECKPOINT_KIND):
         return
     folder = os.path.isdir(path) and not os.path.islink(path)
-    foreign = foreign_entries(path) if folder else ["not a folder"]
-    if not foreign and not package_wrote(path, kind=CHECKPOINT_KIND):
-        foreign = ["not a checkpoint"]
-    if foreign:
-        raise FileExistsError(
-            f"{path} exists and was not written by BridgeTrainer, or changed since ({', '.join(foreign)}); it is not "
-            "replaced. Move it away, or choose another output_dir."
-        )
+    reason = (", ".join(foreign_entries(path)) or "not a checkpoint") if folder else "not a folder"
+    raise FileExistsError(
+        f"{path} exists and was not written by BridgeTrainer, or changed since ({reason}); it is not replaced. Move "
+        "it away, or choose another output_dir."
+    )
 
 
 def _rotate_own_checkpoints(run_dir: str, save_total_limit: int | None, best: str | None) -> None:
