@@ -1,7 +1,8 @@
 """BRIDGE configuration.
 
-Hub code: imports only the standard library, transformers and huggingface_hub (a transformers dependency), so that it
-can be saved next to the weights and loaded with ``trust_remote_code=True`` where this package is not installed.
+Hub code: imports only the standard library, transformers, huggingface_hub (a transformers dependency) and its
+sibling `.towers_bridge`, so that it can be saved next to the weights and loaded with ``trust_remote_code=True``
+where this package is not installed.
 """
 
 import math
@@ -13,6 +14,8 @@ from typing import Literal
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
+
+from .towers_bridge import TowerGeometry
 
 
 PoolingType = Literal["mean", "cls", "max"]
@@ -34,16 +37,6 @@ NEGATIVE_MINING = typing.get_args(NegativeMining)
 LOSS_NAMES = ("itc", "itm", "mlm", "mim", "cycle")
 LOSS_WEIGHT_FIELDS = tuple(f"{name}_loss_weight" for name in LOSS_NAMES)
 LOSS_COMPONENTS = (*(f"{name}_loss" for name in LOSS_NAMES), "unimodal_itc_loss", "cross_itc_loss")
-
-# Text towers whose position ids start after the padding index, so that `padding_idx + 1` positions are unusable.
-_OFFSET_POSITION_TEXT_TOWERS = {
-    "roberta",
-    "xlm-roberta",
-    "xlm-roberta-xl",
-    "camembert",
-    "roberta-prelayernorm",
-    "data2vec-text",
-}
 
 
 def is_local_only_path(name) -> bool:
@@ -69,53 +62,26 @@ def check_local_path(name, what: str) -> None:
 
 def text_tower_max_length(text_config) -> int | None:
     """Longest text, in tokens, that the text tower's own position embeddings accept (None when unbounded)."""
-    n = getattr(text_config, "max_position_embeddings", None)
-    if n is None:
-        return None
-    if getattr(text_config, "model_type", "") in _OFFSET_POSITION_TEXT_TOWERS:
-        n -= (getattr(text_config, "pad_token_id", None) or 0) + 1
-    return n
-
-
-def _pair(value):
-    return tuple(value) if isinstance(value, (list, tuple)) else (value, value)
+    return TowerGeometry(text_config).max_text_length()
 
 
 def is_convolutional_tower(tower_config) -> bool:
-    """A tower that returns a (batch, channels, height, width) feature map (ResNet, ConvNeXt, ...): its config lists
-    `hidden_sizes` per stage instead of one `hidden_size`. BRIDGE reads the last map as height x width tokens."""
-    return getattr(tower_config, "hidden_size", None) is None and bool(getattr(tower_config, "hidden_sizes", None))
+    """A tower that returns a (batch, channels, height, width) feature map (ResNet, ConvNeXt, EfficientNet, ...):
+    BRIDGE reads the last map as height x width tokens (`towers_bridge.TOWER_TYPES`)."""
+    return TowerGeometry(tower_config).convolutional
 
 
 def tower_hidden_size(tower_config) -> int | None:
-    """Width of the tokens a tower emits: `hidden_size`, or the last stage's channels for a convolutional tower."""
-    if is_convolutional_tower(tower_config):
-        return tower_config.hidden_sizes[-1]
-    return getattr(tower_config, "hidden_size", None)
+    """Width of the tokens a tower emits (`towers_bridge.TowerGeometry.hidden_size`)."""
+    return TowerGeometry(tower_config).hidden_size
 
 
 def infer_num_vision_positions(vision_config) -> int:
     """Number of tokens the vision tower emits for an image of its configured size (patches, CLS, registers)."""
-    if is_convolutional_tower(vision_config):
-        # Its token count is the feature map's cells, set by the input size, which a conv config does not fix.
-        raise ValueError(
-            f"num_vision_positions: a convolutional vision tower ({vision_config.model_type!r}) emits one token per "
-            "cell of its last feature map, which depends on the image size; set `num_vision_positions` in "
-            "BridgeConfig to that map's height x width (e.g. 16 for a 4 x 4 map)."
-        )
-    image_size = getattr(vision_config, "image_size", None)
-    patch_size = getattr(vision_config, "patch_size", None)
-    if image_size is None or patch_size is None:
-        raise ValueError(
-            f"num_vision_positions: cannot infer the vision tower's token count from a "
-            f"{getattr(vision_config, 'model_type', '?')!r} config (no image_size/patch_size); "
-            "set `num_vision_positions` in BridgeConfig explicitly."
-        )
-    (h, w), (ph, pw) = _pair(image_size), _pair(patch_size)
-    n = (h // ph) * (w // pw)
-    if "siglip" not in getattr(vision_config, "model_type", ""):  # SigLIP has no CLS token
-        n += 1
-    return n + int(getattr(vision_config, "num_register_tokens", 0) or 0)
+    try:
+        return TowerGeometry(vision_config).num_positions()
+    except ValueError as error:
+        raise ValueError(f"num_vision_positions: {error}") from None
 
 
 class BridgeConfig(PreTrainedConfig):

@@ -1,17 +1,18 @@
 """Loading BRIDGE safely: saved models whose weights must match their config, and pretrained towers.
 
-Hub code: imports only transformers (and safetensors, its dependency) and `.configuration_bridge`; saved next to the
-weights with `modeling_bridge.py`, which imports it relatively.
+Hub code: imports only transformers (and safetensors, its dependency), `.configuration_bridge` and `.towers_bridge`;
+saved next to the weights with `modeling_bridge.py`, which imports it relatively.
 """
 
 import logging as pylogging
 import os
 
 import torch
-from transformers import AutoConfig, AutoModel, PreTrainedModel
+from transformers import AutoConfig, PreTrainedModel
 from transformers.utils import logging
 
 from .configuration_bridge import check_local_path
+from .towers_bridge import TowerGeometry
 
 
 logger = logging.get_logger(__name__)
@@ -68,15 +69,13 @@ def load_pretrained_tower(name_or_path: str, part: str) -> PreTrainedModel:
     whole = config
     if getattr(config, "hidden_size", None) is None and getattr(config, part, None) is not None:
         config = getattr(config, part)
-    kwargs = {"config": config, "dtype": torch.float32, "output_loading_info": True}
     report_logger = logging.get_logger("transformers.modeling_utils")
     report_filter = _DropLoadReport()
     report_logger.addFilter(report_filter)
-    try:
-        try:  # BRIDGE pools on its own; towers that have a pooling layer are loaded without it (as in __init__)
-            tower, info = AutoModel.from_pretrained(name_or_path, add_pooling_layer=False, **kwargs)
-        except TypeError:
-            tower, info = AutoModel.from_pretrained(name_or_path, **kwargs)
+    try:  # BRIDGE pools on its own; towers that have a pooling layer are loaded without it (as in __init__)
+        tower, info = TowerGeometry(config).from_pretrained(
+            name_or_path, dtype=torch.float32, output_loading_info=True
+        )
     finally:
         report_logger.removeFilter(report_filter)
     if info.get("missing_keys"):

@@ -1,13 +1,17 @@
 """BRIDGE's pre-training losses, hard-negative mining and cross-rank gathering.
 
-Hub code: imports only torch, so that it is saved next to the weights with `modeling_bridge.py` (which imports it
-relatively) and loads with ``trust_remote_code=True``. Everything that knows about `torch.distributed` lives here.
+Hub code: imports only torch and its siblings `.configuration_bridge` and `.towers_bridge`, so that it is saved next
+to the weights with `modeling_bridge.py` (which imports it relatively) and loads with ``trust_remote_code=True``.
+Everything that knows about `torch.distributed` lives here.
 """
 
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from .configuration_bridge import LOSS_NAMES
+from .towers_bridge import TowerGeometry
 
 
 def contrastive_loss(logits: torch.Tensor) -> torch.Tensor:
@@ -326,8 +330,140 @@ def fused_objective(
     return cross_itc, itm, itm_logits, itm_labels, out, attention_mask
 
 
+def masked_objective(model, vision, text, inputs: dict):
+    """One interaction pass on the masked inputs (masked text and/or masked image): MLM and MIM predictions and
+    losses, for the terms `model.config` enables. `model` is a `BridgeForPreTraining` (its `bridge`, `mlm_head`,
+    `mim_head`), `vision` / `text` its towers' outputs on the unmasked batch (the MIM targets), `inputs` the batch.
+    Returns (mlm_loss, mim_loss, mlm_logits, mim_logits), None for a disabled term."""
+    config, bridge = model.config, model.bridge
+    use_mlm, use_mim = config.mlm_loss_weight > 0, config.mim_loss_weight > 0
+    mlm_input_ids, mlm_labels = inputs.get("mlm_input_ids"), inputs.get("mlm_labels")
+    pixel_values, mim_mask = inputs.get("pixel_values"), inputs.get("mim_mask")
+    if use_mlm and (mlm_input_ids is None or mlm_labels is None):
+        raise ValueError(
+            "mlm_loss_weight > 0 needs `mlm_input_ids` and `mlm_labels`: build batches with "
+            "BridgeDataCollator(mlm_probability=...) or set mlm_loss_weight=0."
+        )
+    if use_mim and pixel_values is None:
+        raise ValueError(
+            "mim_loss_weight > 0 needs pixel_values (MIM runs the vision tower on masked images), not only "
+            "vision_hidden_state; pass the images or set mim_loss_weight=0."
+        )
+    if use_mim and mim_mask is None:
+        raise ValueError(
+            "mim_loss_weight > 0 needs `mim_mask`: build batches with "
+            "BridgeDataCollator(mim_probability=..., num_patches=...) or set mim_loss_weight=0."
+        )
+    attention_mask = inputs["attention_mask"]
+    text_states = text.last_hidden_state
+    if use_mlm:
+        text_states = bridge.get_text_features(
+            mlm_input_ids, attention_mask, inputs.get("token_type_ids"), inputs.get("position_ids")
+        ).last_hidden_state
+    vision_states = vision.last_hidden_state
+    if use_mim:
+        patch = TowerGeometry(config.vision_config).mim_patch_size(
+            tuple(pixel_values.shape[-2:]), config.num_vision_positions
+        )
+        vision_states = bridge.get_image_features(mask_image_patches(pixel_values, mim_mask, patch)).last_hidden_state
+    out = bridge._interact(  # states of checked inputs
+        vision_states,
+        text_states,
+        attention_mask,
+        output_last_hidden_state=True,
+        pair_chunk_size=vision_states.shape[0],
+    )
+    mlm_loss = mim_loss = mlm_logits = mim_logits = None
+    if use_mlm:
+        mlm_logits = model.mlm_head(out.text_last_hidden_state)
+        mlm_loss = masked_token_loss(mlm_logits, mlm_labels)
+    if use_mim:
+        first_patch = config.num_vision_positions - mim_mask.shape[1]  # CLS / register tokens come first
+        mim_logits = model.mim_head(out.vision_last_hidden_state[:, first_patch:])
+        targets = vision.last_hidden_state[:, first_patch:].detach()
+        mim_loss = masked_patch_loss(mim_logits, targets, mim_mask)
+    return mlm_loss, mim_loss, mlm_logits, mim_logits
+
+
+class BridgePreTrainingLoss:
+    """BRIDGE's pre-training objective in one object, in the spirit of open_clip's `ClipLoss`: which terms run and
+    their weights (the config's `*_loss_weight` fields, read at each call), the mining (`HardNegativeMiner`, chosen
+    from the config), the pairs through the interaction (`fused_objective`), the masked pass (`masked_objective`),
+    every term and the weighted sum.
+
+        fields = BridgePreTrainingLoss(model.config, generator)(model, vision, text, inputs, ...)
+
+    returns the `BridgeForPreTrainingOutput` fields it computes: `loss`, each enabled `<name>_loss`, the ITC parts,
+    the ITM logits and labels, the positives' fused embeddings (and attention maps), the MLM / MIM logits. A new
+    term is a weight field in the config, its name in `LOSS_NAMES`, and its computation here.
+    """
+
+    def __init__(self, config, generator: torch.Generator | None = None):
+        self.config = config
+        self.generator = generator  # the mining's random order (None: torch's global generator)
+
+    def weights(self) -> dict:
+        return {name: getattr(self.config, f"{name}_loss_weight") for name in LOSS_NAMES}
+
+    def __call__(
+        self, model, vision, text, inputs: dict, logits_per_image, logits_per_text, targets, scale, output_attentions
+    ) -> dict:
+        """`model` a `BridgeForPreTraining`, `vision` / `text` its towers' outputs (pooled embeddings as
+        `pooler_output`), `inputs` the batch (`input_ids`, `attention_mask`, and the masked-pass inputs),
+        `logits_per_image` / `logits_per_text` the unimodal scores against the global batch, `targets` each local
+        row's index in the global batch, `scale` the contrastive logit scale."""
+        config, weights = self.config, self.weights()
+        losses, fields = {}, {}
+        if weights["itc"] > 0 or weights["itm"] > 0 or weights["cycle"] > 0:
+            cross_itc, itm, itm_logits, itm_labels, positives, padded_mask = fused_objective(
+                model.bridge,
+                config,
+                vision,
+                text,
+                inputs["input_ids"],
+                inputs["attention_mask"],
+                targets,
+                scale,
+                weights["cycle"] > 0 or output_attentions,
+                self.generator,
+            )
+            unimodal_itc = (F.cross_entropy(logits_per_image, targets) + F.cross_entropy(logits_per_text, targets)) / 2
+            share = torch.sigmoid(model.itc_alpha())
+            losses["itc"] = share * cross_itc + (1 - share) * unimodal_itc
+            losses["itm"] = itm
+            fields.update(
+                unimodal_itc_loss=unimodal_itc,
+                cross_itc_loss=cross_itc,
+                itm_logits=itm_logits,
+                itm_labels=itm_labels,
+                cross_image_embeds=positives.cross_image_embeds,
+                cross_text_embeds=positives.cross_text_embeds,
+            )
+            if output_attentions:
+                fields.update(
+                    interaction_text_attentions=positives.text_attentions,
+                    interaction_vision_attentions=positives.vision_attentions,
+                )
+            if weights["cycle"] > 0:
+                losses["cycle"] = cycle_consistency_loss(
+                    positives.text_attentions, positives.vision_attentions, padded_mask
+                )
+        if weights["mlm"] > 0 or weights["mim"] > 0:
+            mlm_loss, mim_loss, mlm_logits, mim_logits = masked_objective(model, vision, text, inputs)
+            losses.update(mlm=mlm_loss, mim=mim_loss)
+            fields.update(mlm_logits=mlm_logits, mim_logits=mim_logits)
+        enabled = [weights[name] * value for name, value in losses.items() if value is not None and weights[name]]
+        if not enabled:
+            raise ValueError("Every *_loss_weight in the config is 0: enable at least one objective.")
+        fields["loss"] = torch.stack(enabled).sum()
+        fields.update({f"{name}_loss": value for name, value in losses.items() if weights[name]})
+        return fields
+
+
 __all__ = [
+    "BridgePreTrainingLoss",
     "HardNegativeMiner",
+    "masked_objective",
     "duplicate_texts",
     "fused_objective",
     "contrastive_loss",

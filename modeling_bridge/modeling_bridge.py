@@ -14,38 +14,21 @@ from typing import Any, NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoModel, PreTrainedModel
+from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput, can_return_tuple, logging
 
-from .configuration_bridge import (
-    LOSS_NAMES,
-    PAIR_SCORE_MODES,
-    SCORE_MODES,
-    BridgeConfig,
-    is_convolutional_tower,
-    tower_hidden_size,
-)
+from .configuration_bridge import PAIR_SCORE_MODES, SCORE_MODES, BridgeConfig
 from .loading_bridge import load_checked, load_pretrained_tower
-from .loss_bridge import (
-    contrastive_loss,
-    cycle_consistency_loss,
-    distributed_rank_and_world,
-    fused_objective,
-    gather_across_ranks,
-    mask_image_patches,
-    masked_patch_loss,
-    masked_token_loss,
-)
+from .loss_bridge import BridgePreTrainingLoss, contrastive_loss, distributed_rank_and_world, gather_across_ranks
+from .towers_bridge import TowerGeometry
 
 
 logger = logging.get_logger(__name__)
 
-# `save_pretrained` writes these so that the three Auto classes (and thus the zero-shot pipeline) resolve to the
-# Hub code files saved next to the weights.
 # --------------------------------------------------------------------------------------------------------------------
 # Outputs
 # --------------------------------------------------------------------------------------------------------------------
@@ -279,7 +262,7 @@ class BridgeInteractionLayer(GradientCheckpointingLayer):
 
     def __init__(self, config: BridgeConfig):
         super().__init__()
-        dv, dt, ds = tower_hidden_size(config.vision_config), config.text_config.hidden_size, config.shared_dim
+        dv, dt, ds = TowerGeometry(config.vision_config).hidden_size, config.text_config.hidden_size, config.shared_dim
         nv, nt = config.num_vision_positions, config.max_text_positions
         self.vision_norm = nn.LayerNorm(dv)
         self.text_norm = nn.LayerNorm(dt)
@@ -673,13 +656,17 @@ class BridgeModel(BridgePreTrainedModel):
                 raise ValueError("BridgeModel needs a config, or both a vision_model and a text_model.")
             config = BridgeConfig.from_vision_text_configs(vision_model.config, text_model.config)
         super().__init__(config)
-        self.vision_model = vision_model if vision_model is not None else _tower_from_config(config.vision_config)
-        self.text_model = text_model if text_model is not None else _tower_from_config(config.text_config)
+        self.vision_model = vision_model if vision_model is not None else TowerGeometry(config.vision_config).build()
+        self.text_model = text_model if text_model is not None else TowerGeometry(config.text_config).build()
         # Keep one config object per tower, so that settings such as `attn_implementation` reach the towers.
         self.vision_model.config = config.vision_config
         self.text_model.config = config.text_config
 
-        dv, dt, p = tower_hidden_size(config.vision_config), config.text_config.hidden_size, config.projection_dim
+        dv, dt, p = (
+            TowerGeometry(config.vision_config).hidden_size,
+            config.text_config.hidden_size,
+            config.projection_dim,
+        )
         self.interaction_layers = BridgeInteractionEncoder(config)
         self.vision_unimodal_projection = nn.Linear(dv, p)
         self.text_unimodal_projection = nn.Linear(dt, p)
@@ -726,8 +713,7 @@ class BridgeModel(BridgePreTrainedModel):
         vc = self.config.vision_config
         channels = getattr(vc, "num_channels", 3)
         # A convolutional tower takes any size (its token count is checked on its output instead).
-        size = None if is_convolutional_tower(vc) else getattr(vc, "image_size", None)
-        size = tuple(size) if isinstance(size, (list, tuple)) else (size, size)
+        size = TowerGeometry(vc).image_size() or (None, None)
         if pixel_values.dim() != 4 or pixel_values.shape[1] != channels:
             raise ValueError(
                 f"pixel_values must have shape (batch, {channels}, height, width), got {tuple(pixel_values.shape)}. "
@@ -884,9 +870,9 @@ class BridgeModel(BridgePreTrainedModel):
             return_dict=True,
         )
         if outputs.last_hidden_state.dim() == 4:
-            # A convolutional tower's (B, C, H, W) map: H*W tokens of width C in raster order (row by row), the
-            # order of a ViT's patches; its `hidden_states` stay the tower's own per-stage maps.
-            outputs.last_hidden_state = outputs.last_hidden_state.flatten(2).transpose(1, 2)
+            # A convolutional tower's (B, C, H, W) map becomes H*W tokens of width C; its `hidden_states` stay the
+            # tower's own per-stage maps.
+            outputs.last_hidden_state = TowerGeometry(self.config.vision_config).to_tokens(outputs.last_hidden_state)
             expected = self.config.num_vision_positions
             if outputs.last_hidden_state.shape[1] != expected:
                 raise ValueError(
@@ -1259,7 +1245,7 @@ class BridgeForPreTraining(BridgePreTrainedModel):
         bridge = BridgeModel(config, vision_model=vision_model, text_model=text_model)
         super().__init__(bridge.config)
         config = bridge.config
-        dv, dt = tower_hidden_size(config.vision_config), config.text_config.hidden_size
+        dv, dt = TowerGeometry(config.vision_config).hidden_size, config.text_config.hidden_size
         self.bridge = bridge
         # Training-only: sigmoid(itc_alpha) mixes cross and unimodal ITC; the MLM head reads the final text states,
         # the MIM head the final vision states. The MLM decoder is not tied to the text tower's word embeddings: the
@@ -1289,24 +1275,6 @@ class BridgeForPreTraining(BridgePreTrainedModel):
     def get_text_features(self, *args, **kwargs) -> BaseModelOutputWithPooling:
         return self.bridge.get_text_features(*args, **kwargs)
 
-    def _fused_objective(self, vision, text, input_ids, attention_mask, targets, scale, output_attentions):
-        """Cross ITC and ITM (`loss_bridge.fused_objective`), with reproducible mining in eval mode."""
-        generator = None
-        if not self.training:  # reproducible eval losses; one generator for both directions
-            generator = torch.Generator(device=input_ids.device).manual_seed(self.eval_mining_seed)
-        return fused_objective(
-            self.bridge,
-            self.config,
-            vision,
-            text,
-            input_ids,
-            attention_mask,
-            targets,
-            scale,
-            output_attentions,
-            generator,
-        )
-
     def _precomputed_tower_output(self, part, states, input_ids, attention_mask=None) -> BaseModelOutputWithPooling:
         """A tower's output rebuilt from its precomputed final states: the states and the unimodal embedding."""
         bridge = self.bridge
@@ -1317,7 +1285,7 @@ class BridgeForPreTraining(BridgePreTrainedModel):
                 "would not learn. Freeze it (e.g. set_tower_trainable_blocks(tower, 0)) or pass the raw inputs."
             )
         if part == "vision":
-            width, length = tower_hidden_size(self.config.vision_config), self.config.num_vision_positions
+            width, length = TowerGeometry(self.config.vision_config).hidden_size, self.config.num_vision_positions
         else:
             width, length = self.config.text_config.hidden_size, input_ids.shape[1]
         if not (isinstance(states, torch.Tensor) and states.is_floating_point()):
@@ -1337,80 +1305,6 @@ class BridgeForPreTraining(BridgePreTrainedModel):
         return bridge._unimodal_output(
             BaseModelOutputWithPooling(last_hidden_state=states), projection, attention_mask
         )
-
-    def _mim_patch_size(self, pixel_values) -> tuple[int, int]:
-        """Pixels per masked unit: the tower's patch, or for a convolutional tower the image area of one cell of its
-        (square) last feature map."""
-        config = self.config
-        if not is_convolutional_tower(config.vision_config):
-            patch = config.vision_config.patch_size
-            return tuple(patch) if isinstance(patch, (list, tuple)) else (patch, patch)
-        side = math.isqrt(config.num_vision_positions)
-        height, width = pixel_values.shape[-2:]
-        if side * side != config.num_vision_positions or height % side or width % side:
-            raise ValueError(
-                f"MIM with a convolutional tower masks the image area of each feature-map cell: it needs a square "
-                f"map whose side divides the image, got num_vision_positions={config.num_vision_positions} for "
-                f"{height}x{width} images. Set mim_loss_weight=0."
-            )
-        return height // side, width // side
-
-    def _masked_objective(
-        self,
-        vision,
-        text,
-        pixel_values,
-        attention_mask,
-        token_type_ids,
-        position_ids,
-        mlm_input_ids,
-        mlm_labels,
-        mim_mask,
-    ):
-        """One interaction pass on the masked inputs (masked text and/or masked image): MLM and MIM predictions."""
-        config, bridge = self.config, self.bridge
-        use_mlm, use_mim = config.mlm_loss_weight > 0, config.mim_loss_weight > 0
-        if use_mlm and (mlm_input_ids is None or mlm_labels is None):
-            raise ValueError(
-                "mlm_loss_weight > 0 needs `mlm_input_ids` and `mlm_labels`: build batches with "
-                "BridgeDataCollator(mlm_probability=...) or set mlm_loss_weight=0."
-            )
-        if use_mim and pixel_values is None:
-            raise ValueError(
-                "mim_loss_weight > 0 needs pixel_values (MIM runs the vision tower on masked images), not only "
-                "vision_hidden_state; pass the images or set mim_loss_weight=0."
-            )
-        if use_mim and mim_mask is None:
-            raise ValueError(
-                "mim_loss_weight > 0 needs `mim_mask`: build batches with "
-                "BridgeDataCollator(mim_probability=..., num_patches=...) or set mim_loss_weight=0."
-            )
-        text_states = text.last_hidden_state
-        if use_mlm:
-            text_states = bridge.get_text_features(
-                mlm_input_ids, attention_mask, token_type_ids, position_ids
-            ).last_hidden_state
-        vision_states = vision.last_hidden_state
-        if use_mim:
-            masked_pixels = mask_image_patches(pixel_values, mim_mask, self._mim_patch_size(pixel_values))
-            vision_states = bridge.get_image_features(masked_pixels).last_hidden_state
-        out = bridge._interact(  # states of checked inputs
-            vision_states,
-            text_states,
-            attention_mask,
-            output_last_hidden_state=True,
-            pair_chunk_size=vision_states.shape[0],
-        )
-        mlm_loss = mim_loss = mlm_logits = mim_logits = None
-        if use_mlm:
-            mlm_logits = self.mlm_head(out.text_last_hidden_state)
-            mlm_loss = masked_token_loss(mlm_logits, mlm_labels)
-        if use_mim:
-            first_patch = config.num_vision_positions - mim_mask.shape[1]  # CLS / register tokens come first
-            mim_logits = self.mim_head(out.vision_last_hidden_state[:, first_patch:])
-            targets = vision.last_hidden_state[:, first_patch:].detach()
-            mim_loss = masked_patch_loss(mim_logits, targets, mim_mask)
-        return mlm_loss, mim_loss, mlm_logits, mim_logits
 
     @can_return_tuple
     def forward(
@@ -1505,60 +1399,25 @@ class BridgeForPreTraining(BridgePreTrainedModel):
             text_model_output=text if output_attentions or output_hidden_states else None,
         )
         if return_loss:
-            losses = {}
-            if config.itc_loss_weight > 0 or config.itm_loss_weight > 0 or config.cycle_loss_weight > 0:
-                cross_itc, itm, itm_logits, itm_labels, positives, padded_mask = self._fused_objective(
-                    vision,
-                    text,
-                    input_ids,
-                    attention_mask,
-                    targets,
-                    scale,
-                    config.cycle_loss_weight > 0 or output_attentions,
+            generator = None
+            if not self.training:  # reproducible eval losses; one generator for both directions
+                generator = torch.Generator(device=input_ids.device).manual_seed(self.eval_mining_seed)
+            inputs = dict(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                token_type_ids=token_type_ids,
+                position_ids=position_ids,
+                pixel_values=pixel_values,
+                mlm_input_ids=mlm_input_ids,
+                mlm_labels=mlm_labels,
+                mim_mask=mim_mask,
+            )
+            objective = BridgePreTrainingLoss(config, generator)
+            fields.update(
+                objective(
+                    self, vision, text, inputs, logits_per_image, logits_per_text, targets, scale, output_attentions
                 )
-                unimodal_itc = (
-                    F.cross_entropy(logits_per_image, targets) + F.cross_entropy(logits_per_text, targets)
-                ) / 2
-                share = torch.sigmoid(self.itc_alpha())
-                losses["itc"] = share * cross_itc + (1 - share) * unimodal_itc
-                losses["itm"] = itm
-                fields.update(
-                    unimodal_itc_loss=unimodal_itc,
-                    cross_itc_loss=cross_itc,
-                    itm_logits=itm_logits,
-                    itm_labels=itm_labels,
-                    cross_image_embeds=positives.cross_image_embeds,
-                    cross_text_embeds=positives.cross_text_embeds,
-                )
-                if output_attentions:
-                    fields.update(
-                        interaction_text_attentions=positives.text_attentions,
-                        interaction_vision_attentions=positives.vision_attentions,
-                    )
-                if config.cycle_loss_weight > 0:
-                    losses["cycle"] = cycle_consistency_loss(
-                        positives.text_attentions, positives.vision_attentions, padded_mask
-                    )
-            if config.mlm_loss_weight > 0 or config.mim_loss_weight > 0:
-                mlm_loss, mim_loss, mlm_logits, mim_logits = self._masked_objective(
-                    vision,
-                    text,
-                    pixel_values,
-                    attention_mask,
-                    token_type_ids,
-                    position_ids,
-                    mlm_input_ids,
-                    mlm_labels,
-                    mim_mask,
-                )
-                losses.update(mlm=mlm_loss, mim=mim_loss)
-                fields.update(mlm_logits=mlm_logits, mim_logits=mim_logits)
-            weights = {name: getattr(config, f"{name}_loss_weight") for name in LOSS_NAMES}
-            enabled = [weights[name] * value for name, value in losses.items() if value is not None and weights[name]]
-            if not enabled:
-                raise ValueError("Every *_loss_weight in the config is 0: enable at least one objective.")
-            fields["loss"] = torch.stack(enabled).sum()
-            fields.update({f"{name}_loss": value for name, value in losses.items() if weights[name]})
+            )
         return BridgeForPreTrainingOutput(**{k: v for k, v in fields.items() if v is not None})
 
 
@@ -1922,15 +1781,6 @@ class BridgeForVisualReasoning(BridgePreTrainedModel):
             interaction_text_attentions=out.text_attentions,
             interaction_vision_attentions=out.vision_attentions,
         )
-
-
-def _tower_from_config(tower_config) -> PreTrainedModel:
-    """Build a tower from its config. Pooling layers are left out where the model allows it: BRIDGE pools on its
-    own, and parameters that never get a gradient break DDP and gradient checks."""
-    try:
-        return AutoModel.from_config(tower_config, add_pooling_layer=False)
-    except TypeError:
-        return AutoModel.from_config(tower_config)
 
 
 # The one table of BRIDGE's model classes and the Auto classes that load them, the first being the class's own (its

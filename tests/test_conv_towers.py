@@ -15,6 +15,7 @@ from conftest import (
 from modeling_bridge import BridgeConfig, BridgeForPreTraining, BridgeModel
 from modeling_bridge.data import BridgeDataCollator
 from modeling_bridge.data.collator import num_patch_tokens
+from modeling_bridge.towers_bridge import TowerGeometry
 from modeling_bridge.training import set_tower_trainable_blocks
 
 
@@ -97,10 +98,11 @@ def test_conv_tower_pretraining_with_every_objective(processor):
 
 
 def test_masked_pixels_of_a_conv_cell():
-    model = BridgeForPreTraining(make_config(vision="resnet"))
-    assert model._mim_patch_size(torch.zeros(1, 3, IMAGE_SIZE, IMAGE_SIZE)) == (8, 8)
+    config = make_config(vision="resnet")
+    geometry = TowerGeometry(config.vision_config)
+    assert geometry.mim_patch_size((IMAGE_SIZE, IMAGE_SIZE), config.num_vision_positions) == (8, 8)
     with pytest.raises(ValueError, match="needs a square map whose side divides the image"):
-        model._mim_patch_size(torch.zeros(1, 3, 30, 30))
+        geometry.mim_patch_size((30, 30), config.num_vision_positions)
 
 
 def test_top_stages_of_a_resnet_train():

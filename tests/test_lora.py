@@ -16,6 +16,7 @@ from transformers import AutoModel, AutoModelForPreTraining
 
 from conftest import make_config, random_inputs
 from modeling_bridge import BridgeForPreTraining, BridgeModel
+from modeling_bridge.towers_bridge import TOWER_TYPES, TowerType
 from modeling_bridge.training import (
     default_lora_target_modules,
     find_bridge_model,
@@ -144,7 +145,10 @@ def test_only_lora_and_scalar_parameters_train():
 
 def test_targets_fail_loudly_when_a_tower_has_no_known_attention(monkeypatch):
     base = _pretraining_model()
-    monkeypatch.setattr(lora_module, "TOWER_QKV_NAMES", frozenset({"q_proj", "k_proj", "v_proj"}))  # not BERT's
+    # a tower type whose entry names other projections than BERT's
+    monkeypatch.setitem(
+        TOWER_TYPES, "bert", TowerType(attention_projections=frozenset({"q_proj", "k_proj", "v_proj"}))
+    )
     with pytest.raises(ValueError, match=r"text_model.*attention\.self\.query"):
         default_lora_target_modules(base)
     monkeypatch.undo()

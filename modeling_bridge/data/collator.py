@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from transformers import DataCollatorForLanguageModeling
 
-from ..configuration_bridge import is_convolutional_tower
+from ..towers_bridge import TowerGeometry
 
 
 # Tokenizers without a real limit report this huge sentinel as model_max_length.
@@ -21,18 +21,16 @@ def num_patch_tokens(config) -> int:
     `patch_size` may be ints or (height, width) pairs. For a convolutional tower, the BridgeConfig's
     `num_vision_positions` (the cells of its feature map)."""
     vision = getattr(config, "vision_config", config)
-    if is_convolutional_tower(vision) and getattr(config, "num_vision_positions", None):
+    geometry = TowerGeometry(vision)
+    if geometry.convolutional and getattr(config, "num_vision_positions", None):
         return config.num_vision_positions  # a feature map has no CLS token: every token is a cell
-    image_size, patch_size = getattr(vision, "image_size", None), getattr(vision, "patch_size", None)
-    if image_size is None or patch_size is None:
+    if geometry.convolutional or getattr(vision, "image_size", None) is None or not hasattr(vision, "patch_size"):
         raise ValueError(
             f"cannot count the patches of a {getattr(vision, 'model_type', '?')!r} vision tower: its "
             "config has no image_size/patch_size; pass num_patches= to BridgeDataCollator."
         )
-    (height, width), (patch_h, patch_w) = (
-        tuple(v) if isinstance(v, (list, tuple)) else (v, v) for v in (image_size, patch_size)
-    )
-    return (height // patch_h) * (width // patch_w)
+    rows, columns = geometry.patch_grid()
+    return rows * columns
 
 
 @dataclass

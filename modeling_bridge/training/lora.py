@@ -27,33 +27,12 @@ from peft.tuners.tuners_utils import BaseTunerLayer, check_target_module_exists
 from peft.utils.constants import INCLUDE_LINEAR_LAYERS_SHORTHAND
 from torch import nn
 
-from ..configuration_bridge import is_convolutional_tower
+from ..towers_bridge import ATTENTION_PROJECTIONS, TowerGeometry
 from .stages import find_bridge_model, transformer_blocks
 
 
-# Leaf names of the query/key/value linears of the attention in common towers: v5 ViT, DINOv2, CLIP, SigLIP use
-# q_proj/k_proj/v_proj; BERT, RoBERTa, ELECTRA query/key/value; DistilBERT, T5 q/k/v; fused projections qkv
-# (DINOv3-style), Wqkv (ModernBERT), query_key_value. Output projections are left out on purpose: their names
-# (`output.dense` in BERT) collide with the feed-forward's, and q/k/v is the usual LoRA placement.
-TOWER_QKV_NAMES = frozenset(
-    {
-        "q_proj",
-        "k_proj",
-        "v_proj",
-        "query",
-        "key",
-        "value",
-        "q",
-        "k",
-        "v",
-        "q_lin",
-        "k_lin",
-        "v_lin",
-        "qkv",
-        "Wqkv",
-        "query_key_value",
-    }
-)
+# The query/key/value leaf names a default tower LoRA adapts (per tower family: `TowerGeometry.attention_projections`).
+TOWER_QKV_NAMES = ATTENTION_PROJECTIONS
 
 # Projections of BRIDGE's own cross-attention (`BridgeCrossAttention`), all four adapted.
 INTERACTION_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -109,16 +88,17 @@ def default_lora_target_modules(model: nn.Module, towers: bool = True, interacti
     if towers:
         for tower_name in ("vision_model", "text_model"):
             tower = getattr(bridge, tower_name)
-            if is_convolutional_tower(tower.config):
+            names = TowerGeometry(tower.config).attention_projections
+            if not names:
                 continue  # no attention to adapt (ResNet, ConvNeXt): LoRA stays in the interaction and the other tower
             blocks_name, blocks = transformer_blocks(tower)
             stack = f"{base}{tower_name}.{blocks_name}."
-            found = _linear_children(blocks, stack, TOWER_QKV_NAMES)
+            found = _linear_children(blocks, stack, names)
             if not found:
                 linears = [n for n, m in blocks[0].named_modules() if isinstance(m, nn.Linear)]
                 raise ValueError(
                     f"No attention projection found in the {tower_name} ({type(tower).__name__}): the linear layers "
-                    f"of its first block are {linears}, none named one of {sorted(TOWER_QKV_NAMES)}. Pass "
+                    f"of its first block are {linears}, none named one of {sorted(names)}. Pass "
                     "target_modules= explicitly (e.g. default_lora_target_modules(model, towers=False) plus this "
                     "tower's attention projections)."
                 )
