@@ -19,13 +19,12 @@ from pathlib import Path
 
 import evaluate
 import numpy as np
-import torch
 from transformers import AutoProcessor, HfArgumentParser, TrainingArguments
 
 import modeling_bridge  # noqa: F401  (registers BRIDGE with the Auto classes)
 from modeling_bridge import BridgeForVisualReasoning
 from modeling_bridge.command_line import check_int, check_ints, check_results_folder, check_training_arguments
-from modeling_bridge.data import load_bridge_shapes_nlvr2, load_nlvr2
+from modeling_bridge.data import Nlvr2DataCollator, load_bridge_shapes_nlvr2, load_nlvr2
 from modeling_bridge.hub_utils import check_model_path, explain_load_error, run_command
 from modeling_bridge.saving import check_output_dir, write_json_atomically
 from modeling_bridge.training import BridgeTrainer, save_pretrained_atomically, set_tower_trainable_blocks
@@ -64,28 +63,6 @@ def load_data(args: Nlvr2Arguments, seed: int):
                 raise ValueError(f"--{name}_file has statements without a label; training and evaluation need them.")
         return train, evaluation
     raise ValueError(f"--dataset must be bridge-shapes or nlvr2, got {args.dataset!r}.")
-
-
-class Nlvr2Collator:
-    """Both images of each statement through the processor ((batch, 2, C, H, W) pixel values), the statements
-    tokenized, the truth values as `labels`."""
-
-    def __init__(self, processor, max_length: int):
-        self.processor, self.max_length = processor, max_length
-
-    def __call__(self, rows):
-        images = [image for row in rows for image in (row["left_image"], row["right_image"])]
-        batch = self.processor(
-            images=images,
-            text=[row["sentence"] for row in rows],
-            return_tensors="pt",
-            padding=True,
-            truncation=True,
-            max_length=self.max_length,
-        )
-        batch["pixel_values"] = batch["pixel_values"].unflatten(0, (len(rows), 2))
-        batch["labels"] = torch.tensor([row["label"] for row in rows])
-        return dict(batch)
 
 
 def check_arguments(args, training_args) -> None:
@@ -138,7 +115,7 @@ def main(argv=None):
         args=training_args,
         train_dataset=train,
         eval_dataset=evaluation,
-        data_collator=Nlvr2Collator(processor, model.config.max_text_positions),
+        data_collator=Nlvr2DataCollator(processor, model.config.max_text_positions),
         compute_metrics=compute_metrics,
         # keep only the true/false logits of each eval batch (not the fused embeddings the output also holds)
         preprocess_logits_for_metrics=lambda outputs, labels: outputs[0] if isinstance(outputs, tuple) else outputs,

@@ -19,13 +19,18 @@ from pathlib import Path
 
 import evaluate
 import numpy as np
-import torch
 from transformers import AutoProcessor, HfArgumentParser, TrainingArguments
 
 import modeling_bridge  # noqa: F401  (registers BRIDGE with the Auto classes)
 from modeling_bridge import BridgeForQuestionAnswering
 from modeling_bridge.command_line import check_int, check_ints, check_results_folder, check_training_arguments
-from modeling_bridge.data import answer_vocabulary, load_bridge_shapes_vqa, load_vqav2, vqa_soft_targets
+from modeling_bridge.data import (
+    VqaDataCollator,
+    answer_vocabulary,
+    load_bridge_shapes_vqa,
+    load_vqav2,
+    vqa_soft_targets,
+)
 from modeling_bridge.hub_utils import check_model_path, explain_load_error, run_command
 from modeling_bridge.saving import check_output_dir, write_json_atomically
 from modeling_bridge.training import BridgeTrainer, save_pretrained_atomically, set_tower_trainable_blocks
@@ -65,29 +70,6 @@ def load_data(args: VqaArguments, seed: int):
         train = load_vqav2(args.train_questions, args.train_annotations, args.image_root)
         return train, load_vqav2(args.eval_questions, args.eval_annotations, args.image_root)
     raise ValueError(f"--dataset must be bridge-shapes or vqav2, got {args.dataset!r}.")
-
-
-class VqaCollator:
-    """Images and questions through the processor, and the soft answer scores as `labels`."""
-
-    def __init__(self, processor, label2id: dict[str, int], max_length: int):
-        self.processor, self.label2id, self.max_length = processor, label2id, max_length
-
-    def __call__(self, rows):
-        batch = self.processor(
-            images=[row["image"] for row in rows],
-            text=[row["question"] for row in rows],
-            return_tensors="pt",
-            padding=True,
-            truncation=True,
-            max_length=self.max_length,
-        )
-        labels = torch.zeros(len(rows), len(self.label2id))
-        for i, row in enumerate(rows):
-            for label, score in vqa_soft_targets(row["answers"], self.label2id).items():
-                labels[i, label] = score
-        batch["labels"] = labels
-        return dict(batch)
 
 
 def check_arguments(args, training_args) -> None:
@@ -147,7 +129,7 @@ def main(argv=None):
         args=training_args,
         train_dataset=train,
         eval_dataset=evaluation,
-        data_collator=VqaCollator(processor, label2id, model.config.max_text_positions),
+        data_collator=VqaDataCollator(processor, label2id, model.config.max_text_positions),
         compute_metrics=compute_metrics,
         # keep only the answer logits of each eval batch (not the fused embeddings the output also holds)
         preprocess_logits_for_metrics=lambda outputs, labels: outputs[0] if isinstance(outputs, tuple) else outputs,

@@ -11,26 +11,12 @@ import transformers
 from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
 from . import auto
+from . import modeling_bridge as _modeling
 from .auto import AutoModelForImageTextRetrieval, AutoModelForVisualReasoning
 from .configuration_bridge import BridgeConfig
 from .configuration_langbridge import LangBridgeConfig
-from .modeling_bridge import (
-    BRIDGE_MODEL_CLASSES,
-    BridgeCrossAttention,
-    BridgeForImageTextRetrieval,
-    BridgeForImageTextRetrievalOutput,
-    BridgeForPreTraining,
-    BridgeForPreTrainingOutput,
-    BridgeForQuestionAnswering,
-    BridgeForQuestionAnsweringOutput,
-    BridgeForVisualReasoning,
-    BridgeForVisualReasoningOutput,
-    BridgeInteractionLayer,
-    BridgeInteractionOutput,
-    BridgeModel,
-    BridgeOutput,
-    BridgePreTrainedModel,
-)
+from .modeling_bridge import *  # noqa: F403  (the model classes, outputs and tables: modeling_bridge.__all__)
+from .modeling_bridge import BRIDGE_MODEL_CLASSES
 from .modeling_langbridge import BridgeForConditionalGeneration, build_vocabulary_subset
 from .pipelines import BridgeVisualQuestionAnsweringPipeline, BridgeZeroShotImageClassificationPipeline
 from .processing_bridge import BridgeProcessor
@@ -64,25 +50,12 @@ for _model_class, _auto_names in BRIDGE_MODEL_CLASSES.items():
         _model_class._auto_class = _auto_names[0]
 
 __all__ = [
+    *_modeling.__all__,
     "AutoModelForImageTextRetrieval",
     "AutoModelForVisualReasoning",
     "BridgeConfig",
-    "BridgeCrossAttention",
     "BridgeForConditionalGeneration",
     "BridgeGenerationProcessor",
-    "BridgeForImageTextRetrieval",
-    "BridgeForImageTextRetrievalOutput",
-    "BridgeForPreTraining",
-    "BridgeForPreTrainingOutput",
-    "BridgeForQuestionAnswering",
-    "BridgeForQuestionAnsweringOutput",
-    "BridgeForVisualReasoning",
-    "BridgeForVisualReasoningOutput",
-    "BridgeInteractionLayer",
-    "BridgeInteractionOutput",
-    "BridgeModel",
-    "BridgeOutput",
-    "BridgePreTrainedModel",
     "BridgeProcessor",
     "BridgeVisualQuestionAnsweringPipeline",
     "BridgeZeroShotImageClassificationPipeline",

@@ -21,6 +21,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput, can_return_tuple, logging
 
+from .checks_bridge import BridgeInputChecks, binary_label_loss, check_aligned, checked_answer_scores
 from .configuration_bridge import PAIR_SCORE_MODES, SCORE_MODES, BridgeConfig
 from .loading_bridge import load_checked, load_pretrained_tower
 from .loss_bridge import BridgePreTrainingLoss, contrastive_loss, distributed_rank_and_world, gather_across_ranks
@@ -633,7 +634,7 @@ class BridgePreTrainedModel(PreTrainedModel):
         return model if dtype is None else model.to(dtype)
 
 
-class BridgeModel(BridgePreTrainedModel):
+class BridgeModel(BridgeInputChecks, BridgePreTrainedModel):
     """BRIDGE: vision tower + text tower + interaction encoder, the projections, `logit_scale` and the ITM head: what
     unimodal, fused and ITM scoring need. Training-only heads live in `BridgeForPreTraining`."""
 
@@ -675,129 +676,6 @@ class BridgeModel(BridgePreTrainedModel):
         self.logit_scale = BridgeScalar(config.logit_scale_init_value)
         self.itm_head = BridgeITMHead(config)
         self.post_init()
-
-    # ---------------------------------------------------------------- input checks
-
-    # Checks read shapes and dtypes only, except those that read values (token ids in the vocabulary, attention-mask
-    # rows with at least one token, finite pixel values and tower states): on CPU they are cheap and need no device
-    # sync, so they always run; on an accelerator they would force a host sync in every forward, so they run only
-    # when `model.check_token_ids = True` (out-of-range ids there end in a device-side assert, NaN pixels in NaN
-    # scores, instead of a message).
-    check_token_ids = False
-
-    def _reads_values(self, tensor: torch.Tensor) -> bool:
-        """Whether the value checks run for `tensor` (see above); never under torch.compile (a graph break)."""
-        return (tensor.device.type == "cpu" or self.check_token_ids) and not torch.compiler.is_compiling()
-
-    def _check_finite(self, tensor: torch.Tensor, name: str, fix: str) -> None:
-        if self._reads_values(tensor):
-            bad = ~torch.isfinite(tensor).flatten(1).all(1)
-            if bool(bad.any()):
-                rows = bad.nonzero().flatten().tolist()
-                shown = ", ".join(map(str, rows[:8])) + (f" and {len(rows) - 8} more" if len(rows) > 8 else "")
-                raise ValueError(
-                    f"{name} hold NaN or infinite values in row(s) {shown}: every score of them would be NaN. {fix}"
-                )
-
-    def _check_pixel_values(self, pixel_values):
-        if not isinstance(pixel_values, torch.Tensor):
-            raise TypeError(
-                f"pixel_values must be a torch.Tensor, got {type(pixel_values).__name__}; prepare images "
-                'with BridgeProcessor(images=..., return_tensors="pt").'
-            )
-        if not pixel_values.is_floating_point():
-            raise ValueError(
-                f"pixel_values have dtype {pixel_values.dtype}: raw integer pixels would be used unnormalised. "
-                'Prepare images with BridgeProcessor(images=..., return_tensors="pt"), which rescales and normalises.'
-            )
-        vc = self.config.vision_config
-        channels = getattr(vc, "num_channels", 3)
-        # A convolutional tower takes any size (its token count is checked on its output instead).
-        size = TowerGeometry(vc).image_size() or (None, None)
-        if pixel_values.dim() != 4 or pixel_values.shape[1] != channels:
-            raise ValueError(
-                f"pixel_values must have shape (batch, {channels}, height, width), got {tuple(pixel_values.shape)}. "
-                "Prepare images with BridgeProcessor(images=...)."
-            )
-        if pixel_values.shape[0] == 0:
-            raise ValueError("No image given (pixel_values has 0 rows): pass at least one image.")
-        if size[0] is not None and tuple(pixel_values.shape[-2:]) != size:
-            raise ValueError(
-                f"pixel_values are {tuple(pixel_values.shape[-2:])} pixels but the vision tower expects {size}; "
-                "resize the images with BridgeProcessor / the model's image processor."
-            )
-        self._check_finite(
-            pixel_values,
-            "pixel_values",
-            "Check those images and their preprocessing (BridgeProcessor gives finite values).",
-        )
-
-    def _check_text(self, input_ids, attention_mask, token_type_ids):
-        for name, tensor in (
-            ("input_ids", input_ids),
-            ("attention_mask", attention_mask),
-            ("token_type_ids", token_type_ids),
-        ):
-            if tensor is None:
-                continue
-            if not isinstance(tensor, torch.Tensor):
-                raise TypeError(
-                    f"{name} must be a torch.Tensor, got {type(tensor).__name__}; tokenize with "
-                    'BridgeProcessor(text=..., return_tensors="pt").'
-                )
-            if tensor.is_floating_point() or tensor.is_complex():
-                raise ValueError(
-                    f"{name} has dtype {tensor.dtype}; it must hold integers (torch.long), as the "
-                    "tokenizer returns them."
-                )
-            if name != "input_ids" and tuple(tensor.shape) != tuple(input_ids.shape):
-                raise ValueError(
-                    f"{name} has shape {tuple(tensor.shape)} but input_ids has {tuple(input_ids.shape)}: their batch "
-                    "sizes and lengths must agree; tokenize texts and masks together."
-                )
-        if input_ids.dim() != 2:
-            raise ValueError(f"input_ids must have shape (batch, sequence_length), got {tuple(input_ids.shape)}.")
-        if input_ids.shape[0] == 0:
-            raise ValueError("No text given (input_ids has 0 rows): pass at least one text / candidate label.")
-        # Reading the ids is a host sync: on CPU it is free and the embedding's own error is obscure; on an accelerator
-        # only on request. Skipped under torch.compile, where it would break the graph (an out-of-range id still
-        # fails in the compiled embedding's bounds check).
-        if self._reads_values(input_ids):
-            self._check_token_id_range(input_ids, token_type_ids)
-            if attention_mask is not None:
-                self._check_attention_mask(attention_mask)
-
-    @staticmethod
-    def _check_attention_mask(attention_mask):
-        if bool(((attention_mask != 0) & (attention_mask != 1)).any()):
-            raise ValueError(
-                f"attention_mask holds values other than 0 and 1 (from {int(attention_mask.min())} to "
-                f"{int(attention_mask.max())}): 1 marks a token, 0 padding, as the tokenizer returns it."
-            )
-        empty = (attention_mask.sum(1) == 0).nonzero().flatten().tolist()
-        if empty:
-            raise ValueError(
-                f"attention_mask row(s) {empty} mark no token at all: a text with no tokens has no score. Remove "
-                "empty texts, or tokenize them with the model's tokenizer (it adds the special tokens)."
-            )
-
-    def _check_token_id_range(self, input_ids, token_type_ids):
-        vocab_size = self.text_model.get_input_embeddings().num_embeddings
-        low, high = int(input_ids.min()), int(input_ids.max())
-        if low < 0 or high >= vocab_size:
-            raise ValueError(
-                f"input_ids hold ids from {low} to {high}, outside the text tower's vocabulary [0, {vocab_size}): "
-                "tokenize with the tokenizer that belongs to this model (BridgeProcessor / AutoTokenizer of the same "
-                "folder)."
-            )
-        type_vocab_size = getattr(self.config.text_config, "type_vocab_size", None)
-        if token_type_ids is not None and type_vocab_size is not None:
-            low, high = int(token_type_ids.min()), int(token_type_ids.max())
-            if low < 0 or high >= type_vocab_size:
-                raise ValueError(
-                    f"token_type_ids hold values from {low} to {high}; the text tower has "
-                    f"{type_vocab_size} token types (0 to {type_vocab_size - 1})."
-                )
 
     def _prepare_text(self, input_ids, attention_mask, token_type_ids, position_ids):
         """Checked text inputs, truncated to `max_text_positions` when longer (a no-op on prepared inputs)."""
@@ -950,15 +828,6 @@ class BridgeModel(BridgePreTrainedModel):
             output_last_hidden_state=output_last_hidden_state,
             pair_chunk_size=pair_chunk_size,
         )
-
-    def _check_states(self, vision_hidden_state, text_hidden_state, attention_mask) -> None:
-        """The value checks of states handed to the public interaction methods (the model's own paths check their
-        inputs once, before the towers, and call `_interact` / `_pairwise_interaction`)."""
-        fix = "Pass the towers' final states (get_image_features / get_text_features) of checked inputs."
-        self._check_finite(vision_hidden_state, "vision_hidden_state", fix)
-        self._check_finite(text_hidden_state, "text_hidden_state", fix)
-        if attention_mask is not None and self._reads_values(attention_mask):
-            self._check_attention_mask(attention_mask)
 
     def _interact(
         self,
@@ -1426,6 +1295,62 @@ class BridgeForPreTraining(BridgePreTrainedModel):
 # --------------------------------------------------------------------------------------------------------------------
 
 
+class BridgeTaskModel(BridgePreTrainedModel):
+    """Base of the task heads: a `BridgeModel` (`self.bridge`) whose (image i, text i) pairs run through the
+    interaction layers, and a head on what comes out. Any BRIDGE folder starts one: a pre-training checkpoint's heads
+    are left behind. A head adds its layers in `_init_head` and reads `_interact_aligned`'s output (`pair_features`
+    for a classifier)."""
+
+    _keys_to_ignore_on_load_unexpected = [r"^(mlm_head|mim_head|itc_alpha)\."]
+    # How the head's error messages name the text of a pair ("questions", "statements", ...).
+    text_role = "texts"
+
+    def __init__(
+        self,
+        config: BridgeConfig | None = None,
+        vision_model: PreTrainedModel | None = None,
+        text_model: PreTrainedModel | None = None,
+    ):
+        bridge = BridgeModel(config, vision_model=vision_model, text_model=text_model)
+        super().__init__(bridge.config)
+        self.bridge = bridge
+        self._init_head(bridge.config)
+        self.post_init()
+
+    def _init_head(self, config: BridgeConfig) -> None:
+        """Add the head's own layers (none by default)."""
+
+    def _interact_aligned(
+        self, pixel_values, input_ids, attention_mask, token_type_ids, position_ids, output_attentions, text_index=None
+    ) -> BridgeInteractionOutput:
+        """Image i with text i (or with text `text_index[i]`, the caller having checked the pairing) through the towers
+        and the interaction layers."""
+        if text_index is None:
+            check_aligned(pixel_values, input_ids, type(self).__name__, self.text_role)
+        output_attentions = self.bridge._output_flags(output_attentions, None)[0]
+        return self.bridge.encode_and_interact(
+            pixel_values,
+            input_ids,
+            attention_mask,
+            token_type_ids,
+            position_ids,
+            text_index=text_index,
+            output_attentions=output_attentions,
+        )
+
+    @staticmethod
+    def pair_features(out: BridgeInteractionOutput) -> torch.Tensor:
+        """`[c_v ; c_t ; c_v * c_t]` of each pair's fused embeddings: what the classification heads read."""
+        image, text = out.cross_image_embeds, out.cross_text_embeds
+        return torch.cat([image, text, image * text], dim=-1)
+
+    @staticmethod
+    def pair_classifier(in_features: int, hidden: int, num_labels: int) -> nn.Sequential:
+        return nn.Sequential(
+            nn.Linear(in_features, hidden), nn.GELU(), nn.LayerNorm(hidden), nn.Linear(hidden, num_labels)
+        )
+
+
 @dataclass
 class BridgeForQuestionAnsweringOutput(ModelOutput):
     r"""
@@ -1446,26 +1371,16 @@ class BridgeForQuestionAnsweringOutput(ModelOutput):
     interaction_vision_attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
-class BridgeForQuestionAnswering(BridgePreTrainedModel):
+class BridgeForQuestionAnswering(BridgeTaskModel):
     """Visual question answering as classification over an answer vocabulary (`config.id2label`): each (image,
     question) pair runs through the interaction layers, and an MLP reads `[c_v ; c_t ; c_v * c_t]` of its fused
     embeddings. Trained with soft targets (the VQA score of each answer, e.g. min(1, annotators / 3)) and BCE."""
 
-    # A pre-training checkpoint (BridgeForPreTraining) starts a VQA model: its pre-training heads are left behind.
-    _keys_to_ignore_on_load_unexpected = [r"^(mlm_head|mim_head|itc_alpha)\."]
+    text_role = "questions"
 
-    def __init__(
-        self,
-        config: BridgeConfig | None = None,
-        vision_model: PreTrainedModel | None = None,
-        text_model: PreTrainedModel | None = None,
-    ):
-        bridge = BridgeModel(config, vision_model=vision_model, text_model=text_model)
-        super().__init__(bridge.config)
-        p = bridge.config.projection_dim
-        self.bridge = bridge
-        self.classifier = _pair_classifier(3 * p, 2 * p, bridge.config.num_labels)
-        self.post_init()
+    def _init_head(self, config: BridgeConfig) -> None:
+        p = config.projection_dim
+        self.classifier = self.pair_classifier(3 * p, 2 * p, config.num_labels)
 
     @can_return_tuple
     def forward(
@@ -1485,15 +1400,13 @@ class BridgeForQuestionAnswering(BridgePreTrainedModel):
             (soft VQA targets; a one-hot row for a single answer). A score outside [0, 1] is an error (read on CPU;
             on an accelerator with `check_token_ids`).
         """
-        _check_aligned(pixel_values, input_ids, "BridgeForQuestionAnswering", "questions")
-        output_attentions = self.bridge._output_flags(output_attentions, None)[0]
-        out = self.bridge.encode_and_interact(
-            pixel_values, input_ids, attention_mask, token_type_ids, position_ids, output_attentions=output_attentions
+        out = self._interact_aligned(
+            pixel_values, input_ids, attention_mask, token_type_ids, position_ids, output_attentions
         )
-        logits = self.classifier(_pair_features(out))
+        logits = self.classifier(self.pair_features(out))
         loss = None
         if labels is not None:
-            labels = _checked_answer_scores(self, labels, logits)
+            labels = checked_answer_scores(self, labels, logits)
             loss = F.binary_cross_entropy_with_logits(logits, labels) * logits.shape[1]
         return BridgeForQuestionAnsweringOutput(
             loss=loss,
@@ -1503,18 +1416,6 @@ class BridgeForQuestionAnswering(BridgePreTrainedModel):
             interaction_text_attentions=out.text_attentions,
             interaction_vision_attentions=out.vision_attentions,
         )
-
-
-def _pair_classifier(in_features: int, hidden: int, num_labels: int) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Linear(in_features, hidden), nn.GELU(), nn.LayerNorm(hidden), nn.Linear(hidden, num_labels)
-    )
-
-
-def _pair_features(out: BridgeInteractionOutput) -> torch.Tensor:
-    """`[c_v ; c_t ; c_v * c_t]` of each pair's fused embeddings: what the classification heads read."""
-    image, text = out.cross_image_embeds, out.cross_text_embeds
-    return torch.cat([image, text, image * text], dim=-1)
 
 
 def _search_module():
@@ -1549,24 +1450,11 @@ class BridgeForImageTextRetrievalOutput(ModelOutput):
     interaction_vision_attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
-class BridgeForImageTextRetrieval(BridgePreTrainedModel):
+class BridgeForImageTextRetrieval(BridgeTaskModel):
     """Image-text matching and search. `forward` scores aligned pairs (image i with text i) with the ITM head, as
     transformers' `BridgeTowerForImageAndTextRetrieval` does; `build_gallery` / `search` run two-stage retrieval
     (unimodal top-k, then the k pairs re-ranked by the ITM or fused score). It adds no weights to `BridgeModel`'s, so
     any BRIDGE folder loads into it."""
-
-    _keys_to_ignore_on_load_unexpected = [r"^(mlm_head|mim_head|itc_alpha)\."]
-
-    def __init__(
-        self,
-        config: BridgeConfig | None = None,
-        vision_model: PreTrainedModel | None = None,
-        text_model: PreTrainedModel | None = None,
-    ):
-        bridge = BridgeModel(config, vision_model=vision_model, text_model=text_model)
-        super().__init__(bridge.config)
-        self.bridge = bridge
-        self.post_init()
 
     @can_return_tuple
     def forward(
@@ -1585,14 +1473,12 @@ class BridgeForImageTextRetrieval(BridgePreTrainedModel):
         labels (`torch.LongTensor` of shape `(batch,)`, *optional*): 1 where text i describes image i, else 0 (-100:
             left out of the loss). Other values are an error (read on CPU; on an accelerator with `check_token_ids`).
         """
-        _check_aligned(pixel_values, input_ids, "BridgeForImageTextRetrieval", "texts")
-        output_attentions = self.bridge._output_flags(output_attentions, None)[0]
-        out = self.bridge.encode_and_interact(
-            pixel_values, input_ids, attention_mask, token_type_ids, position_ids, output_attentions=output_attentions
+        out = self._interact_aligned(
+            pixel_values, input_ids, attention_mask, token_type_ids, position_ids, output_attentions
         )
         loss = None
         if labels is not None:
-            loss = _binary_label_loss(self, out.itm_logits, labels, "image-text match")
+            loss = binary_label_loss(self, out.itm_logits, labels, "image-text match")
         return BridgeForImageTextRetrievalOutput(
             loss=loss,
             logits=out.itm_logits,
@@ -1616,84 +1502,6 @@ class BridgeForImageTextRetrieval(BridgePreTrainedModel):
         return _search_module().search(self, processor, gallery, queries, k=k, rerank=rerank, **kwargs)
 
 
-def _check_aligned(pixel_values, input_ids, head: str, texts: str) -> None:
-    if input_ids is None or pixel_values is None:
-        raise ValueError(f"{head} needs pixel_values and input_ids: image i with {texts[:-1]} i.")
-    if pixel_values.shape[0] != input_ids.shape[0]:
-        raise ValueError(
-            f"Got {pixel_values.shape[0]} images and {input_ids.shape[0]} {texts}; each of the {texts} goes with the "
-            "image of the same row, so the counts must match."
-        )
-
-
-def _reads_label_values(model: nn.Module, labels: torch.Tensor) -> bool:
-    """Whether a head checks the values of its labels. Reading them is a host sync: on CPU it is free, so always; on
-    an accelerator only on the opt-in of BridgeModel's token-id range check (`check_token_ids = True` on the head or
-    on its `.bridge`); never under torch.compile, where it would break the graph."""
-    if torch.compiler.is_compiling():
-        return False
-    opted_in = getattr(model, "check_token_ids", False) or getattr(model.bridge, "check_token_ids", False)
-    return labels.device.type == "cpu" or bool(opted_in)
-
-
-def _binary_label_loss(model: nn.Module, logits: torch.Tensor, labels, what: str) -> torch.Tensor:
-    """Cross-entropy of (batch, 2) logits against 0/1 labels (-100: a row left out), with one clear error naming the
-    head for labels of another type, shape, dtype or value (values: see `_reads_label_values`)."""
-    head = type(model).__name__
-    expected = f"0 / 1 ({what}: 1 for true), or -100 to leave a row out of the loss"
-    if not isinstance(labels, torch.Tensor):
-        raise ValueError(
-            f"{head}: labels must be a torch.Tensor of {expected}, got {type(labels).__name__}; e.g. "
-            "torch.tensor([1, 0])."
-        )
-    if tuple(labels.shape) != (logits.shape[0],) or labels.is_floating_point() or labels.is_complex():
-        raise ValueError(
-            f"{head}: labels must be a (batch,) = ({logits.shape[0]},) integer tensor of 0 / 1 ({what}: 1 for true), "
-            f"got {labels.dtype} of shape {tuple(labels.shape)}."
-        )
-    labels = labels.long()  # cross_entropy takes int64 class indices only (bool / int32 labels included)
-    if _reads_label_values(model, labels):
-        bad = ((labels != 0) & (labels != 1) & (labels != -100)).nonzero()
-        if bad.numel():
-            row = int(bad[0, 0])
-            raise ValueError(
-                f"{head}: labels[{row}] is {int(labels[row])}; each label must be {expected} (-1 marks an unlabelled "
-                "record: leave such records out of training and evaluation)."
-            )
-    return F.cross_entropy(logits, labels.to(logits.device))
-
-
-def _checked_answer_scores(model: nn.Module, labels, logits: torch.Tensor) -> torch.Tensor:
-    """VQA labels as `logits`' dtype, with one clear error naming the head for labels of another type or shape, or
-    (see `_reads_label_values`) with a score outside [0, 1]."""
-    head = type(model).__name__
-    shape = tuple(logits.shape)
-    if not isinstance(labels, torch.Tensor):
-        raise ValueError(
-            f"{head}: labels must be a torch.Tensor of soft answer scores in [0, 1] of shape (batch, num_labels) = "
-            f"{shape}, got {type(labels).__name__}."
-        )
-    if tuple(labels.shape) != shape:
-        raise ValueError(
-            f"{head}: labels have shape {tuple(labels.shape)}; VQA labels are soft answer scores of shape (batch, "
-            f"num_labels) = {shape}, one column per answer of config.id2label."
-        )
-    if labels.is_complex():
-        raise ValueError(f"{head}: labels have dtype {labels.dtype}; VQA labels are real answer scores in [0, 1].")
-    scores = labels.to(logits.dtype)
-    if _reads_label_values(model, scores):
-        bad = (~((scores >= 0) & (scores <= 1))).nonzero()  # NaN included
-        if bad.numel():
-            row, column = (int(i) for i in bad[0])
-            answer = model.config.id2label.get(column, column)
-            raise ValueError(
-                f"{head}: labels[{row}, {column}] (answer {answer!r}) is {float(scores[row, column])}; VQA labels are "
-                "answer scores in [0, 1] (e.g. min(1, annotators / 3), as modeling_bridge.data.vqa_soft_targets "
-                "gives), 0 for the answers not given."
-            )
-    return scores
-
-
 @dataclass
 class BridgeForVisualReasoningOutput(ModelOutput):
     r"""
@@ -1713,25 +1521,16 @@ class BridgeForVisualReasoningOutput(ModelOutput):
     interaction_vision_attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
-class BridgeForVisualReasoning(BridgePreTrainedModel):
+class BridgeForVisualReasoning(BridgeTaskModel):
     """NLVR2-style reasoning: a statement about two images (left, right), true or false. Each image interacts with
     the statement on its own; an MLP reads the two pairs' `[c_v ; c_t ; c_v * c_t]`, in image order (the statement
     may name "the left image"), as transformers' `ViltForImagesAndTextClassification` reads its pooled states."""
 
-    _keys_to_ignore_on_load_unexpected = [r"^(mlm_head|mim_head|itc_alpha)\."]
+    text_role = "statements"
 
-    def __init__(
-        self,
-        config: BridgeConfig | None = None,
-        vision_model: PreTrainedModel | None = None,
-        text_model: PreTrainedModel | None = None,
-    ):
-        bridge = BridgeModel(config, vision_model=vision_model, text_model=text_model)
-        super().__init__(bridge.config)
-        p = bridge.config.projection_dim
-        self.bridge = bridge
-        self.classifier = _pair_classifier(3 * p * bridge.config.num_images, 2 * p, 2)
-        self.post_init()
+    def _init_head(self, config: BridgeConfig) -> None:
+        p = config.projection_dim
+        self.classifier = self.pair_classifier(3 * p * config.num_images, 2 * p, 2)
 
     @can_return_tuple
     def forward(
@@ -1758,21 +1557,20 @@ class BridgeForVisualReasoning(BridgePreTrainedModel):
                 f"pixel_values must be (batch, {num_images}, channels, height, width): the {num_images} images of "
                 f"each statement; got shape {tuple(pixel_values.shape)}."
             )
-        _check_aligned(pixel_values, input_ids, "BridgeForVisualReasoning", "statements")
-        output_attentions = self.bridge._output_flags(output_attentions, None)[0]
+        check_aligned(pixel_values, input_ids, type(self).__name__, self.text_role)
         batch = input_ids.shape[0]
         text_index = torch.arange(batch, device=input_ids.device).repeat_interleave(num_images)
-        out = self.bridge.encode_and_interact(
+        out = self._interact_aligned(
             pixel_values.flatten(0, 1),
             input_ids,
             attention_mask,
             token_type_ids,
             position_ids,
+            output_attentions,
             text_index=text_index,
-            output_attentions=output_attentions,
         )
-        logits = self.classifier(_pair_features(out).view(batch, -1))
-        loss = None if labels is None else _binary_label_loss(self, logits, labels, "statement")
+        logits = self.classifier(self.pair_features(out).view(batch, -1))
+        loss = None if labels is None else binary_label_loss(self, logits, labels, "statement")
         return BridgeForVisualReasoningOutput(
             loss=loss,
             logits=logits,
@@ -1819,5 +1617,6 @@ __all__ = [
     "BridgeModel",
     "BridgeOutput",
     "BridgePreTrainedModel",
+    "BridgeTaskModel",
     "pair_score",
 ]

@@ -88,7 +88,7 @@ def test_vqa_head_names_a_score_outside_0_1():
 
 
 def test_label_values_are_read_on_cpu_and_on_an_accelerator_only_on_the_check_token_ids_opt_in():
-    from modeling_bridge.modeling_bridge import _reads_label_values
+    from modeling_bridge.checks_bridge import reads_label_values as _reads_label_values
 
     model = _vqa_model()
     on_device = torch.zeros(2, dtype=torch.long, device="meta")  # not CPU: reading it would be a host sync

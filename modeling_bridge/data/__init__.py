@@ -2,7 +2,7 @@
 
 from .collator import BridgeDataCollator
 from .loading import load_image_text_dataset
-from .nlvr2 import NLVR2_FEATURES, load_bridge_shapes_nlvr2, load_nlvr2
+from .nlvr2 import NLVR2_FEATURES, Nlvr2DataCollator, load_bridge_shapes_nlvr2, load_nlvr2
 from .sampling import twin_adjacent_order
 from .shapes import (
     SHAPES_BACKGROUND,
@@ -17,7 +17,7 @@ from .shapes import (
     parse_shapes_caption,
     shapes_cell_labels,
 )
-from .vqa import VQA_FEATURES, answer_vocabulary, load_bridge_shapes_vqa, load_vqav2, vqa_soft_targets
+from .vqa import VQA_FEATURES, VqaDataCollator, answer_vocabulary, load_bridge_shapes_vqa, load_vqav2, vqa_soft_targets
 
 
 __all__ = [
@@ -36,11 +36,13 @@ __all__ = [
     "shapes_cell_labels",
     "twin_adjacent_order",
     "VQA_FEATURES",
+    "VqaDataCollator",
     "load_bridge_shapes_vqa",
     "load_vqav2",
     "answer_vocabulary",
     "vqa_soft_targets",
     "NLVR2_FEATURES",
+    "Nlvr2DataCollator",
     "load_bridge_shapes_nlvr2",
     "load_nlvr2",
 ]

@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 
 import numpy as np
+import torch
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, Value
 
 from ._json_files import field, is_integer, is_nonempty_string, read_json_lines
@@ -181,4 +182,27 @@ def load_nlvr2(jsonl_file: str | os.PathLike, image_root: str) -> Dataset:
     return Dataset.from_dict(columns, features=NLVR2_FEATURES)
 
 
-__all__ = ["NLVR2_FEATURES", "load_bridge_shapes_nlvr2", "load_nlvr2"]
+class Nlvr2DataCollator:
+    """Batches of NLVR2 rows for `BridgeForVisualReasoning`: both images of each statement through the processor
+    ((batch, 2, C, H, W) pixel values), the statements tokenized (truncated to `max_length`), the truth values as
+    `labels`."""
+
+    def __init__(self, processor, max_length: int):
+        self.processor, self.max_length = processor, max_length
+
+    def __call__(self, rows):
+        images = [image for row in rows for image in (row["left_image"], row["right_image"])]
+        batch = self.processor(
+            images=images,
+            text=[row["sentence"] for row in rows],
+            return_tensors="pt",
+            padding=True,
+            truncation=True,
+            max_length=self.max_length,
+        )
+        batch["pixel_values"] = batch["pixel_values"].unflatten(0, (len(rows), 2))
+        batch["labels"] = torch.tensor([row["label"] for row in rows])
+        return dict(batch)
+
+
+__all__ = ["NLVR2_FEATURES", "Nlvr2DataCollator", "load_bridge_shapes_nlvr2", "load_nlvr2"]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 
+import torch
 from datasets import Dataset, DatasetDict, Features, Image, List, Value
 
 from ._json_files import describe, field, is_integer, is_nonempty_string, is_string, json_type, read_json
@@ -221,4 +222,35 @@ def vqa_soft_targets(answers: list[str], label2id: dict[str, int]) -> dict[int, 
     return targets
 
 
-__all__ = ["VQA_FEATURES", "answer_vocabulary", "load_bridge_shapes_vqa", "load_vqav2", "vqa_soft_targets"]
+class VqaDataCollator:
+    """Batches of VQA rows for `BridgeForQuestionAnswering`: images and questions through the processor (truncated to
+    `max_length`, e.g. `config.max_text_positions`), and the soft answer scores over `label2id` as `labels`."""
+
+    def __init__(self, processor, label2id: dict[str, int], max_length: int):
+        self.processor, self.label2id, self.max_length = processor, label2id, max_length
+
+    def __call__(self, rows):
+        batch = self.processor(
+            images=[row["image"] for row in rows],
+            text=[row["question"] for row in rows],
+            return_tensors="pt",
+            padding=True,
+            truncation=True,
+            max_length=self.max_length,
+        )
+        labels = torch.zeros(len(rows), len(self.label2id))
+        for i, row in enumerate(rows):
+            for label, score in vqa_soft_targets(row["answers"], self.label2id).items():
+                labels[i, label] = score
+        batch["labels"] = labels
+        return dict(batch)
+
+
+__all__ = [
+    "VQA_FEATURES",
+    "VqaDataCollator",
+    "answer_vocabulary",
+    "load_bridge_shapes_vqa",
+    "load_vqav2",
+    "vqa_soft_targets",
+]
