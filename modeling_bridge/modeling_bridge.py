@@ -1,15 +1,17 @@
 """BRIDGE: cross-only, bidirectional interaction layers on top of a pretrained vision tower and text tower.
 
-Hub code: imports only the standard library, torch, transformers and its siblings (`.configuration_bridge`,
-`.loss_bridge`, `.pipelines`), so that it can be saved next to the weights and loaded with ``trust_remote_code=True``
-where this package is not installed (the optional search helpers import the package inside a try block).
+The model classes only; each other concern has one home beside it: the tower geometry (`towers_bridge.py`), the
+pre-training objective (`loss_bridge.py`), input checks (`checks_bridge.py`), outputs (`outputs_bridge.py`), checked
+loading (`loading_bridge.py`). Hub code: imports only the standard library, torch, transformers and these siblings
+(and `.configuration_bridge`, `.pipelines`), so that it can be saved next to the weights and loaded with
+``trust_remote_code=True`` where this package is not installed (the optional search helpers import the package
+inside a try block).
 """
 
 import json
 import math
 import threading
-from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -19,56 +21,28 @@ from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-from transformers.utils import ModelOutput, can_return_tuple, logging
+from transformers.utils import can_return_tuple, logging
 
 from .checks_bridge import BridgeInputChecks, binary_label_loss, check_aligned, checked_answer_scores
 from .configuration_bridge import PAIR_SCORE_MODES, SCORE_MODES, BridgeConfig
 from .loading_bridge import load_checked, load_pretrained_tower
 from .loss_bridge import BridgePreTrainingLoss, contrastive_loss, distributed_rank_and_world, gather_across_ranks
+from .outputs_bridge import (
+    BridgeForImageTextRetrievalOutput,
+    BridgeForPreTrainingOutput,
+    BridgeForQuestionAnsweringOutput,
+    BridgeForVisualReasoningOutput,
+    BridgeInteractionOutput,
+    BridgeOutput,
+)
 from .towers_bridge import TowerGeometry
 
 
 logger = logging.get_logger(__name__)
 
 # --------------------------------------------------------------------------------------------------------------------
-# Outputs
+# The score rule
 # --------------------------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class BridgeInteractionOutput(ModelOutput):
-    r"""
-    Result of running the interaction encoder on image-text pairs (one row per pair, or (N, M, ...) from
-    `BridgeModel.pairwise_interaction`).
-
-    pooled_vision / pooled_text (`torch.FloatTensor` of shape `(pairs, shared_dim)`): pooled shared-space states of
-        each pair, what the cross projections read (`config.cross_embed_source`).
-    cross_image_embeds / cross_text_embeds (`torch.FloatTensor` of shape `(pairs, projection_dim)`): normalised fused
-        embeddings (added by `BridgeModel.interact`).
-    fused_logits (`torch.FloatTensor` of shape `(pairs,)`): `logit_scale * <c_v, c_t>`.
-    itm_logits (`torch.FloatTensor` of shape `(pairs, 2)`): ITM head `[no-match, match]` logits.
-    vision_last_hidden_state / text_last_hidden_state (`torch.FloatTensor` of shape `(pairs, N, d)`): states after
-        the last layer, with `output_last_hidden_state=True`.
-    vision_hidden_states / text_hidden_states (`tuple(torch.FloatTensor)`): the stack's input and every layer's
-        output (L + 1 tensors), when `output_hidden_states=True`.
-    text_attentions (`tuple(torch.FloatTensor)` of shape `(pairs, heads, Nt, Nv)`): text-queries-vision attention
-        probabilities per layer, when `output_attentions=True`.
-    vision_attentions (`tuple(torch.FloatTensor)` of shape `(pairs, heads, Nv, Nt)`): vision-queries-text attention
-        probabilities per layer, when `output_attentions=True`.
-    """
-
-    pooled_vision: torch.FloatTensor | None = None
-    pooled_text: torch.FloatTensor | None = None
-    cross_image_embeds: torch.FloatTensor | None = None
-    cross_text_embeds: torch.FloatTensor | None = None
-    fused_logits: torch.FloatTensor | None = None
-    itm_logits: torch.FloatTensor | None = None
-    vision_last_hidden_state: torch.FloatTensor | None = None
-    text_last_hidden_state: torch.FloatTensor | None = None
-    vision_hidden_states: tuple[torch.FloatTensor, ...] | None = None
-    text_hidden_states: tuple[torch.FloatTensor, ...] | None = None
-    text_attentions: tuple[torch.FloatTensor, ...] | None = None
-    vision_attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
 def pair_score(interaction: BridgeInteractionOutput, mode: str) -> torch.Tensor:
@@ -79,55 +53,6 @@ def pair_score(interaction: BridgeInteractionOutput, mode: str) -> torch.Tensor:
     if mode == "itm":
         return interaction["itm_logits"][..., 1]
     raise ValueError(f"A pair score is one of {PAIR_SCORE_MODES}, got {mode!r}.")
-
-
-@dataclass
-class BridgeOutput(ModelOutput):
-    r"""
-    loss (`torch.FloatTensor`, *optional*, returned when `return_loss=True`): symmetric contrastive loss of the
-        scores, with image i matched to text i.
-    logits_per_image (`torch.FloatTensor` of shape `(n_images, n_texts)`): score of every (image, text) pair in the
-        requested mode; entry (i, j) depends on image i and text j only.
-    logits_per_text (`torch.FloatTensor` of shape `(n_texts, n_images)`): the transpose.
-    itm_logits (`torch.FloatTensor` of shape `(n_images, n_texts, 2)`): ITM head `[no-match, match]` logits of every
-        pair, when the interaction stack ran (`score` "fused" or "itm").
-    image_embeds (`torch.FloatTensor` of shape `(n_images, projection_dim)`): normalised unimodal image embeddings.
-    text_embeds (`torch.FloatTensor` of shape `(n_texts, projection_dim)`): normalised unimodal text embeddings.
-    cross_image_embeds / cross_text_embeds (`torch.FloatTensor` of shape `(n_images, n_texts, projection_dim)`):
-        fused embeddings of every pair, when the stack ran and `output_hidden_states=True`.
-    vision_model_output / text_model_output (`BaseModelOutputWithPooling`): the towers' outputs.
-    interaction_vision_hidden_states / interaction_text_hidden_states (`tuple(torch.FloatTensor)`): the stack's input
-        and every layer's output, each of shape `(n_images, n_texts, N, d)`, when the stack ran and
-        `output_hidden_states=True`.
-    interaction_text_attentions / interaction_vision_attentions (`tuple(torch.FloatTensor)`): per layer,
-        `(n_images, n_texts, heads, Nt, Nv)` and `(n_images, n_texts, heads, Nv, Nt)`, when the stack ran and
-        `output_attentions=True`.
-    gate_values (`torch.FloatTensor` of shape `(num_interaction_layers, 2)`): sigmoid gates `[text, vision]`.
-    temperatures (`torch.FloatTensor` of shape `(num_interaction_layers, 2)`): attention temperatures
-        `[text<-vision, vision<-text]`.
-    """
-
-    loss: torch.FloatTensor | None = None
-    logits_per_image: torch.FloatTensor | None = None
-    logits_per_text: torch.FloatTensor | None = None
-    itm_logits: torch.FloatTensor | None = None
-    image_embeds: torch.FloatTensor | None = None
-    text_embeds: torch.FloatTensor | None = None
-    cross_image_embeds: torch.FloatTensor | None = None
-    cross_text_embeds: torch.FloatTensor | None = None
-    vision_model_output: BaseModelOutputWithPooling | None = None
-    text_model_output: BaseModelOutputWithPooling | None = None
-    interaction_vision_hidden_states: tuple[torch.FloatTensor, ...] | None = None
-    interaction_text_hidden_states: tuple[torch.FloatTensor, ...] | None = None
-    interaction_text_attentions: tuple[torch.FloatTensor, ...] | None = None
-    interaction_vision_attentions: tuple[torch.FloatTensor, ...] | None = None
-    gate_values: torch.FloatTensor | None = None
-    temperatures: torch.FloatTensor | None = None
-
-    def to_tuple(self) -> tuple[Any, ...]:
-        return tuple(
-            self[k].to_tuple() if k in ("vision_model_output", "text_model_output") else self[k] for k in self.keys()
-        )
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -1037,59 +962,6 @@ class BridgeModel(BridgeInputChecks, BridgePreTrainedModel):
 # --------------------------------------------------------------------------------------------------------------------
 
 
-@dataclass
-class BridgeForPreTrainingOutput(ModelOutput):
-    r"""
-    loss (`torch.FloatTensor`): weighted sum of the enabled components (weights from the config).
-    itc_loss (`torch.FloatTensor`): dual contrastive loss `s * cross_itc_loss + (1 - s) * unimodal_itc_loss`,
-        `s = sigmoid(itc_alpha)`.
-    unimodal_itc_loss / cross_itc_loss (`torch.FloatTensor`): its two parts. With `fused_objective="pairwise"` the
-        cross part is the listwise softmax over each anchor's positive and mined negatives, both directions.
-    itm_loss, mlm_loss, mim_loss, cycle_loss (`torch.FloatTensor`): the other components, when enabled.
-    logits_per_image / logits_per_text (`torch.FloatTensor` of shape `(batch, global_batch)`): unimodal scores of the
-        local images (texts) against the texts (images) of every rank.
-    image_embeds / text_embeds (`torch.FloatTensor` of shape `(batch, projection_dim)`): unimodal embeddings.
-    cross_image_embeds / cross_text_embeds (`torch.FloatTensor` of shape `(batch, projection_dim)`): fused embeddings
-        of the aligned (positive) pairs.
-    itm_logits (`torch.FloatTensor` of shape `(num_pairs, 2)`) and itm_labels (`torch.LongTensor` of shape
-        `(num_pairs,)`): every pair the ITM loss scored, 1 = match, 0 = mined negative, -100 = no valid negative.
-    mlm_logits (`torch.FloatTensor` of shape `(batch, Nt, vocab_size)`), mim_logits (`torch.FloatTensor` of shape
-        `(batch, num_patches, dv)`): predictions of the masked pass, when MLM / MIM are enabled.
-    vision_model_output / text_model_output (`BaseModelOutputWithPooling`): the towers' outputs, when
-        `output_attentions` or `output_hidden_states` is set.
-    interaction_text_attentions / interaction_vision_attentions (`tuple(torch.FloatTensor)`): per layer, the attention
-        maps of the positive pairs, `(batch, heads, Nt, Nv)` / `(batch, heads, Nv, Nt)`, with `output_attentions`.
-    """
-
-    loss: torch.FloatTensor | None = None
-    itc_loss: torch.FloatTensor | None = None
-    unimodal_itc_loss: torch.FloatTensor | None = None
-    cross_itc_loss: torch.FloatTensor | None = None
-    itm_loss: torch.FloatTensor | None = None
-    mlm_loss: torch.FloatTensor | None = None
-    mim_loss: torch.FloatTensor | None = None
-    cycle_loss: torch.FloatTensor | None = None
-    logits_per_image: torch.FloatTensor | None = None
-    logits_per_text: torch.FloatTensor | None = None
-    image_embeds: torch.FloatTensor | None = None
-    text_embeds: torch.FloatTensor | None = None
-    cross_image_embeds: torch.FloatTensor | None = None
-    cross_text_embeds: torch.FloatTensor | None = None
-    itm_logits: torch.FloatTensor | None = None
-    itm_labels: torch.LongTensor | None = None
-    mlm_logits: torch.FloatTensor | None = None
-    mim_logits: torch.FloatTensor | None = None
-    vision_model_output: BaseModelOutputWithPooling | None = None
-    text_model_output: BaseModelOutputWithPooling | None = None
-    interaction_text_attentions: tuple[torch.FloatTensor, ...] | None = None
-    interaction_vision_attentions: tuple[torch.FloatTensor, ...] | None = None
-
-    def to_tuple(self) -> tuple[Any, ...]:
-        return tuple(
-            self[k].to_tuple() if k in ("vision_model_output", "text_model_output") else self[k] for k in self.keys()
-        )
-
-
 class BridgeForPreTraining(BridgePreTrainedModel):
     """BRIDGE with its pre-training objectives: dual ITC, ITM on mined hard negatives, MLM, MIM
     and attention cycle-consistency, weighted by the config's `*_loss_weight` fields (0 disables one).
@@ -1351,26 +1223,6 @@ class BridgeTaskModel(BridgePreTrainedModel):
         )
 
 
-@dataclass
-class BridgeForQuestionAnsweringOutput(ModelOutput):
-    r"""
-    loss (`torch.FloatTensor`): binary cross-entropy against the soft answer scores, summed over answers and averaged
-        over questions (the usual VQA objective).
-    logits (`torch.FloatTensor` of shape `(batch, num_labels)`): a score per answer of `config.id2label`.
-    cross_image_embeds / cross_text_embeds (`torch.FloatTensor` of shape `(batch, projection_dim)`): the fused
-        embeddings of each (image, question) pair, which the classifier reads.
-    interaction_text_attentions / interaction_vision_attentions (`tuple(torch.FloatTensor)`): per interaction layer,
-        on `output_attentions`: question tokens over image tokens and the reverse.
-    """
-
-    loss: torch.FloatTensor | None = None
-    logits: torch.FloatTensor | None = None
-    cross_image_embeds: torch.FloatTensor | None = None
-    cross_text_embeds: torch.FloatTensor | None = None
-    interaction_text_attentions: tuple[torch.FloatTensor, ...] | None = None
-    interaction_vision_attentions: tuple[torch.FloatTensor, ...] | None = None
-
-
 class BridgeForQuestionAnswering(BridgeTaskModel):
     """Visual question answering as classification over an answer vocabulary (`config.id2label`): each (image,
     question) pair runs through the interaction layers, and an MLP reads `[c_v ; c_t ; c_v * c_t]` of its fused
@@ -1430,26 +1282,6 @@ def _search_module():
     return retrieval
 
 
-@dataclass
-class BridgeForImageTextRetrievalOutput(ModelOutput):
-    r"""
-    loss (`torch.FloatTensor`, *optional*): cross-entropy of the ITM logits against `labels` (1: match, 0: not).
-    logits (`torch.FloatTensor` of shape `(batch, 2)`): ITM `[no-match, match]` logits of each (image i, text i) pair.
-    fused_logits (`torch.FloatTensor` of shape `(batch,)`): the pairs' fused scores, `logit_scale * <c_v, c_t>`.
-    cross_image_embeds / cross_text_embeds (`torch.FloatTensor` of shape `(batch, projection_dim)`): fused embeddings.
-    interaction_text_attentions / interaction_vision_attentions (`tuple(torch.FloatTensor)`): per interaction layer,
-        on `output_attentions`: text tokens over image tokens and the reverse.
-    """
-
-    loss: torch.FloatTensor | None = None
-    logits: torch.FloatTensor | None = None
-    fused_logits: torch.FloatTensor | None = None
-    cross_image_embeds: torch.FloatTensor | None = None
-    cross_text_embeds: torch.FloatTensor | None = None
-    interaction_text_attentions: tuple[torch.FloatTensor, ...] | None = None
-    interaction_vision_attentions: tuple[torch.FloatTensor, ...] | None = None
-
-
 class BridgeForImageTextRetrieval(BridgeTaskModel):
     """Image-text matching and search. `forward` scores aligned pairs (image i with text i) with the ITM head, as
     transformers' `BridgeTowerForImageAndTextRetrieval` does; `build_gallery` / `search` run two-stage retrieval
@@ -1500,25 +1332,6 @@ class BridgeForImageTextRetrieval(BridgeTaskModel):
         """Two-stage search of `queries` in `gallery`, re-ranked by `search_rerank` (the ITM score) by default
         (`modeling_bridge.retrieval.search`)."""
         return _search_module().search(self, processor, gallery, queries, k=k, rerank=rerank, **kwargs)
-
-
-@dataclass
-class BridgeForVisualReasoningOutput(ModelOutput):
-    r"""
-    loss (`torch.FloatTensor`, *optional*): cross-entropy against `labels` (1: the statement is true).
-    logits (`torch.FloatTensor` of shape `(batch, 2)`): `[false, true]` logits of each (left, right, statement).
-    cross_image_embeds / cross_text_embeds (`torch.FloatTensor` of shape `(batch, num_images, projection_dim)`): the
-        fused embeddings of each image with the statement.
-    interaction_text_attentions / interaction_vision_attentions (`tuple(torch.FloatTensor)`): per interaction layer,
-        on `output_attentions`, for the `batch * num_images` (image, statement) pairs, image-major.
-    """
-
-    loss: torch.FloatTensor | None = None
-    logits: torch.FloatTensor | None = None
-    cross_image_embeds: torch.FloatTensor | None = None
-    cross_text_embeds: torch.FloatTensor | None = None
-    interaction_text_attentions: tuple[torch.FloatTensor, ...] | None = None
-    interaction_vision_attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
 class BridgeForVisualReasoning(BridgeTaskModel):
