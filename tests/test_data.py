@@ -16,12 +16,15 @@ from modeling_bridge.data import (
     SHAPES_COLORS,
     SHAPES_FAMILIES,
     SHAPES_NAMES,
+    TWIN_KINDS,
     BridgeDataCollator,
     held_out_families,
     is_held_out_binding,
     load_bridge_shapes,
+    load_bridge_shapes_twins,
     load_image_text_dataset,
     parse_shapes_caption,
+    swapped_scene,
 )
 from modeling_bridge.data.collator import num_patch_tokens
 
@@ -123,6 +126,41 @@ def test_twins_swap_colours_on_the_same_geometry(shapes, split):
         pa, pb = _pixels(data[i]), _pixels(data[j])
         assert np.array_equal((pa != background).any(-1), (pb != background).any(-1))  # same shapes, same place
         assert not np.array_equal(pa, pb)
+
+
+def test_the_three_twin_kinds_keep_the_words_and_change_what_they_say(shapes):
+    test = shapes["test"]
+    rows = test.to_list()
+    for i, row in enumerate(rows[:24]):
+        row["image"] = test[i]["image"]
+        colour_image, colour_caption = swapped_scene(row, "colour")  # the split's own twin, redrawn identically
+        assert colour_caption == rows[row["twin"]]["caption"]
+        assert np.array_equal(np.asarray(colour_image), _pixels(test[row["twin"]]))
+        pixels = _pixels(test[i])
+        for kind in ("shape", "relation"):
+            image, caption = swapped_scene(row, kind)
+            assert caption != row["caption"] and sorted(caption.split()) == sorted(row["caption"].split())
+            twin = np.asarray(image)
+            assert twin.shape == pixels.shape and not np.array_equal(twin, pixels)
+            parsed = parse_shapes_caption(caption)
+            assert parsed.relation == row["relation"]
+            first, second = parsed.objects
+            if kind == "shape":  # same colours at the same places, the shapes exchanged
+                assert [o[0] for o in parsed.objects] == row["colors"] and [first[1], second[1]] == row["shapes"][::-1]
+                for colour, box in zip(row["colors"], row["boxes"]):
+                    x0, y0, x1, y1 = box
+                    assert _colour_pixels(twin[y0 : y1 + 1, x0 : x1 + 1], colour) > 0
+            else:  # the two objects exchange places: the one mentioned first is now the other one
+                assert list(parsed.objects) == list(zip(row["colors"], row["shapes"]))[::-1]
+                x0, y0, x1, y1 = row["boxes"][0]
+                assert _colour_pixels(twin[y0 : y1 + 1, x0 : x1 + 1], row["colors"][1]) > 0
+                assert _colour_pixels(twin[y0 : y1 + 1, x0 : x1 + 1], row["colors"][0]) == 0
+    with pytest.raises(ValueError, match="kind must be one of"):
+        swapped_scene(rows[0] | {"image": test[0]["image"]}, "size")
+    pairs = {kind: load_bridge_shapes_twins(test, kind) for kind in TWIN_KINDS}
+    assert pairs["colour"].num_rows == test.num_rows // 2
+    assert pairs["shape"].num_rows == pairs["relation"].num_rows == test.num_rows
+    assert pairs["shape"][0]["caption"] == test[0]["caption"]
 
 
 def test_labels_name_the_captions(shapes):

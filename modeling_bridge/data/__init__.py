@@ -10,12 +10,15 @@ from .shapes import (
     SHAPES_FAMILIES,
     SHAPES_NAMES,
     SHAPES_RELATIONS,
+    TWIN_KINDS,
     ShapesCaption,
     held_out_families,
     is_held_out_binding,
     load_bridge_shapes,
+    load_bridge_shapes_twins,
     parse_shapes_caption,
     shapes_cell_labels,
+    swapped_scene,
 )
 from .vqa import VQA_FEATURES, VqaDataCollator, answer_vocabulary, load_bridge_shapes_vqa, load_vqav2, vqa_soft_targets
 
@@ -31,6 +34,9 @@ __all__ = [
     "held_out_families",
     "is_held_out_binding",
     "load_bridge_shapes",
+    "load_bridge_shapes_twins",
+    "swapped_scene",
+    "TWIN_KINDS",
     "load_image_text_dataset",
     "parse_shapes_caption",
     "shapes_cell_labels",

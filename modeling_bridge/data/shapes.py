@@ -344,6 +344,51 @@ def load_bridge_shapes(
     )
 
 
+TWIN_KINDS = ("colour", "shape", "relation")
+
+
+def swapped_scene(row: dict, kind: str) -> tuple[PILImage.Image, str]:
+    """The `kind` twin of a two-shape scene (a row of `load_bridge_shapes`), drawn at the row's own placements, and its
+    caption: "colour" exchanges the two colours (the row's `twin`), "shape" the two shapes, "relation" the two objects'
+    places (so "a red circle left of a blue square" becomes "a blue square left of a red circle"). Each twin's caption
+    has the row caption's multiset of words: a bag-of-words matcher cannot tell them apart."""
+    if kind not in TWIN_KINDS:
+        raise ValueError(f"kind must be one of {TWIN_KINDS}, got {kind!r}.")
+    if row["relation"] == "none":
+        raise ValueError(f"{row['caption']!r} shows one shape: only two-shape scenes have twins.")
+    placements = [((x0 + x1) // 2, (y0 + y1) // 2, (x1 - x0) // 2) for x0, y0, x1, y1 in row["boxes"]]
+    (color_1, color_2), (shape_1, shape_2) = row["colors"], row["shapes"]
+    objects = {
+        "colour": [(color_2, shape_1), (color_1, shape_2)],
+        "shape": [(color_1, shape_2), (color_2, shape_1)],
+        "relation": [(color_2, shape_2), (color_1, shape_1)],  # the object drawn first is mentioned first
+    }[kind]
+    return _draw(row["image"].size[0], placements, objects), _caption(objects, row["relation"])
+
+
+def load_bridge_shapes_twins(split: Dataset, kind: str) -> Dataset:
+    """Winoground-style pairs of one twin kind from a split of `load_bridge_shapes` (e.g. the held-out test split):
+    columns `image`, `caption` (a scene of the split), `twin_image`, `twin_caption` (its `swapped_scene`). "colour"
+    pairs the split's own twins (each pair once); "shape" and "relation" pair each two-shape scene with its twin,
+    drawn here."""
+    rows = [row for row in split if row["relation"] != "none"]
+    if kind == "colour":
+        indices = [i for i, twin in enumerate(split["twin"]) if 0 <= i < twin]
+        rows = [split[i] for i in indices]
+    twins = [swapped_scene(row, kind) for row in rows]
+    return Dataset.from_dict(
+        {
+            "image": [row["image"] for row in rows],
+            "caption": [row["caption"] for row in rows],
+            "twin_image": [image for image, _ in twins],
+            "twin_caption": [caption for _, caption in twins],
+        },
+        features=Features(
+            {"image": Image(), "caption": Value("string"), "twin_image": Image(), "twin_caption": Value("string")}
+        ),
+    )
+
+
 def shapes_cell_labels(boxes, colors, shapes, image_size: int, grid: int) -> tuple[np.ndarray, np.ndarray]:
     """Per-cell targets of a bridge-shapes scene on a `grid` x `grid` map (e.g. a vision tower's feature map):
     the colour index (into `SHAPES_COLORS`) and shape index (into `SHAPES_NAMES`) of the object whose box holds the
@@ -369,10 +414,13 @@ __all__ = [
     "SHAPES_FAMILIES",
     "SHAPES_NAMES",
     "SHAPES_RELATIONS",
+    "TWIN_KINDS",
     "ShapesCaption",
     "held_out_families",
     "is_held_out_binding",
     "load_bridge_shapes",
+    "load_bridge_shapes_twins",
     "parse_shapes_caption",
     "shapes_cell_labels",
+    "swapped_scene",
 ]
